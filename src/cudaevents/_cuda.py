@@ -1,0 +1,305 @@
+"""CUDA access: the only module that imports ``cuda.bindings``.
+
+The driver is loaded and initialized on first use, never at import, so ``import cudaevents``
+works on machines with no driver and no GPU. Every driver call goes through a checked path
+that turns a failure into :class:`CudaError`; ``CUDA_ERROR_NOT_READY`` is a state that the
+query helpers return as ``False``, never an error.
+
+Events and streams are created in the primary context of their device, the context that
+PyTorch, CuPy and cuda.core use, so handles are interchangeable with theirs. Calls that need
+a current context push it for their duration and restore whatever the thread had before, so
+we never change another library's idea of the current device.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+
+from ._errors import CudaError, CudaUnavailableError
+
+__all__ = [
+    "state",
+    "driver",
+    "unavailable_reason",
+    "check",
+    "raise_error",
+    "primary_context",
+    "current_device_index",
+    "pushed",
+    "device_count",
+    "versions",
+]
+
+class _State:
+    """Process-wide flags that finalizers read; bound early so they survive teardown."""
+
+    exiting = False  # set at interpreter exit: from then on handles are leaked, never destroyed
+
+
+state = _State()
+
+
+@atexit.register
+def _mark_exiting() -> None:
+    # At exit the driver may already be unloading (other libraries' atexit hooks run in any
+    # order), so we stop destroying handles; the process's exit frees them.
+    state.exiting = True
+
+
+_lock = threading.Lock()
+_d = None  # cuda.bindings.driver once cuInit has succeeded
+_reason: str | None = None  # why CUDA is unavailable, once known
+_contexts: dict[int, object] = {}
+
+# Driver entry points and constants bound at init, used on hot paths.
+NOT_READY = 600
+cuEventRecord = cuEventQuery = cuEventSynchronize = cuStreamWaitEvent = None
+cuEventElapsedTime = cuStreamQuery = cuStreamSynchronize = None
+
+
+def driver():
+    """Return ``cuda.bindings.driver`` after ``cuInit``; raise :class:`CudaUnavailableError`."""
+    d = _d
+    if d is not None:
+        return d
+    return _init()
+
+
+def _init():
+    global _d, _reason, NOT_READY
+    global cuEventRecord, cuEventQuery, cuEventSynchronize, cuStreamWaitEvent
+    global cuEventElapsedTime, cuStreamQuery, cuStreamSynchronize
+    with _lock:
+        if _d is not None:
+            return _d
+        if _reason is not None:
+            raise CudaUnavailableError(_reason)
+        try:
+            from cuda.bindings import driver as d
+        except ImportError as exc:  # a broken install; the package depends on it
+            _reason = f"cuda-bindings could not be imported ({exc}); install it with 'pip install cuda-bindings'"
+            raise CudaUnavailableError(_reason) from None
+        try:
+            (err,) = d.cuInit(0)
+        except RuntimeError as exc:  # the bindings raise this when libcuda cannot be loaded
+            _reason = f"no CUDA driver: {exc} (install the NVIDIA driver, or run on a machine with a GPU)"
+            raise CudaUnavailableError(_reason) from None
+        if err == d.CUresult.CUDA_ERROR_NO_DEVICE:
+            _reason = "the CUDA driver is installed but found no GPU (CUDA_ERROR_NO_DEVICE; check CUDA_VISIBLE_DEVICES)"
+            raise CudaUnavailableError(_reason)
+        if err:
+            _reason = f"cuInit failed with {err.name} ({int(err)})"
+            raise CudaUnavailableError(_reason)
+        NOT_READY = d.CUresult.CUDA_ERROR_NOT_READY
+        cuEventRecord = d.cuEventRecord
+        cuEventQuery = d.cuEventQuery
+        cuEventSynchronize = d.cuEventSynchronize
+        cuStreamWaitEvent = d.cuStreamWaitEvent
+        cuEventElapsedTime = d.cuEventElapsedTime
+        cuStreamQuery = d.cuStreamQuery
+        cuStreamSynchronize = d.cuStreamSynchronize
+        _d = d
+        return d
+
+
+def unavailable_reason() -> str | None:
+    """Why CUDA cannot be used here, or ``None`` when it can."""
+    try:
+        driver()
+        if device_count() == 0:
+            return "the CUDA driver reports 0 devices"
+    except CudaUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def raise_error(err, call: str, detail: str | None = None):
+    """Raise :class:`CudaError` for the non-success code ``err`` returned by ``call``."""
+    name = getattr(err, "name", None)
+    raise CudaError(call, int(err), name, detail)
+
+
+def check(result, call: str):
+    """Check a ``cuda.bindings`` result tuple; return its value(s) or ``None``."""
+    err = result[0]
+    if err:
+        raise_error(err, call)
+    n = len(result)
+    if n == 1:
+        return None
+    if n == 2:
+        return result[1]
+    return result[1:]
+
+
+def device_count() -> int:
+    """Number of CUDA devices the driver sees (raises when CUDA is unavailable)."""
+    d = driver()
+    return check(d.cuDeviceGetCount(), "cuDeviceGetCount")
+
+
+def primary_context(index: int):
+    """The retained primary context of device ``index`` (retained once, kept for the process)."""
+    ctx = _contexts.get(index)
+    if ctx is not None:
+        return ctx
+    d = driver()
+    with _lock:
+        ctx = _contexts.get(index)
+        if ctx is None:
+            dev = check(d.cuDeviceGet(index), "cuDeviceGet")
+            ctx = check(d.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+            _contexts[index] = ctx
+    return ctx
+
+
+def current_device_index() -> int | None:
+    """Device of the calling thread's current context, or ``None`` when it has none."""
+    d = driver()
+    ctx = check(d.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if ctx is None or int(ctx) == 0:
+        return None
+    return int(check(d.cuCtxGetDevice(), "cuCtxGetDevice"))
+
+
+@contextlib.contextmanager
+def pushed(index: int):
+    """Make device ``index``'s primary context current for the block, then restore."""
+    d = driver()
+    ctx = primary_context(index)
+    cur = check(d.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if cur is not None and int(cur) == int(ctx):
+        yield ctx
+        return
+    check(d.cuCtxPushCurrent(ctx), "cuCtxPushCurrent")
+    try:
+        yield ctx
+    finally:
+        check(d.cuCtxPopCurrent(), "cuCtxPopCurrent")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the driver API and of cuda-bindings (what is known without a GPU too)."""
+    out: dict[str, str] = {}
+    try:
+        import cuda.bindings as cb
+
+        out["cuda-bindings"] = getattr(cb, "__version__", "unknown")
+    except ImportError:
+        out["cuda-bindings"] = "not installed"
+    try:
+        d = driver()
+        v = check(d.cuDriverGetVersion(), "cuDriverGetVersion")
+        out["driver CUDA version"] = f"{v // 1000}.{(v % 1000) // 10}"
+    except CudaUnavailableError:
+        out["driver CUDA version"] = "unavailable"
+    return out
+
+
+def event_create(index: int, flags: int):
+    """Create a native event with ``flags`` in device ``index``'s primary context."""
+    d = driver()
+    with pushed(index):
+        return check(d.cuEventCreate(flags), "cuEventCreate")
+
+
+def event_destroy(handle) -> None:
+    """Destroy a native event (legal while work recorded on it is pending)."""
+    check(driver().cuEventDestroy(handle), "cuEventDestroy")
+
+
+def stream_create(index: int, flags: int, priority: int):
+    """Create a native stream in device ``index``'s primary context."""
+    d = driver()
+    with pushed(index):
+        return check(d.cuStreamCreateWithPriority(flags, priority), "cuStreamCreateWithPriority")
+
+
+def stream_destroy(handle) -> None:
+    """Destroy a native stream; work already enqueued still completes."""
+    check(driver().cuStreamDestroy(handle), "cuStreamDestroy")
+
+
+def stream_priority_range(index: int) -> tuple[int, int]:
+    """``(greatest, least)`` stream priority of device ``index`` (numerically low, high)."""
+    d = driver()
+    with pushed(index):
+        least, greatest = check(d.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange")
+    return int(greatest), int(least)
+
+
+def stream_device(handle) -> int:
+    """Device ordinal of a (non-special) stream handle."""
+    d = driver()
+    dev = check(d.cuStreamGetDevice(handle), "cuStreamGetDevice")
+    return int(dev)
+
+
+def device_attribute(index: int, name: str) -> int:
+    """``cuDeviceGetAttribute`` by attribute name, e.g. ``"CAN_MAP_HOST_MEMORY"``."""
+    d = driver()
+    attr = getattr(d.CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_" + name)
+    dev = check(d.cuDeviceGet(index), "cuDeviceGet")
+    return int(check(d.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
+
+
+def device_name(index: int) -> str:
+    """The marketing name of device ``index``."""
+    d = driver()
+    dev = check(d.cuDeviceGet(index), "cuDeviceGet")
+    raw = check(d.cuDeviceGetName(256, dev), "cuDeviceGetName")
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def device_total_memory(index: int) -> int:
+    """Total memory of device ``index`` in bytes."""
+    d = driver()
+    dev = check(d.cuDeviceGet(index), "cuDeviceGet")
+    return int(check(d.cuDeviceTotalMem(dev), "cuDeviceTotalMem"))
+
+
+def driver_version() -> int:
+    """The CUDA version the driver supports, as 1000*major + 10*minor."""
+    return int(check(driver().cuDriverGetVersion(), "cuDriverGetVersion"))
+
+
+def handle_of(obj) -> int:
+    """The integer value of a driver handle (CUevent, CUstream, ...)."""
+    return int(obj)
+
+
+def as_stream_handle(value: int):
+    """Wrap an integer stream handle as a ``CUstream`` the bindings accept quickly."""
+    return driver().CUstream(value)
+
+
+# -- memory, for the demo and tests: plain device allocations (never managed memory) ---------
+def mem_alloc(index: int, nbytes: int) -> int:
+    """Allocate ``nbytes`` of device memory on device ``index``; returns the pointer."""
+    d = driver()
+    with pushed(index):
+        return int(check(d.cuMemAlloc(nbytes), "cuMemAlloc"))
+
+
+def mem_free(ptr: int) -> None:
+    """Free memory from :func:`mem_alloc`."""
+    check(driver().cuMemFree(ptr), "cuMemFree")
+
+
+def memset_d32_async(ptr: int, value: int, count: int, stream) -> None:
+    """Fill ``count`` 32-bit words at ``ptr`` with ``value`` in stream order."""
+    check(driver().cuMemsetD32Async(ptr, value, count, stream), "cuMemsetD32Async")
+
+
+def memcpy_dtod_async(dst: int, src: int, nbytes: int, stream) -> None:
+    """Copy device memory in stream order."""
+    check(driver().cuMemcpyDtoDAsync(dst, src, nbytes, stream), "cuMemcpyDtoDAsync")
+
+
+def memcpy_dtoh(index: int, host_address: int, src: int, nbytes: int) -> None:
+    """Copy device memory of device ``index`` to host memory at ``host_address`` (synchronous)."""
+    d = driver()
+    with pushed(index):
+        check(d.cuMemcpyDtoH(host_address, src, nbytes), "cuMemcpyDtoH")

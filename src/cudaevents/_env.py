@@ -1,0 +1,28 @@
+"""Environment variables: every ``CUDAEVENTS_*`` variable is read and parsed here."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["pool_max_cached"]
+
+
+def _int_or_none(name: str, *, minimum: int) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer; unset it or give an integer >= {minimum}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} is below {minimum}; unset it or give an integer >= {minimum}")
+    return value
+
+
+def pool_max_cached() -> int | None:
+    """``CUDAEVENTS_POOL_MAX_CACHED``: cap on cached handles per key of the default pool.
+
+    Unset means no cap; ``0`` switches recycling off (every release destroys the handle).
+    """
+    return _int_or_none("CUDAEVENTS_POOL_MAX_CACHED", minimum=0)

@@ -1,0 +1,275 @@
+"""CudaEvent: one pooled native CUDA event."""
+
+from __future__ import annotations
+
+from . import _cuda
+from ._device import Device, resolve_device_index
+from ._errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError
+from ._pool import default_pool
+from ._stream import GpuStream, as_stream
+from ._wait import check_timeout, poll_until
+
+__all__ = ["CudaEvent"]
+
+# CUevent_flags
+_BLOCKING_SYNC = 0x1
+_DISABLE_TIMING = 0x2
+_INTERPROCESS = 0x4
+
+
+class CudaEvent:
+    """A CUDA event whose native handle comes from an :class:`EventPool` and goes back to it.
+
+    The handle returns to the pool on :meth:`close`, at the end of a ``with`` block, or when
+    the last reference goes, so timing a region with a fresh pair of events costs no native
+    creation once the pool is warm.
+
+    Args:
+        device: the device whose primary context owns the event. ``None`` binds the event to
+            the device of the first stream it is recorded on (no handle is taken until then).
+        timing: allow :meth:`elapsed_time` (events without timing are cheaper to record).
+        blocking_sync: host waits block the thread instead of spinning.
+        interprocess: the event can be shared with other processes (incompatible with timing).
+        pool: the pool to draw from (default: :func:`default_pool`).
+
+    A ``CudaEvent`` object is meant for one thread at a time, like the streams it is
+    recorded on; the pool behind it is safe from any thread.
+    """
+
+    __slots__ = ("_handle", "_device", "_flags", "_pool", "_recorded", "_closed", "__weakref__")
+
+    def __init__(self, device=None, *, timing: bool = False, blocking_sync: bool = False,
+                 interprocess: bool = False, pool=None):
+        self._handle = None
+        self._closed = False
+        self._recorded = False
+        flags = 0 if timing else _DISABLE_TIMING
+        if blocking_sync:
+            flags |= _BLOCKING_SYNC
+        if interprocess:
+            if timing:
+                raise ValueError(
+                    "an interprocess event cannot record timing (CUDA requires timing disabled on "
+                    "interprocess events); pass timing=False"
+                )
+            flags |= _INTERPROCESS
+        self._flags = flags
+        self._pool = default_pool() if pool is None else pool
+        if device is None:
+            self._device = -1
+        else:
+            index = resolve_device_index(device)
+            self._handle = self._pool.acquire(index, flags)
+            self._device = index
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def device(self) -> Device | None:
+        """The event's :class:`Device`, or ``None`` before an unbound event's first record."""
+        return None if self._device < 0 else Device(self._device)
+
+    @property
+    def handle(self) -> int | None:
+        """The native ``CUevent`` as an integer (``None`` when unbound or closed)."""
+        h = self._handle
+        return None if h is None else int(h)
+
+    @property
+    def timing(self) -> bool:
+        """True when the event records timestamps for :meth:`elapsed_time`."""
+        return not self._flags & _DISABLE_TIMING
+
+    @property
+    def blocking_sync(self) -> bool:
+        """True when host waits block instead of spinning."""
+        return bool(self._flags & _BLOCKING_SYNC)
+
+    @property
+    def interprocess(self) -> bool:
+        """True for an interprocess event."""
+        return bool(self._flags & _INTERPROCESS)
+
+    @property
+    def recorded(self) -> bool:
+        """True once :meth:`record` has been called."""
+        return self._recorded
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<CudaEvent closed>"
+        where = "unbound" if self._device < 0 else f"device={self._device}"
+        return f"<CudaEvent {where} timing={self.timing} recorded={self._recorded}>"
+
+    # -- operations ---------------------------------------------------------------------
+    def _closed_error(self) -> ClosedError:
+        return ClosedError("this CudaEvent was closed; its handle went back to the pool. Create a new CudaEvent")
+
+    def _stream(self, stream) -> GpuStream:
+        if self._closed:
+            raise self._closed_error()
+        if stream is None:
+            return as_stream(None, None if self._device < 0 else self._device)
+        return as_stream(stream)
+
+    def record(self, stream=None) -> "CudaEvent":
+        """Capture the work enqueued on ``stream`` so far; returns ``self``.
+
+        ``stream`` is anything :func:`as_stream` accepts; ``None`` is the legacy default
+        stream of the event's device. Recording again replaces the captured work.
+
+        Raises:
+            DeviceMismatchError: the stream belongs to another device than the event.
+            ClosedError: the event or the stream was closed.
+        """
+        s = stream if type(stream) is GpuStream else self._stream(stream)
+        h = self._handle
+        if h is None:
+            if self._closed:
+                raise self._closed_error()
+            h = self._handle = self._pool.acquire(s._device, self._flags)
+            self._device = s._device
+        elif s._device != self._device:
+            raise DeviceMismatchError(
+                f"cannot record an event of device {self._device} on a stream of device {s._device} "
+                "(CUDA needs both in one context); create the event with "
+                f"device={s._device}, or with device=None to bind it at its first record"
+            )
+        sh = s._handle
+        if sh is None:
+            s._live()
+        if s._special:
+            with _cuda.pushed(s._device):
+                (err,) = _cuda.cuEventRecord(h, sh)
+        else:
+            (err,) = _cuda.cuEventRecord(h, sh)
+        if err:
+            _cuda.raise_error(err, "cuEventRecord")
+        self._recorded = True
+        return self
+
+    def _recorded_handle(self, what: str):
+        h = self._handle
+        if h is None and self._closed:
+            raise self._closed_error()
+        if not self._recorded:
+            raise NotRecordedError(
+                f"{what} on an event that was never recorded would order nothing; call record(stream) first"
+            )
+        return h
+
+    def wait(self, stream=None) -> None:
+        """Make ``stream`` wait (on the device, not the host) for the recorded work.
+
+        The stream may belong to another device: CUDA then synchronizes across devices.
+
+        Raises:
+            NotRecordedError: the event was never recorded.
+        """
+        h = self._recorded_handle("wait()")
+        s = stream if type(stream) is GpuStream else self._stream(stream)
+        sh = s._handle
+        if sh is None:
+            s._live()
+        if s._special:
+            with _cuda.pushed(s._device):
+                (err,) = _cuda.cuStreamWaitEvent(sh, h, 0)
+        else:
+            (err,) = _cuda.cuStreamWaitEvent(sh, h, 0)
+        if err:
+            _cuda.raise_error(err, "cuStreamWaitEvent")
+
+    def query(self) -> bool:
+        """True when the recorded work has finished, False while it is pending (never blocks).
+
+        Raises:
+            NotRecordedError: the event was never recorded.
+            CudaError: any failure other than "not ready", e.g. a sticky error of the context.
+        """
+        (err,) = _cuda.cuEventQuery(self._recorded_handle("query()"))
+        if not err:
+            return True
+        if err == _cuda.NOT_READY:
+            return False
+        _cuda.raise_error(err, "cuEventQuery")
+
+    def synchronize(self, timeout: float | None = None) -> None:
+        """Block the host until the recorded work has finished.
+
+        With ``timeout=None`` the thread waits in the driver with the GIL released (spinning
+        or, for ``blocking_sync`` events, sleeping); otherwise it polls and raises
+        ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        timeout = check_timeout(timeout)
+        h = self._recorded_handle("synchronize()")
+        if timeout is not None:
+            poll_until(self.query, timeout, "CudaEvent.synchronize()")
+            return
+        (err,) = _cuda.cuEventSynchronize(h)
+        if err:
+            _cuda.raise_error(err, "cuEventSynchronize")
+
+    def elapsed_time(self, end: "CudaEvent") -> float:
+        """Milliseconds between this (start) event and ``end``; both must have completed.
+
+        Raises:
+            ValueError: either event was created without ``timing=True``.
+            NotRecordedError: either event was never recorded.
+            NotReadyError: the work before either event has not finished yet.
+            DeviceMismatchError: the events belong to different devices.
+        """
+        if not isinstance(end, CudaEvent):
+            raise TypeError(f"elapsed_time() needs the end CudaEvent, got {type(end).__name__}")
+        pair = ((self, "start"), (end, "end"))
+        for ev, role in pair:
+            if ev._closed:
+                raise ClosedError(f"the {role} event was closed; time with events that are still open")
+            if ev._flags & _DISABLE_TIMING:
+                raise ValueError(
+                    f"the {role} event was created without timing; create both events with timing=True"
+                )
+        for ev, role in pair:
+            if not ev._recorded:
+                raise NotRecordedError(f"the {role} event was never recorded; record() both events before elapsed_time()")
+        if self._device != end._device:
+            raise DeviceMismatchError(
+                f"cannot time between events of device {self._device} and device {end._device}; "
+                "record both on streams of one device"
+            )
+        err, ms = _cuda.cuEventElapsedTime(self._handle, end._handle)
+        if err:
+            if err == _cuda.NOT_READY:
+                raise NotReadyError(
+                    "the events have not both completed; call end.synchronize() before elapsed_time()"
+                )
+            _cuda.raise_error(err, "cuEventElapsedTime")
+        return ms
+
+    def close(self) -> None:
+        """Return the handle to the pool; the event cannot be used afterwards. Idempotent."""
+        self._closed = True
+        h = self._handle
+        if h is not None:
+            self._handle = None
+            self._pool.release(self._device, self._flags, h)
+
+    def __enter__(self) -> "CudaEvent":
+        if self._closed:
+            raise self._closed_error()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        h = self._handle
+        if h is not None:
+            self._handle = None
+            try:
+                self._pool.release(self._device, self._flags, h)
+            except Exception:  # a finalizer must not raise
+                pass

@@ -1,0 +1,203 @@
+"""The event pool: LIFO free lists of native event handles keyed by (device, flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from . import _cuda, _env
+
+__all__ = ["EventPool", "PoolStats", "default_pool"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    """Exact counts of an :class:`EventPool` (for one device, or all of them).
+
+    Attributes:
+        creates: native handles created (pool misses).
+        reuses: acquisitions served from the free lists (pool hits).
+        destroys: native handles destroyed (over the cap, ``trim``, ``clear``).
+        cached: handles in the free lists now.
+        live: handles acquired and not yet released now.
+        high_water: the most handles live at once since creation or :meth:`EventPool.reset_stats`.
+    """
+
+    creates: int
+    reuses: int
+    destroys: int
+    cached: int
+    live: int
+    high_water: int
+
+
+class _Counts:
+    __slots__ = ("creates", "reuses", "destroys", "live", "high")
+
+    def __init__(self):
+        self.creates = self.reuses = self.destroys = self.live = self.high = 0
+
+
+class EventPool:
+    """Recycles native CUDA event handles, keyed by ``(device ordinal, flags)``.
+
+    Safe to use from any number of threads at once: one lock guards the free lists and the
+    counts; native creation and destruction run outside it. Handles come back in LIFO order,
+    so the most recently used (warmest) one is reused first. Releasing a handle whose record
+    is still pending is fine: CUDA lets an event be recorded again, and waits already
+    enqueued keep the state they captured.
+
+    Args:
+        max_cached: cap on cached handles per key; a release beyond it destroys the handle.
+            ``None`` means no cap, ``0`` switches recycling off.
+        create: ``create(device, flags) -> handle`` (default: ``cuEventCreate`` in the
+            device's primary context). For tests and custom handle types.
+        destroy: ``destroy(handle)`` (default: ``cuEventDestroy``).
+    """
+
+    def __init__(self, max_cached: int | None = None, *, create=None, destroy=None):
+        if max_cached is not None and (isinstance(max_cached, bool) or not isinstance(max_cached, int)):
+            raise TypeError(f"max_cached must be None or an int, got {type(max_cached).__name__}")
+        if max_cached is not None and max_cached < 0:
+            raise ValueError(f"max_cached must be None (no cap) or >= 0, got {max_cached}")
+        if (create is None) != (destroy is None):
+            raise TypeError("give both create= and destroy=, or neither")
+        self._max_cached = max_cached
+        self._create = create or _cuda.event_create
+        self._destroy = destroy or _cuda.event_destroy
+        self._lock = threading.Lock()
+        self._free: dict[tuple[int, int], list] = {}
+        self._counts: dict[int, _Counts] = {}  # per device
+        self._total = _Counts()  # live/high over all devices
+        self._state = _cuda.state  # bound early: read by releases during interpreter exit
+
+    @property
+    def max_cached(self) -> int | None:
+        """The cap on cached handles per key (``None``: no cap)."""
+        return self._max_cached
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return f"<EventPool max_cached={self._max_cached} live={s.live} cached={s.cached} creates={s.creates}>"
+
+    def acquire(self, device: int, flags: int):
+        """A handle for ``(device, flags)``: a cached one if any, else a new native one."""
+        key = (device, flags)
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                handle = free.pop()
+                c = self._counts[device]
+                c.reuses += 1
+                c.live += 1
+                if c.live > c.high:
+                    c.high = c.live
+                t = self._total
+                t.live += 1
+                if t.live > t.high:
+                    t.high = t.live
+                return handle
+        handle = self._create(device, flags)
+        with self._lock:
+            if key not in self._free:
+                self._free[key] = []
+            c = self._counts.get(device)
+            if c is None:
+                c = self._counts[device] = _Counts()
+            c.creates += 1
+            c.live += 1
+            if c.live > c.high:
+                c.high = c.live
+            t = self._total
+            t.live += 1
+            if t.live > t.high:
+                t.high = t.live
+        return handle
+
+    def release(self, device: int, flags: int, handle) -> None:
+        """Give back a handle obtained from :meth:`acquire` with the same key."""
+        cap = self._max_cached
+        with self._lock:
+            free = self._free.get((device, flags))
+            if free is None:
+                raise ValueError(f"release() of a handle for (device={device}, flags={flags}) that this pool never gave out")
+            self._counts[device].live -= 1
+            self._total.live -= 1
+            if cap is None or len(free) < cap or self._state.exiting:
+                free.append(handle)
+                return
+            self._counts[device].destroys += 1
+        self._destroy(handle)
+
+    def trim(self, keep: int = 0) -> int:
+        """Destroy cached handles beyond ``keep`` per key; returns how many were destroyed."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"keep must be an int >= 0, got {keep!r}")
+        doomed = []
+        with self._lock:
+            if self._state.exiting:
+                return 0
+            for (device, _flags), free in self._free.items():
+                if len(free) > keep:
+                    # the oldest handles sit at the bottom of the LIFO lists
+                    extra = free[: len(free) - keep]
+                    del free[: len(free) - keep]
+                    self._counts[device].destroys += len(extra)
+                    doomed.extend(extra)
+        for handle in doomed:
+            self._destroy(handle)
+        return len(doomed)
+
+    def clear(self) -> None:
+        """Destroy every cached handle and reset the statistics (live handles stay counted)."""
+        self.trim(0)
+        self.reset_stats()
+
+    def stats(self, device: int | None = None) -> PoolStats:
+        """Exact :class:`PoolStats` for ``device`` (an ordinal or Device), or for all devices."""
+        with self._lock:
+            if device is None:
+                counts = list(self._counts.values())
+                cached = sum(len(f) for f in self._free.values())
+                live, high = self._total.live, self._total.high
+            else:
+                device = int(device)
+                c = self._counts.get(device)
+                counts = [c] if c is not None else []
+                cached = sum(len(f) for (d, _), f in self._free.items() if d == device)
+                live = c.live if c is not None else 0
+                high = c.high if c is not None else 0
+            return PoolStats(
+                creates=sum(c.creates for c in counts),
+                reuses=sum(c.reuses for c in counts),
+                destroys=sum(c.destroys for c in counts),
+                cached=cached,
+                live=live,
+                high_water=high,
+            )
+
+    def reset_stats(self) -> None:
+        """Zero the creates/reuses/destroys counts and restart the high-water mark at ``live``."""
+        with self._lock:
+            for c in (*self._counts.values(), self._total):
+                c.creates = c.reuses = c.destroys = 0
+                c.high = c.live
+
+
+_default: EventPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> EventPool:
+    """The process-wide pool that events use unless given another one.
+
+    Its cap comes from ``CUDAEVENTS_POOL_MAX_CACHED`` (unset: no cap).
+    """
+    global _default
+    pool = _default
+    if pool is None:
+        with _default_lock:
+            if _default is None:
+                _default = EventPool(_env.pool_max_cached())
+            pool = _default
+    return pool

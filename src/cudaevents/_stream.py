@@ -1,0 +1,268 @@
+"""GPU streams: our own (owned) and borrowed from any library, through one adapter."""
+
+from __future__ import annotations
+
+from . import _cuda
+from ._device import resolve_device_index
+from ._errors import ClosedError, DeviceMismatchError
+from ._wait import check_timeout, poll_until
+
+__all__ = ["GpuStream", "as_stream"]
+
+# Handle values with a meaning of their own: the default stream (0), CU_STREAM_LEGACY (1) and
+# CU_STREAM_PER_THREAD (2). They name a stream of whatever context is current, so every call
+# on them runs with their device's primary context pushed.
+_SPECIAL_HANDLES = (0, 1, 2)
+
+_STREAM_NON_BLOCKING = 1  # CU_STREAM_NON_BLOCKING
+
+
+class GpuStream:
+    """A CUDA stream on one device.
+
+    ``GpuStream(device=None, priority=0, blocking=False)`` creates and owns a native stream
+    (non-blocking with respect to the legacy default stream unless ``blocking=True``),
+    destroyed by :meth:`close`, a ``with`` block or garbage collection. Streams of other
+    libraries are borrowed with :func:`as_stream`; a borrowed stream keeps its owner alive
+    and never destroys it.
+
+    Args:
+        device: a :class:`Device`, an ordinal, or ``None`` for the current device.
+        priority: stream priority; lower numbers are higher priority. The valid range is
+            the device's (``cuCtxGetStreamPriorityRange``, e.g. -5..0 on H100).
+        blocking: synchronize with the legacy default stream as plain ``cudaStreamCreate``
+            streams do.
+    """
+
+    __slots__ = ("_handle", "_device", "_owned", "_owner", "_special", "__weakref__")
+
+    def __init__(self, device=None, *, priority: int = 0, blocking: bool = False):
+        index = resolve_device_index(device)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+        greatest, least = _cuda.stream_priority_range(index)
+        if not greatest <= priority <= least:
+            raise ValueError(
+                f"priority {priority} is outside device {index}'s range {greatest}..{least} "
+                "(lower numbers are higher priority)"
+            )
+        flags = 0 if blocking else _STREAM_NON_BLOCKING
+        self._handle = _cuda.stream_create(index, flags, priority)
+        self._device = index
+        self._owned = True
+        self._owner = None
+        self._special = False
+
+    @classmethod
+    def _borrow(cls, handle: int, device: int, owner) -> "GpuStream":
+        self = object.__new__(cls)
+        self._handle = _cuda.as_stream_handle(handle)
+        self._device = device
+        self._owned = False
+        self._owner = owner
+        self._special = handle in _SPECIAL_HANDLES
+        return self
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def device(self):
+        """The :class:`Device` this stream belongs to."""
+        from ._device import Device
+
+        return Device(self._device)
+
+    @property
+    def handle(self) -> int:
+        """The native ``CUstream`` as an integer."""
+        return int(self._live())
+
+    @property
+    def owned(self) -> bool:
+        """True when this object created the native stream and destroys it on close."""
+        return self._owned
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._handle is None
+
+    def __cuda_stream__(self):
+        """The CUDA stream protocol (version 0), so cuda.core and others can borrow ours."""
+        return (0, int(self._live()))
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "<GpuStream closed>"
+        kind = "owned" if self._owned else "borrowed"
+        return f"<GpuStream {kind} device={self._device} handle=0x{int(self._handle):x}>"
+
+    # -- operations ---------------------------------------------------------------------
+    def _live(self):
+        h = self._handle
+        if h is None:
+            raise ClosedError("this GpuStream was closed; create a new GpuStream or borrow one with as_stream()")
+        return h
+
+    def query(self) -> bool:
+        """True when all work enqueued so far has finished (never blocks)."""
+        h = self._live()
+        if self._special:
+            with _cuda.pushed(self._device):
+                (err,) = _cuda.cuStreamQuery(h)
+        else:
+            (err,) = _cuda.cuStreamQuery(h)
+        if not err:
+            return True
+        if err == _cuda.NOT_READY:
+            return False
+        _cuda.raise_error(err, "cuStreamQuery")
+
+    def synchronize(self, timeout: float | None = None) -> None:
+        """Block the host until all enqueued work has finished.
+
+        With ``timeout=None`` this waits in the driver with the GIL released; otherwise it
+        polls and raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        timeout = check_timeout(timeout)
+        h = self._live()
+        if timeout is not None:
+            poll_until(self.query, timeout, "GpuStream.synchronize()")
+            return
+        if self._special:
+            with _cuda.pushed(self._device):
+                (err,) = _cuda.cuStreamSynchronize(h)
+        else:
+            (err,) = _cuda.cuStreamSynchronize(h)
+        if err:
+            _cuda.raise_error(err, "cuStreamSynchronize")
+
+    def close(self) -> None:
+        """Destroy an owned stream (enqueued work still completes) or drop a borrowed one.
+
+        Closing twice is fine.
+        """
+        h = self._handle
+        if h is None:
+            return
+        self._handle = None
+        self._owner = None
+        if self._owned and not _cuda.state.exiting:
+            _cuda.stream_destroy(h)
+
+    def __enter__(self) -> "GpuStream":
+        self._live()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        if self._handle is not None and self._owned:
+            try:
+                self.close()
+            except Exception:  # a finalizer must not raise; the driver may be gone
+                pass
+
+
+def _protocol_handle(obj) -> int:
+    attr = obj.__cuda_stream__
+    value = attr() if callable(attr) else attr
+    if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise TypeError(
+            f"{type(obj).__name__}.__cuda_stream__ gave {value!r}; the protocol requires a tuple "
+            "(version, handle) of two ints"
+        )
+    version, handle = value
+    if version != 0:
+        raise ValueError(
+            f"{type(obj).__name__}.__cuda_stream__ uses protocol version {version}; cudaevents "
+            "understands version 0 (upgrade cudaevents or the library that made the stream)"
+        )
+    return handle
+
+
+def _device_attribute_of(obj) -> int | None:
+    """The device ordinal a stream object states about itself, if it states one."""
+    dev_id = getattr(obj, "device_id", None)  # CuPy
+    if isinstance(dev_id, int) and not isinstance(dev_id, bool):
+        return dev_id
+    dev = getattr(obj, "device", None)
+    if dev is None:
+        return None
+    for name in ("index", "device_id"):  # torch.device, cuda.core Device
+        value = getattr(dev, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _is_module(obj, prefix: str) -> bool:
+    module = type(obj).__module__ or ""
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def as_stream(obj, device=None) -> GpuStream:
+    """Turn anything that is a CUDA stream into a :class:`GpuStream`.
+
+    Accepts a :class:`GpuStream` (returned as is), an object implementing the
+    ``__cuda_stream__`` protocol (cuda.core, recent CuPy/PyTorch/Numba), ``torch.cuda.Stream``,
+    ``cupy.cuda.Stream``, a raw handle (an int or ``CUstream``) together with ``device=``, or
+    ``None`` for the legacy default stream of ``device`` (the current device when omitted).
+    A borrowed stream keeps ``obj`` alive as long as the returned object lives.
+
+    Raises:
+        TypeError: ``obj`` is not a stream, or a raw handle came without ``device``.
+        DeviceMismatchError: ``device`` disagrees with the stream's own device.
+    """
+    if type(obj) is GpuStream:
+        if device is not None and resolve_device_index(device) != obj._device:
+            raise DeviceMismatchError(
+                f"the stream belongs to device {obj._device}, not device {resolve_device_index(device)}"
+            )
+        obj._live()
+        return obj
+    if obj is None:
+        return GpuStream._borrow(0, resolve_device_index(device), None)
+    if isinstance(obj, bool):
+        raise TypeError("as_stream() got a bool; pass a stream object or a raw handle with device=")
+    if hasattr(type(obj), "__cuda_stream__") or hasattr(obj, "__cuda_stream__"):
+        handle = _protocol_handle(obj)
+    elif _is_module(obj, "torch") and isinstance(getattr(obj, "cuda_stream", None), int):
+        handle = obj.cuda_stream
+    elif _is_module(obj, "cupy") and isinstance(getattr(obj, "ptr", None), int):
+        handle = obj.ptr
+    elif isinstance(obj, int) or type(obj).__name__ == "CUstream":
+        handle = int(obj)
+        if handle < 0:
+            raise ValueError(f"a stream handle is a non-negative pointer value, got {handle}")
+        if device is None:
+            raise TypeError(
+                "as_stream() needs device= with a raw stream handle (a bare pointer does not say "
+                "which device it belongs to)"
+            )
+        return _borrow_checked(handle, resolve_device_index(device), obj)
+    else:
+        raise TypeError(
+            f"as_stream() cannot use a {type(obj).__module__}.{type(obj).__qualname__}: expected a "
+            "GpuStream, an object with __cuda_stream__ (cuda.core), a torch.cuda.Stream, a "
+            "cupy.cuda.Stream, or a raw handle with device="
+        )
+    stated = _device_attribute_of(obj)
+    if device is not None:
+        wanted = resolve_device_index(device)
+        if stated is not None and stated != wanted:
+            raise DeviceMismatchError(f"the stream belongs to device {stated}, not device {wanted}")
+        return _borrow_checked(handle, wanted, obj)
+    if stated is not None:
+        return GpuStream._borrow(handle, stated, obj)
+    if handle in _SPECIAL_HANDLES:
+        return GpuStream._borrow(handle, resolve_device_index(None), obj)
+    return GpuStream._borrow(handle, _cuda.stream_device(handle), obj)
+
+
+def _borrow_checked(handle: int, device: int, owner) -> GpuStream:
+    if handle not in _SPECIAL_HANDLES:
+        actual = _cuda.stream_device(handle)
+        if actual != device:
+            raise DeviceMismatchError(f"the stream belongs to device {actual}, not device {device}")
+    return GpuStream._borrow(handle, device, owner)

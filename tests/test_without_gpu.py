@@ -1,0 +1,230 @@
+"""Behaviour that needs no GPU: import, errors, the stream adapter's rejections, event misuse
+caught before any driver call, and the CLI where CUDA is unavailable.
+
+The CLI and import checks run in subprocesses with CUDA_VISIBLE_DEVICES="" so that they hold
+on a GPU machine too (the driver then reports no device).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+import cudaevents
+from cudaevents import (
+    ClosedError,
+    CudaError,
+    CudaEvent,
+    CudaUnavailableError,
+    EventPool,
+    NotRecordedError,
+    as_stream,
+)
+
+
+def run_python(*args, env_extra=None, timeout=60):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", **(env_extra or {}))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_import_and_availability_without_a_device():
+    r = run_python("-c", "import cudaevents as c; print(c.is_available(), c.device_count())")
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.split() == ["False", "0"]
+
+
+def test_gpu_needing_calls_raise_cuda_unavailable_with_the_reason():
+    code = (
+        "import cudaevents as c\n"
+        "for f in (lambda: c.Device(0), lambda: c.GpuStream(), lambda: c.CudaEvent(0), lambda: c.CudaEvent().record()):\n"
+        "    try:\n"
+        "        f()\n"
+        "    except c.CudaUnavailableError as e:\n"
+        "        print('unavailable:', e)\n"
+    )
+    r = run_python("-c", code)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        assert "no CUDA driver" in line or "found no GPU" in line
+
+
+def test_cli_info_without_a_device():
+    r = run_python("-m", "cudaevents", "info")
+    assert r.returncode == 0 and r.stderr == ""
+    assert "cudaevents 0.1.0" in r.stdout
+    assert "cuda-bindings" in r.stdout
+    assert "CUDA unavailable:" in r.stdout
+
+
+def test_cli_demo_without_a_device_shows_cpu_streams():
+    r = run_python("-m", "cudaevents", "demo")
+    assert r.returncode == 0 and r.stderr == ""
+    assert "No GPU here" in r.stdout
+    assert "consume 2" in r.stdout and "synchronize() raised ValueError('bad batch')" in r.stdout
+
+
+def test_cli_usage():
+    r = run_python("-m", "cudaevents")
+    assert r.returncode == 2 and "info" in r.stdout and "demo" in r.stdout
+    r = run_python("-m", "cudaevents", "demo", "--iterations", "0")
+    assert r.returncode == 2 and "at least 1" in r.stderr
+    r = run_python("-m", "cudaevents", "frobnicate")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_exit_with_cpu_streams_and_events_is_silent():
+    code = (
+        "import threading, cudaevents as c\n"
+        "s = c.CpuStream(); t = c.CpuStream()\n"
+        "gate = threading.Event()\n"
+        "s.enqueue(gate.wait, 30)\n"
+        "for i in range(100): s.enqueue(print, end='')\n"
+        "t.enqueue(lambda: None)\n"
+        "e = c.CudaEvent(); pool = c.EventPool()\n"
+    )
+    for _ in range(5):
+        r = run_python("-c", code)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_cuda_error_carries_its_code_and_pickles():
+    err = CudaError("cuEventRecord", 400, "CUDA_ERROR_INVALID_HANDLE")
+    assert isinstance(err, RuntimeError)
+    assert (err.call, err.code, err.name) == ("cuEventRecord", 400, "CUDA_ERROR_INVALID_HANDLE")
+    assert str(err) == "cuEventRecord failed with CUDA_ERROR_INVALID_HANDLE (400)"
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is CudaError and (back.call, back.code, back.name, str(back)) == (err.call, err.code, err.name, str(err))
+
+
+def test_raise_error_uses_the_enum_name():
+    class FakeCode(int):
+        name = "CUDA_ERROR_LAUNCH_FAILED"
+
+    with pytest.raises(CudaError, match=r"cuStreamSynchronize failed with CUDA_ERROR_LAUNCH_FAILED \(719\)"):
+        cudaevents._cuda.raise_error(FakeCode(719), "cuStreamSynchronize")
+
+
+class _NotAStream:
+    pass
+
+
+class _BadProtocol:
+    def __init__(self, value):
+        self.value = value
+
+    def __cuda_stream__(self):
+        return self.value
+
+
+@pytest.mark.parametrize(
+    "obj,exc,msg",
+    [
+        (_NotAStream(), TypeError, "cannot use a"),
+        ("stream", TypeError, "cannot use a"),
+        (3.0, TypeError, "cannot use a"),
+        (True, TypeError, "got a bool"),
+        (12345, TypeError, "needs device="),
+        (-1, ValueError, "non-negative"),
+        (_BadProtocol((0,)), TypeError, "tuple"),
+        (_BadProtocol([0, 1]), TypeError, "tuple"),
+        (_BadProtocol((1, 12345)), ValueError, "protocol version 1"),
+    ],
+)
+def test_as_stream_rejects_non_streams(obj, exc, msg):
+    with pytest.raises(exc, match=msg):
+        as_stream(obj)
+
+
+def test_interprocess_with_timing_is_refused():
+    with pytest.raises(ValueError, match="pass timing=False"):
+        CudaEvent(interprocess=True, timing=True)
+
+
+def test_unrecorded_event_misuse_is_caught_before_the_driver():
+    ev = CudaEvent(timing=True)
+    for op in (ev.wait, ev.query, ev.synchronize):
+        with pytest.raises(NotRecordedError, match="never recorded"):
+            op()
+    with pytest.raises(NotRecordedError, match="start event was never recorded"):
+        ev.elapsed_time(CudaEvent(timing=True))
+    with pytest.raises(ValueError, match="create both events with timing=True"):
+        ev.elapsed_time(CudaEvent())
+    with pytest.raises(TypeError, match="end CudaEvent"):
+        ev.elapsed_time(1.0)
+    assert ev.device is None and ev.handle is None and not ev.recorded
+
+
+def test_closed_event_is_refused_and_close_is_idempotent():
+    ev = CudaEvent()
+    ev.close()
+    ev.close()
+    assert ev.closed
+    for op in (ev.record, ev.wait, ev.query, ev.synchronize):
+        with pytest.raises((ClosedError, NotRecordedError)):
+            op()
+    with pytest.raises(ClosedError, match="Create a new CudaEvent"):
+        ev.record()
+    with pytest.raises(ClosedError):
+        with ev:
+            pass
+
+
+def test_event_flags_are_reported():
+    ev = CudaEvent(blocking_sync=True, interprocess=True)
+    assert (ev.timing, ev.blocking_sync, ev.interprocess) == (False, True, True)
+    assert CudaEvent(timing=True).timing
+
+
+def test_event_with_a_custom_pool_needs_no_driver_until_bound(fake, fake_pool):
+    ev = CudaEvent(pool=fake_pool)
+    assert fake.created == []
+    ev.close()
+    assert fake_pool.stats().creates == 0
+
+
+def test_event_acquires_eagerly_with_a_device_and_releases_on_drop(fake, monkeypatch):
+    import cudaevents._event as event_module
+
+    monkeypatch.setattr(event_module, "resolve_device_index", lambda d: int(d))
+    pool = EventPool(create=fake.create, destroy=fake.destroy)
+    ev = CudaEvent(1, timing=True, pool=pool)
+    assert fake.created == [(1, 1, 0)]
+    assert pool.stats().live == 1
+    del ev
+    assert pool.stats().live == 0 and pool.stats().cached == 1
+    with CudaEvent(1, pool=pool) as ev2:
+        assert pool.stats(1).live == 1
+    assert ev2.closed and pool.stats().live == 0
+
+
+def test_timeouts_are_validated():
+    ev = CudaEvent()
+    with pytest.raises(TypeError, match="timeout"):
+        cudaevents._wait.check_timeout("soon")
+    with pytest.raises(ValueError, match="timeout"):
+        cudaevents._wait.check_timeout(-0.5)
+    assert cudaevents._wait.check_timeout(2) == 2.0
+    ev.close()
+
+
+def test_poll_until_times_out_promptly():
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="thing did not complete within 0.05 s"):
+        cudaevents._wait.poll_until(lambda: False, 0.05, "thing")
+    assert time.monotonic() - t0 < 0.05 + 0.05
+    calls = iter([False, False, True])
+    cudaevents._wait.poll_until(lambda: next(calls), 5, "thing")
+
+
+def test_public_names_have_docstrings():
+    for name in cudaevents.__all__:
+        obj = getattr(cudaevents, name)
+        assert obj.__doc__, name
