@@ -52,3 +52,71 @@ def fake():
 @pytest.fixture
 def fake_pool(fake):
     return cudaevents.EventPool(create=fake.create, destroy=fake.destroy)
+
+
+class Latch:
+    """Blocks GPU streams on a host-controlled word until :meth:`release`.
+
+    A stream passed to :meth:`block` waits (``cuStreamWaitValue32``, GEQ 1) on a word of
+    pinned, device-mapped host memory; work enqueued behind it stays pending, which makes
+    "not ready" states deterministic. Keep the work enqueued behind a latch small: the
+    driver blocks the enqueuing thread once about a thousand operations queue up behind an
+    unsatisfied wait.
+    """
+
+    def __init__(self):
+        import ctypes
+
+        from cuda.bindings import driver as d
+
+        from cudaevents import _cuda
+
+        self._d = d
+        flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
+        with _cuda.pushed(0):
+            self._host = _cuda.check(d.cuMemHostAlloc(8, flags), "cuMemHostAlloc")
+            self._dptr = _cuda.check(d.cuMemHostGetDevicePointer(self._host, 0), "cuMemHostGetDevicePointer")
+        self._word = ctypes.c_uint32.from_address(int(self._host))
+        self._word.value = 0
+        self._blocked = []
+
+    def block(self, stream) -> None:
+        from cudaevents import _cuda
+
+        flags = self._d.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ
+        _cuda.check(self._d.cuStreamWaitValue32(stream._handle, self._dptr, 1, flags), "cuStreamWaitValue32")
+        self._blocked.append(stream)
+
+    def release(self) -> None:
+        self._word.value = 1
+
+    def close(self) -> None:
+        from cudaevents import _cuda
+
+        self.release()
+        for s in self._blocked:
+            if not s.closed:
+                s.synchronize(timeout=30)
+        _cuda.check(self._d.cuMemFreeHost(self._host), "cuMemFreeHost")
+
+
+@pytest.fixture
+def latch(stream):  # depends on `stream` so that it is released before that stream is synchronized
+    lt = Latch()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture
+def pool():
+    p = cudaevents.EventPool()
+    yield p
+    p.clear()
+
+
+@pytest.fixture
+def stream():
+    s = cudaevents.GpuStream(0)
+    yield s
+    s.synchronize(timeout=30)
+    s.close()
