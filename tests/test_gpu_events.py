@@ -16,8 +16,6 @@ from cudaevents import (
     CudaError,
     CudaEvent,
     Device,
-    DeviceMismatchError,
-    EventPool,
     GpuStream,
     NotReadyError,
     NotRecordedError,

@@ -19,7 +19,6 @@ from cudaevents import (
     ClosedError,
     CudaError,
     CudaEvent,
-    CudaUnavailableError,
     EventPool,
     NotRecordedError,
     as_stream,

@@ -298,6 +298,23 @@ def memcpy_dtod_async(dst: int, src: int, nbytes: int, stream) -> None:
     check(driver().cuMemcpyDtoDAsync(dst, src, nbytes, stream), "cuMemcpyDtoDAsync")
 
 
+def mem_host_alloc(nbytes: int) -> int:
+    """Allocate ``nbytes`` of pinned host memory usable from every context; returns its address."""
+    d = driver()
+    with pushed(0):
+        return int(check(d.cuMemHostAlloc(nbytes, d.CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc"))
+
+
+def mem_host_free(address: int) -> None:
+    """Free memory from :func:`mem_host_alloc`."""
+    check(driver().cuMemFreeHost(address), "cuMemFreeHost")
+
+
+def memcpy_dtoh_async(host_address: int, src: int, nbytes: int, stream) -> None:
+    """Copy device memory to pinned host memory in stream order."""
+    check(driver().cuMemcpyDtoHAsync(host_address, src, nbytes, stream), "cuMemcpyDtoHAsync")
+
+
 def memcpy_dtoh(index: int, host_address: int, src: int, nbytes: int) -> None:
     """Copy device memory of device ``index`` to host memory at ``host_address`` (synchronous)."""
     d = driver()

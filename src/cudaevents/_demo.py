@@ -19,7 +19,7 @@ __all__ = ["run_demo"]
 _OPS = ("memset", "copy d2d")
 
 
-def _pass(device: Device, streams, buffers, pool: EventPool, iterations: int, in_flight: int, checker: CpuStream):
+def _pass(streams, buffers, readback: int, pool: EventPool, iterations: int, in_flight: int, checker: CpuStream):
     """One pass: ``iterations`` rounds of (memset, copy) on every stream, each op timed by a
     fresh pair of events; finished pairs are harvested lazily (non-blocking queries)."""
     nwords = buffers[0][2]
@@ -48,7 +48,8 @@ def _pass(device: Device, streams, buffers, pool: EventPool, iterations: int, in
             finish(*item)
         pending[:] = keep
 
-    results = []
+    results: list[bool] = []
+    nchecks = 0
     for it in range(iterations):
         for k, s in enumerate(streams):
             src, dst, _ = buffers[k]
@@ -65,9 +66,13 @@ def _pass(device: Device, streams, buffers, pool: EventPool, iterations: int, in
             host_ns += time.perf_counter_ns() - t0
             regions += 2
             if it == iterations - 1 or it % 16 == 0:
-                # the CPU stream checks the data once the copy is done: CPU work ordered after GPU work
+                # a word of the copy lands in pinned memory in stream order; the CPU stream
+                # checks it once the event says it is there: CPU work ordered after GPU work
+                slot = readback + 4 * nchecks
+                nchecks += 1
+                _cuda.memcpy_dtoh_async(slot, dst, 4, s._handle)
                 done = CudaEvent(pool=pool).record(s)
-                checker.enqueue(_check_copy, device.index, done, dst, pattern, results)
+                checker.enqueue(_check_copy, done, slot, pattern, results)
         t0 = time.perf_counter_ns()
         harvest(in_flight)
         host_ns += time.perf_counter_ns() - t0
@@ -76,12 +81,10 @@ def _pass(device: Device, streams, buffers, pool: EventPool, iterations: int, in
     return times, host_ns / regions, regions, results
 
 
-def _check_copy(index: int, done: CudaEvent, dst: int, pattern: int, results: list) -> None:
+def _check_copy(done: CudaEvent, slot: int, pattern: int, results: list) -> None:
     done.synchronize(timeout=60)
     done.close()
-    word = ctypes.c_uint32()
-    _cuda.memcpy_dtoh(index, ctypes.addressof(word), dst, 4)
-    results.append(word.value == pattern)
+    results.append(ctypes.c_uint32.from_address(slot).value == pattern)
 
 
 def _gpu_demo(out, iterations: int) -> None:
@@ -91,12 +94,13 @@ def _gpu_demo(out, iterations: int) -> None:
     out(f"Device 0: {device.name}, {nstreams} streams, 32 MiB memset + copy per region pair\n")
     streams = [GpuStream(device) for _ in range(nstreams)]
     buffers = [(_cuda.mem_alloc(0, nwords * 4), _cuda.mem_alloc(0, nwords * 4), nwords) for _ in streams]
+    readback = _cuda.mem_host_alloc(4 * nstreams * (iterations // 16 + 2))
     checker = CpuStream(name="cudaevents-demo-checker")
     try:
         rows = []
         for label, cap in (("recycling off", 0), ("recycling on", None)):
             pool = EventPool(max_cached=cap)
-            times, host_us, regions, results = _pass(device, streams, buffers, pool, iterations, 64, checker)
+            times, host_us, regions, results = _pass(streams, buffers, readback, pool, iterations, 64, checker)
             stats = pool.stats()
             pool.clear()
             rows.append((label, regions, stats, host_us / 1000, times, results))
@@ -123,6 +127,7 @@ def _gpu_demo(out, iterations: int) -> None:
         for src, dst, _ in buffers:
             _cuda.mem_free(src)
             _cuda.mem_free(dst)
+        _cuda.mem_host_free(readback)
 
 
 def _cpu_demo(out) -> None:

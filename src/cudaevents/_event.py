@@ -266,7 +266,7 @@ class CudaEvent:
         self.close()
 
     def __del__(self):
-        h = self._handle
+        h = getattr(self, "_handle", None)  # None too if __init__ failed early
         if h is not None:
             self._handle = None
             try:

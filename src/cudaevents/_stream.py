@@ -157,7 +157,7 @@ class GpuStream:
         self.close()
 
     def __del__(self):
-        if self._handle is not None and self._owned:
+        if getattr(self, "_handle", None) is not None and self._owned:
             try:
                 self.close()
             except Exception:  # a finalizer must not raise; the driver may be gone
@@ -183,15 +183,14 @@ def _protocol_handle(obj) -> int:
 
 def _device_attribute_of(obj) -> int | None:
     """The device ordinal a stream object states about itself, if it states one."""
-    dev_id = getattr(obj, "device_id", None)  # CuPy
-    if isinstance(dev_id, int) and not isinstance(dev_id, bool):
-        return dev_id
+    # CuPy states device_id (-1 on its device-agnostic null stream); torch and cuda.core
+    # state a device object with index / device_id.
+    candidates = [getattr(obj, "device_id", None)]
     dev = getattr(obj, "device", None)
-    if dev is None:
-        return None
-    for name in ("index", "device_id"):  # torch.device, cuda.core Device
-        value = getattr(dev, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
+    if dev is not None:
+        candidates += [getattr(dev, "index", None), getattr(dev, "device_id", None)]
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return None
 
