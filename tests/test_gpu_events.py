@@ -325,3 +325,27 @@ def test_gc_returns_handles(stream, pool):
     gc.collect()
     s = pool.stats()
     assert s.live == 0 and s.creates == 1
+
+
+def test_host_wait_releases_the_gil(stream, latch, pool):
+    """A thread blocked in synchronize() lets other Python threads run."""
+    ev = CudaEvent(0, pool=pool)
+    latch.block(stream)
+    ev.record(stream)
+    finished = threading.Event()
+
+    def waiter():
+        ev.synchronize()  # no timeout: waits inside the driver
+        finished.set()
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    time.sleep(0.02)
+    count, deadline = 0, time.monotonic() + 0.1
+    while time.monotonic() < deadline:
+        count += 1
+    assert count > 10_000, "the main thread barely ran while another thread waited"
+    assert not finished.is_set()
+    latch.release()
+    assert finished.wait(timeout=10)
+    t.join(timeout=10)
