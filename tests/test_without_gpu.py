@@ -212,15 +212,15 @@ def test_timeouts_are_validated():
     ev.close()
 
 
-def test_poll_until_times_out_promptly():
+def test_wait_until_times_out_promptly():
     import time
 
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="thing did not complete within 0.05 s"):
-        cudaevents._wait.poll_until(lambda: False, 0.05, "thing")
+        cudaevents._wait.wait_until(lambda: False, 0.05, "thing")
     assert time.monotonic() - t0 < 0.05 + 0.05
     calls = iter([False, False, True])
-    cudaevents._wait.poll_until(lambda: next(calls), 5, "thing")
+    cudaevents._wait.wait_until(lambda: next(calls), 5, "thing")
 
 
 def test_public_names_have_docstrings():

@@ -6,6 +6,8 @@ streams that take part in the same synchronization, and the devices they run on.
 can be used.
 """
 
+from ._atomic import AtomicEvent, atomic_backend
+from ._cells import BACKENDS as ATOMIC_BACKENDS
 from ._cpu_stream import CpuStream
 from ._device import Device, DeviceCapabilities, device_count, is_available
 from ._errors import (
@@ -17,12 +19,19 @@ from ._errors import (
     NotRecordedError,
 )
 from ._event import CudaEvent
+from ._fence import Fence
 from ._pool import EventPool, PoolStats, default_pool
 from ._stream import GpuStream, as_stream
+from ._value_event import Event
+from ._wait import WaitPolicy
+from ._worker import Worker
 
 __version__ = "0.1.0"
 
+
 __all__ = [
+    "ATOMIC_BACKENDS",
+    "AtomicEvent",
     "ClosedError",
     "CpuStream",
     "CudaError",
@@ -31,12 +40,17 @@ __all__ = [
     "Device",
     "DeviceCapabilities",
     "DeviceMismatchError",
+    "Event",
     "EventPool",
+    "Fence",
     "GpuStream",
     "NotReadyError",
     "NotRecordedError",
     "PoolStats",
+    "WaitPolicy",
+    "Worker",
     "as_stream",
+    "atomic_backend",
     "default_pool",
     "device_count",
     "is_available",

@@ -32,6 +32,7 @@ def _info(out) -> int:
     reason = _cuda.unavailable_reason()
     if reason is not None:
         out(f"CUDA unavailable: {reason}")
+        out(f"AtomicEvent backend: {_counter_backend(None)}")
         return 0
     count = device_count()
     out(f"{count} device(s)")
@@ -42,7 +43,17 @@ def _info(out) -> int:
         for field in dataclasses.fields(dev.capabilities):
             value = getattr(dev.capabilities, field.name)
             out(f"  {field.name:<27} {'yes' if value else 'no'}")
+        out(f"  {'AtomicEvent backend':<27} {_counter_backend(i)}")
     return 0
+
+
+def _counter_backend(device: int | None) -> str:
+    from ._cells import choose_backend
+
+    try:
+        return choose_backend(device)
+    except (ValueError, RuntimeError) as exc:  # a bad CUDAEVENTS_ATOMIC_BACKEND: say so, still exit 0
+        return f"unusable ({exc})"
 
 
 def main(argv: list[str] | None = None) -> int:

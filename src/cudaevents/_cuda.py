@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import threading
 
 from ._errors import CudaError, CudaUnavailableError
@@ -104,15 +105,29 @@ def _init():
         return d
 
 
+_usable: bool | None = None
+
+
 def unavailable_reason() -> str | None:
     """Why CUDA cannot be used here, or ``None`` when it can."""
+    global _usable
     try:
         driver()
         if device_count() == 0:
+            _usable = False
             return "the CUDA driver reports 0 devices"
     except CudaUnavailableError as exc:
+        _usable = False
         return str(exc)
+    _usable = True
     return None
+
+
+def is_usable() -> bool:
+    """Whether a driver and at least one device are there (checked once per process)."""
+    if _usable is None:
+        unavailable_reason()
+    return _usable
 
 
 def raise_error(err, call: str, detail: str | None = None):
@@ -315,8 +330,81 @@ def memcpy_dtoh_async(host_address: int, src: int, nbytes: int, stream) -> None:
     check(driver().cuMemcpyDtoHAsync(host_address, src, nbytes, stream), "cuMemcpyDtoHAsync")
 
 
+def memcpy_htod_async(dst: int, host_address: int, nbytes: int, stream) -> None:
+    """Copy pinned host memory to device memory in stream order."""
+    check(driver().cuMemcpyHtoDAsync(dst, host_address, nbytes, stream), "cuMemcpyHtoDAsync")
+
+
 def memcpy_dtoh(index: int, host_address: int, src: int, nbytes: int) -> None:
     """Copy device memory of device ``index`` to host memory at ``host_address`` (synchronous)."""
     d = driver()
     with pushed(index):
         check(d.cuMemcpyDtoH(host_address, src, nbytes), "cuMemcpyDtoH")
+
+
+# -- stream memory operations and host functions, for counter events ----------------------
+_GEQ = 0  # CU_STREAM_WAIT_VALUE_GEQ
+
+
+def mem_host_alloc_mapped(nbytes: int) -> tuple[int, int]:
+    """Pinned host memory mapped into every device's address space (portable + device-mapped).
+
+    Returns ``(host_address, device_address)``; with unified addressing they are equal.
+    """
+    d = driver()
+    flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
+    with pushed(0):
+        host = int(check(d.cuMemHostAlloc(nbytes, flags), "cuMemHostAlloc"))
+        dev = int(check(d.cuMemHostGetDevicePointer(host, 0), "cuMemHostGetDevicePointer"))
+    return host, dev
+
+
+def stream_write_value(stream, address: int, value: int, bits: int) -> None:
+    """Enqueue a store of ``value`` at device address ``address`` (32 or 64 bits)."""
+    d = _d
+    if bits == 64:
+        (err,) = d.cuStreamWriteValue64(stream, address, value, 0)
+        if err:
+            raise_error(err, "cuStreamWriteValue64")
+    else:
+        (err,) = d.cuStreamWriteValue32(stream, address, value, 0)
+        if err:
+            raise_error(err, "cuStreamWriteValue32")
+
+
+def stream_wait_value(stream, address: int, value: int, bits: int) -> None:
+    """Enqueue a wait until the word at ``address`` is >= ``value`` (32 or 64 bits)."""
+    d = _d
+    if bits == 64:
+        (err,) = d.cuStreamWaitValue64(stream, address, value, _GEQ)
+        if err:
+            raise_error(err, "cuStreamWaitValue64")
+    else:
+        (err,) = d.cuStreamWaitValue32(stream, address, value, _GEQ)
+        if err:
+            raise_error(err, "cuStreamWaitValue32")
+
+
+_cu_launch_host_func = None
+
+
+def launch_host_func(stream, function_address: int, argument: int) -> None:
+    """Enqueue a call of the C function at ``function_address`` with one pointer argument.
+
+    Only ever pass a C function (e.g. libc's ``sem_post``): Python must never run in the
+    driver's callback thread, where it could deadlock against the GIL. That is also why
+    this calls libcuda through ctypes: cuda.bindings' ``cuLaunchHostFunc`` wraps every host
+    function in a trampoline that takes the GIL (NVIDIA/cuda-python#517), so a blocking
+    host function such as ``sem_wait`` would freeze the interpreter.
+    """
+    global _cu_launch_host_func
+    fn = _cu_launch_host_func
+    if fn is None:
+        driver()
+        fn = ctypes.CDLL("libcuda.so.1").cuLaunchHostFunc  # already loaded by cuInit
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+        fn.restype = ctypes.c_int
+        _cu_launch_host_func = fn
+    err = fn(int(stream), function_address, argument)  # ctypes releases the GIL for the call
+    if err:
+        raise_error(_d.CUresult(err), "cuLaunchHostFunc")

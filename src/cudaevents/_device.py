@@ -14,7 +14,7 @@ __all__ = ["Device", "DeviceCapabilities", "device_count", "is_available"]
 
 def is_available() -> bool:
     """True when a CUDA driver and at least one GPU can be used; never raises."""
-    return _cuda.unavailable_reason() is None
+    return _cuda.is_usable()
 
 
 def device_count() -> int:

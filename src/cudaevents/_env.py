@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["pool_max_cached"]
+__all__ = ["pool_max_cached", "atomic_backend"]
 
 
 def _int_or_none(name: str, *, minimum: int) -> int | None:
@@ -26,3 +26,20 @@ def pool_max_cached() -> int | None:
     Unset means no cap; ``0`` switches recycling off (every release destroys the handle).
     """
     return _int_or_none("CUDAEVENTS_POOL_MAX_CACHED", minimum=0)
+
+
+_BACKENDS = ("mem64", "mem32", "hostfn", "host")
+
+
+def atomic_backend() -> str | None:
+    """``CUDAEVENTS_ATOMIC_BACKEND``: force the counter-event backend (``mem64``, ``mem32``,
+    ``hostfn``, ``host``); unset or ``auto`` lets cudaevents choose per device."""
+    raw = os.environ.get("CUDAEVENTS_ATOMIC_BACKEND")
+    if raw is None or raw.strip() in ("", "auto"):
+        return None
+    value = raw.strip()
+    if value not in _BACKENDS:
+        raise ValueError(
+            f"CUDAEVENTS_ATOMIC_BACKEND={raw!r} is not one of auto, {', '.join(_BACKENDS)}"
+        )
+    return value

@@ -7,7 +7,7 @@ from ._device import Device, resolve_device_index
 from ._errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError
 from ._pool import default_pool
 from ._stream import GpuStream, as_stream
-from ._wait import check_timeout, poll_until
+from ._wait import check_timeout, wait_until
 
 __all__ = ["CudaEvent"]
 
@@ -207,7 +207,7 @@ class CudaEvent:
         timeout = check_timeout(timeout)
         h = self._recorded_handle("synchronize()")
         if timeout is not None:
-            poll_until(self.query, timeout, "CudaEvent.synchronize()")
+            wait_until(self.query, timeout, "CudaEvent.synchronize()")
             return
         (err,) = _cuda.cuEventSynchronize(h)
         if err:

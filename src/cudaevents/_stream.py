@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import _cuda
 from ._device import resolve_device_index
 from ._errors import ClosedError, DeviceMismatchError
-from ._wait import check_timeout, poll_until
+from ._wait import check_timeout, wait_until
 
 __all__ = ["GpuStream", "as_stream"]
 
@@ -126,7 +126,7 @@ class GpuStream:
         timeout = check_timeout(timeout)
         h = self._live()
         if timeout is not None:
-            poll_until(self.query, timeout, "GpuStream.synchronize()")
+            wait_until(self.query, timeout, "GpuStream.synchronize()")
             return
         if self._special:
             with _cuda.pushed(self._device):

@@ -1,13 +1,61 @@
-"""Host waits with a deadline: poll a completion check with a growing sleep."""
+"""Host waits: a policy (spin, then yield, then sleep with backoff, or block) and a deadline."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
 import time
 
-__all__ = ["poll_until", "check_timeout"]
+__all__ = ["WaitPolicy", "check_timeout", "resolve_policy", "wait_until"]
 
-_FIRST_SLEEP = 10e-6
-_MAX_SLEEP = 1e-3
+
+@dataclasses.dataclass(frozen=True)
+class WaitPolicy:
+    """How a host thread waits for something another thread or the GPU will do.
+
+    The wait spins (busy-polls) for ``spin`` seconds, then polls with ``os.sched_yield``
+    for ``yield_for`` seconds, then sleeps between checks with pauses that double from 10 us
+    up to ``max_sleep``. With ``block=True`` the sleeping phase waits on the event's
+    condition variable instead, so a host signal wakes the waiter at once; values that only
+    the GPU writes are still checked every ``max_sleep``.
+
+    Presets: ``"spin"`` (lowest latency, one core busy), ``"yield"``, ``"sleep"`` (the
+    default: 20 us spin, 200 us yield, sleeps up to 1 ms) and ``"block"``.
+    """
+
+    spin: float = 20e-6
+    yield_for: float = 200e-6
+    max_sleep: float = 1e-3
+    block: bool = False
+
+    def __post_init__(self):
+        for name in ("spin", "yield_for", "max_sleep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"WaitPolicy.{name} must be a number of seconds >= 0, got {value!r}")
+        if self.max_sleep == 0:
+            raise ValueError("WaitPolicy.max_sleep must be > 0")
+
+
+_PRESETS = {
+    "spin": WaitPolicy(spin=math.inf),
+    "yield": WaitPolicy(spin=0.0, yield_for=math.inf),
+    "sleep": WaitPolicy(),
+    "block": WaitPolicy(spin=0.0, yield_for=0.0, block=True),
+}
+DEFAULT_POLICY = _PRESETS["sleep"]
+
+
+def resolve_policy(policy) -> WaitPolicy:
+    """A :class:`WaitPolicy` from ``None`` (the default), a preset name, or a policy."""
+    if policy is None:
+        return DEFAULT_POLICY
+    if isinstance(policy, WaitPolicy):
+        return policy
+    if isinstance(policy, str) and policy in _PRESETS:
+        return _PRESETS[policy]
+    raise ValueError(f"unknown wait policy {policy!r}; use one of {sorted(_PRESETS)} or a WaitPolicy")
 
 
 def check_timeout(timeout) -> float | None:
@@ -21,23 +69,52 @@ def check_timeout(timeout) -> float | None:
     return float(timeout)
 
 
-def poll_until(done, timeout: float, what: str) -> None:
-    """Call ``done()`` until it returns True; raise ``TimeoutError`` after ``timeout`` s.
+_FIRST_SLEEP = 10e-6
 
-    The sleep between checks starts at 10 us and doubles up to 1 ms, so a short wait stays
-    responsive and a long one costs little CPU. ``time.sleep`` releases the GIL.
+
+def wait_until(done, timeout: float | None, what: str, policy: WaitPolicy = DEFAULT_POLICY, cond=None,
+               notified: bool = False) -> None:
+    """Return once ``done()`` is true; raise ``TimeoutError`` after ``timeout`` seconds.
+
+    ``cond`` is a condition variable that is notified whenever ``done()`` may have become
+    true from the host; with ``policy.block`` the sleeping phase waits on it. ``notified``
+    says that only such notified changes can make ``done()`` true, so a blocking wait needs
+    no periodic re-check.
     """
     if done():
         return
-    deadline = time.monotonic() + timeout
-    pause = _FIRST_SLEEP
-    while True:
-        now = time.monotonic()
-        if now >= deadline:
-            if done():
-                return
-            raise TimeoutError(f"{what} did not complete within {timeout:g} s")
-        time.sleep(min(pause, deadline - now))
-        pause = min(pause * 2, _MAX_SLEEP)
+    start = time.monotonic()
+    deadline = math.inf if timeout is None else start + timeout
+    spin_end = start + policy.spin
+    while time.monotonic() < min(spin_end, deadline):
         if done():
             return
+    yield_end = start + policy.spin + policy.yield_for
+    while time.monotonic() < min(yield_end, deadline):
+        os.sched_yield()
+        if done():
+            return
+    pause = _FIRST_SLEEP
+    if policy.block and cond is not None:
+        with cond:
+            while not done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if not notified:
+                    remaining = min(policy.max_sleep, remaining)
+                cond.wait(None if remaining == math.inf else remaining)
+            else:
+                return
+    else:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, policy.max_sleep)
+            if done():
+                return
+    if done():
+        return
+    raise TimeoutError(f"{what} did not complete within {timeout:g} s")

@@ -1,0 +1,360 @@
+"""AtomicEvent: a 64-bit monotonic counter that the CPU and GPU streams signal and wait on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from . import _cuda, _cells
+from ._cpu_stream import CpuStream
+from ._device import resolve_device_index
+from ._errors import ClosedError, DeviceMismatchError
+from ._stream import GpuStream, as_stream
+from ._wait import check_timeout, resolve_policy, wait_until
+
+__all__ = ["AtomicEvent", "atomic_backend"]
+
+_log = logging.getLogger("cudaevents")
+
+
+def atomic_backend(device=None) -> str:
+    """The counter backend :class:`AtomicEvent` uses on ``device`` (``None``: the current
+    device, or ``"host"`` without a GPU): ``mem64``, ``mem32``, ``hostfn`` or ``host``."""
+    index = None if device is None and not _cuda.is_usable() else resolve_device_index(device)
+    return _cells.choose_backend(index)
+
+
+def _check_value(value, limit: int, backend: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"counter values are ints, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"counter values are >= 0, got {value}")
+    if value >= limit:
+        if limit == 1 << 63:
+            raise ValueError(f"counter values are below 2**63 (the GPU compares them cyclically), got {value}")
+        raise ValueError(
+            f"the {backend} backend holds 32-bit values (below 2**32), got {value}; use the mem64 backend "
+            "or keep values small"
+        )
+    return value
+
+
+def _enqueue(s: GpuStream, fn, *args) -> None:
+    """Run a driver enqueue on ``s``, with its context pushed for the special handles."""
+    if s._special:
+        with _cuda.pushed(s._device):
+            fn(s._handle, *args)
+    else:
+        fn(s._handle, *args)
+
+
+class AtomicEvent:
+    """A 64-bit counter that only grows; CPU and GPU streams signal it and wait for values.
+
+    ``signal(v, stream)`` sets the counter to ``v`` now (``stream=None``) or when the stream
+    reaches that point; ``wait(v, stream)`` blocks the host (``stream=None``) or makes the
+    stream wait until the counter is at least ``v``. Values are ints in ``[0, 2**63)``
+    (``[0, 2**32)`` on the mem32 backend) and must not decrease from one signal call to the
+    next. Signals complete in the order they were called, also across streams: a GPU or CPU
+    stream signal that follows a pending signal of another stream first waits for it.
+
+    The storage backend is chosen from the device's capabilities (see
+    :func:`cudaevents.atomic_backend`) or forced with ``CUDAEVENTS_ATOMIC_BACKEND``.
+
+    Beware: a GPU stream that waits for a value only the host will signal holds the stream;
+    once about a thousand more operations queue behind it, the thread enqueuing them blocks
+    until the signal comes. Never enqueue GPU work behind such a wait from the only thread
+    that will give the signal. The detectable case, a GPU wait enqueued from a CpuStream
+    task for a value that only a later task of that same CpuStream signals, is refused.
+
+    Args:
+        device: the device whose streams use the counter; ``None`` is the current device,
+            or no device on a machine without a GPU (then only host and CPU streams).
+        policy: the default :class:`WaitPolicy` (or preset name) for host waits.
+    """
+
+    __slots__ = ("_cell", "_device", "_lock", "_cond", "_promised", "_last_source", "_error", "_error_tb",
+                 "_closed", "_touched", "_gpu_wait_max", "_cpu_pending", "_direct_promised", "_policy",
+                 "__weakref__")
+
+    def __init__(self, device=None, *, policy=None):
+        self._closed = True  # until fully built, so a failed __init__ leaves nothing to close
+        self._policy = resolve_policy(policy)
+        index = None if device is None and not _cuda.is_usable() else resolve_device_index(device)
+        backend = _cells.choose_backend(index)
+        self._cell = _cells.make_cell(backend, -1 if index is None else index)
+        self._device = -1 if index is None else index
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._promised = 0
+        self._last_source = None  # None: the host; a CpuStream; or a GPU stream handle (int)
+        self._error = None
+        self._error_tb = None
+        self._touched: dict[int, GpuStream] = {}
+        self._gpu_wait_max = 0
+        self._cpu_pending: list[tuple[int, CpuStream]] = []  # CPU-stream signals not yet run
+        self._direct_promised = 0  # highest value signalled by the host or a GPU stream
+        self._closed = False
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The storage backend: ``mem64``, ``mem32``, ``hostfn`` or ``host``."""
+        return self._cell.name
+
+    @property
+    def device(self):
+        """The :class:`Device` whose streams may use the counter, or ``None`` (host only)."""
+        from ._device import Device
+
+        return None if self._device < 0 else Device(self._device)
+
+    @property
+    def value(self) -> int:
+        """The counter's current value (what has completed, not what is enqueued)."""
+        self._raise_error()
+        return self._cell.read()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that failed the counter (a producer's exception), or ``None``."""
+        return self._error
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"value={self._cell.read()}"
+        return f"<AtomicEvent {self._cell.name} {state}>"
+
+    # -- checks -------------------------------------------------------------------------
+    def _raise_error(self) -> None:
+        err = self._error
+        if err is not None:
+            raise err.with_traceback(self._error_tb)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this AtomicEvent was closed; create a new one")
+
+    def _check_order(self, value: int) -> None:
+        if value < self._promised:
+            raise ValueError(
+                f"signal({value}) is below {self._promised}, the value already signalled: counter values never decrease"
+            )
+
+    def _gpu_stream(self, stream) -> GpuStream:
+        s = stream if type(stream) is GpuStream else as_stream(stream)
+        if not self._cell.gpu:
+            raise ValueError(
+                "this AtomicEvent uses the host backend (no GPU, or CUDAEVENTS_ATOMIC_BACKEND=host) and cannot "
+                "be signalled or awaited on a GPU stream; use a CpuStream or the host"
+            )
+        if s._device != self._device:
+            raise DeviceMismatchError(
+                f"this AtomicEvent belongs to device {self._device} and cannot be used on a stream of device "
+                f"{s._device}; create it with device={s._device}"
+            )
+        if s._handle is None:
+            s._live()
+        return s
+
+    # -- signal -------------------------------------------------------------------------
+    def signal(self, value: int, stream=None) -> None:
+        """Set the counter to ``value``: now, or when ``stream`` (CPU or GPU) gets there.
+
+        Raises:
+            ValueError: ``value`` is negative, too large, or below a value already signalled;
+                or a host signal would be overtaken by a pending stream signal.
+            ClosedError: the event was closed.
+        """
+        cell = self._cell
+        v = _check_value(value, cell.limit, cell.name)
+        if stream is None:
+            with self._lock:
+                self._check_open()
+                self._check_order(v)
+                if self._last_source is not None and cell.read() < self._promised:
+                    raise ValueError(
+                        f"a stream signal of {self._promised} has not happened yet, and a host signal of {v} "
+                        f"now would be overwritten by it; wait({self._promised}) first or signal on that stream"
+                    )
+                self._promised = self._direct_promised = v
+                self._last_source = None
+                cell.store(v)
+                self._cond.notify_all()
+            return
+        if type(stream) is CpuStream:
+            with self._lock:
+                self._check_open()
+                self._check_order(v)
+                prev = None
+                if self._last_source is not stream and cell.read() < self._promised:
+                    prev = self._promised
+                self._promised = v
+                self._last_source = stream
+                entry = (v, stream)
+                self._cpu_pending.append(entry)
+            stream.enqueue(self._cpu_signal, v, prev, stream, entry)
+            return
+        s = self._gpu_stream(stream)
+        key = int(s._handle)
+        with self._lock:
+            self._check_open()
+            self._check_order(v)
+            if self._last_source is not None and self._last_source != key and cell.read() < self._promised:
+                _enqueue(s, cell.gpu_wait, self._promised)  # keep completion order = call order
+            _enqueue(s, cell.gpu_signal, v)
+            self._promised = self._direct_promised = v
+            self._last_source = key
+            self._touched[key] = s
+
+    def _cpu_signal(self, v: int, prev, stream: CpuStream, entry) -> None:
+        """Runs on the CpuStream's thread."""
+        try:
+            failed = stream.error
+            if failed is not None:  # an earlier task of this stream raised
+                self._poison(failed)
+                return
+            if prev is not None:
+                self._host_wait(prev, None, None)
+            with self._lock:
+                if self._closed:
+                    return
+                if self._cell.read() < v:
+                    self._cell.store(v)
+                self._cond.notify_all()
+        finally:
+            with self._lock:
+                self._cpu_pending.remove(entry)
+
+    def _poison(self, error: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = error
+                self._error_tb = error.__traceback__
+                if self._cell.gpu:
+                    self._cell.release_waiters()  # a GPU stream cannot raise: let it go rather than hang
+            self._cond.notify_all()
+
+    # -- wait ---------------------------------------------------------------------------
+    def wait(self, value: int, stream=None, timeout: float | None = None, policy=None) -> None:
+        """Wait until the counter is at least ``value``: on the host (``stream=None``), or
+        make a CPU or GPU stream wait there.
+
+        Host waits follow ``policy`` (default: the event's) and raise ``TimeoutError`` after
+        ``timeout`` seconds; ``timeout`` and ``policy`` apply to host waits only.
+
+        Raises:
+            BaseException: the error of a failed producer (see :attr:`error`).
+            ClosedError: the event was closed before reaching ``value``.
+            RuntimeError: a GPU wait that would deadlock its enqueuing thread (see class doc).
+        """
+        cell = self._cell
+        v = _check_value(value, cell.limit, cell.name)
+        if stream is None:
+            self._host_wait(v, check_timeout(timeout), policy)
+            return
+        if timeout is not None or policy is not None:
+            raise TypeError("timeout and policy apply to host waits only (stream=None)")
+        if type(stream) is CpuStream:
+            with self._lock:
+                self._raise_error()
+                if self._closed and cell.read() < v:
+                    raise self._never_reached(v)
+            stream.enqueue(self._host_wait, v, None, None)
+            return
+        s = self._gpu_stream(stream)
+        with self._lock:
+            self._raise_error()
+            if cell.read() >= v:
+                return
+            self._check_open()
+            if self._only_this_thread_signals(v):
+                raise RuntimeError(
+                    f"a GPU wait for {v} enqueued from a task of the CpuStream that signals it later would "
+                    "stall that very stream (enqueues block behind an unsatisfied wait); enqueue the GPU wait "
+                    "from another thread, or signal before waiting"
+                )
+            _enqueue(s, cell.gpu_wait, v)
+            if v > self._gpu_wait_max:
+                self._gpu_wait_max = v
+            self._touched[int(s._handle)] = s
+
+    def _only_this_thread_signals(self, v: int) -> bool:
+        """True when ``v`` is promised only by pending signals of a CpuStream whose thread is
+        the calling one (so the caller would block before giving the signal)."""
+        if self._direct_promised >= v:
+            return False
+        me = threading.current_thread()
+        givers = {src._shared.thread for pv, src in self._cpu_pending if pv >= v}
+        return givers == {me}
+
+    def _never_reached(self, v: int) -> ClosedError:
+        return ClosedError(f"this AtomicEvent was closed at {self._cell.read()} and will never reach {v}")
+
+    def _host_wait(self, v: int, timeout, policy) -> None:
+        cell = self._cell
+        if cell.read() < v and self._error is None:
+            if self._closed:
+                raise self._never_reached(v)
+
+            def done() -> bool:
+                return self._error is not None or self._closed or cell.read() >= v
+
+            wait_until(done, timeout, f"AtomicEvent.wait({v})",
+                       self._policy if policy is None else resolve_policy(policy), self._cond,
+                       notified=not cell.gpu)
+        self._raise_error()
+        if cell.read() < v:
+            raise self._never_reached(v)
+
+    def is_signaled(self, value: int) -> bool:
+        """True when the counter has reached ``value`` (never blocks)."""
+        v = _check_value(value, self._cell.limit, self._cell.name)
+        self._raise_error()
+        return self._cell.read() >= v
+
+    # -- lifetime -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the counter's storage. Host waiters wake with :class:`ClosedError`; GPU
+        waits still pending for values never signalled are let go (and a warning logged)
+        rather than left to hang. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            cell = self._cell
+            if cell.gpu and self._gpu_wait_max > cell.read() and self._error is None:
+                _log.warning("AtomicEvent closed at %d with GPU waits for up to %d pending; released them",
+                             cell.read(), self._gpu_wait_max)
+                cell.release_waiters()
+            self._cond.notify_all()
+            touched, self._touched = self._touched, {}
+        if _cuda.state.exiting:
+            return
+        fences = []
+        from ._event import CudaEvent
+
+        for s in touched.values():
+            if s._handle is None:  # destroyed: its pending work cannot be fenced; never reuse
+                fences = None
+                break
+            fences.append(CudaEvent(s._device).record(s))
+        cell.retire(fences)
+
+    def __enter__(self) -> "AtomicEvent":
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # a finalizer must not raise
+                pass

@@ -1,0 +1,345 @@
+"""Where a counter event's value lives and how streams reach it: one class per backend.
+
+- ``mem64`` / ``mem32``: an 8-byte slot of pinned, device-mapped host memory, carved from a
+  shared slab and recycled. GPU streams store with ``cuStreamWriteValue64/32`` and wait with
+  ``cuStreamWaitValue64/32`` (GEQ): no kernel spins on an SM. The host reads and stores the
+  slot directly.
+- ``hostfn``: for devices without stream memory operations. A GPU signal enqueues libc's
+  ``sem_post`` with ``cuLaunchHostFunc`` followed by a pooled CUDA event; a GPU wait for a
+  value already promised by an earlier GPU signal waits on that event, otherwise it enqueues
+  libc's ``sem_wait`` as a host function, which a host signal releases. No Python ever runs
+  in the driver's callback thread.
+- ``host``: a plain integer, for machines without a GPU; only host and CPU streams.
+
+Cells are not thread-safe on their own: the owning AtomicEvent holds its lock around them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+from . import _cuda, _env
+from ._errors import CudaUnavailableError
+
+__all__ = ["BACKENDS", "HostCell", "MemCell", "HostFnCell", "choose_backend", "slab_stats", "Quarantine"]
+
+BACKENDS = ("mem64", "mem32", "hostfn", "host")
+
+
+class Quarantine:
+    """Resources that GPU work may still touch, released once fences (CUDA events recorded
+    after that work) have all completed."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: list[tuple[list, object]] = []
+
+    def add(self, fences: list, on_done) -> None:
+        """Call ``on_done()`` once every event in ``fences`` has completed (now if none)."""
+        if not fences:
+            on_done()
+            return
+        with self._lock:
+            self._entries.append((fences, on_done))
+
+    def reclaim(self) -> int:
+        """Release what is safe now; returns how many entries were released."""
+        with self._lock:
+            entries, self._entries = self._entries, []
+        keep, done = [], []
+        for fences, on_done in entries:
+            try:
+                finished = all(ev.query() for ev in fences)
+            except Exception:  # a failed context: keep the resource forever rather than reuse it
+                finished = False
+            (done if finished else keep).append((fences, on_done))
+        with self._lock:
+            self._entries.extend(keep)
+        for fences, on_done in done:
+            for ev in fences:
+                ev.close()
+            on_done()
+        return len(done)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_quarantine = Quarantine()
+
+
+class _Slab:
+    """Recycled 8-byte slots of pinned, device-mapped host memory, allocated 4 KiB at a time."""
+
+    CHUNK = 4096
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._free: list[tuple[int, int]] = []
+        self._chunks: list[int] = []
+        self.in_use = 0
+
+    def acquire(self) -> tuple[int, int]:
+        if not self._free and len(_quarantine):
+            _quarantine.reclaim()
+        with self._lock:
+            if not self._free:
+                host, dev = _cuda.mem_host_alloc_mapped(self.CHUNK)
+                self._chunks.append(host)
+                self._free.extend((host + off, dev + off) for off in range(self.CHUNK - 8, -8, -8))
+            self.in_use += 1
+            return self._free.pop()
+
+    def release(self, slot: tuple[int, int]) -> None:
+        with self._lock:
+            self.in_use -= 1
+            self._free.append(slot)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            total = len(self._chunks) * (self.CHUNK // 8)
+            return {"bytes": len(self._chunks) * self.CHUNK, "slots": total, "in_use": self.in_use,
+                    "free": len(self._free), "quarantined": len(_quarantine)}
+
+
+_slab: _Slab | None = None
+_slab_lock = threading.Lock()
+
+
+def _get_slab() -> _Slab:
+    global _slab
+    if _slab is None:
+        with _slab_lock:
+            if _slab is None:
+                _slab = _Slab()
+    return _slab
+
+
+def slab_stats() -> dict[str, int]:
+    """Pinned memory behind the mem64/mem32 counters: bytes, slots, in use, free, quarantined."""
+    return _get_slab().stats()
+
+
+class HostCell:
+    """A counter value in a Python int: host and CPU streams only."""
+
+    name = "host"
+    limit = 1 << 63
+    gpu = False
+
+    def __init__(self, device: int):
+        self._value = 0
+
+    def read(self) -> int:
+        return self._value
+
+    def store(self, value: int) -> None:
+        self._value = value
+
+    def retire(self, fences: list | None) -> None:
+        pass
+
+
+class MemCell:
+    """A counter value in a slab slot, reached by GPU stream memory operations."""
+
+    gpu = True
+
+    def __init__(self, device: int, bits: int):
+        self.name = f"mem{bits}"
+        self._bits = bits
+        self.limit = 1 << (63 if bits == 64 else 32)
+        self._slot = _get_slab().acquire()
+        host, self._dev = self._slot
+        self._word = (ctypes.c_uint64 if bits == 64 else ctypes.c_uint32).from_address(host)
+        self._word.value = 0
+
+    def read(self) -> int:
+        return self._word.value
+
+    def store(self, value: int) -> None:
+        self._word.value = value
+
+    def gpu_signal(self, stream, value: int) -> None:
+        _cuda.stream_write_value(stream, self._dev, value, self._bits)
+
+    def gpu_wait(self, stream, value: int) -> None:
+        _cuda.stream_wait_value(stream, self._dev, value, self._bits)
+
+    def release_waiters(self) -> None:
+        """Let every GPU wait on this cell pass (used when the event fails or closes)."""
+        self._word.value = self.limit - 1
+
+    def retire(self, fences: list | None) -> None:
+        """Give the slot back once ``fences`` complete; ``None``: GPU work on it cannot be
+        fenced (a stream was destroyed), so the slot is never reused."""
+        if fences is not None:
+            slot, slab = self._slot, _get_slab()
+            _quarantine.add(fences, lambda: slab.release(slot))
+
+
+class _Libc:
+    """libc's semaphore functions: addresses for host functions, callables for the host."""
+
+    def __init__(self):
+        lib = ctypes.CDLL(None, use_errno=True)
+        self.sem_init = lib.sem_init
+        self.sem_init.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint)
+        self.sem_post = lib.sem_post
+        self.sem_post.argtypes = (ctypes.c_void_p,)
+        self.sem_trywait = lib.sem_trywait
+        self.sem_trywait.argtypes = (ctypes.c_void_p,)
+        self.post_address = ctypes.cast(lib.sem_post, ctypes.c_void_p).value
+        self.wait_address = ctypes.cast(lib.sem_wait, ctypes.c_void_p).value
+
+    def new_semaphore(self):
+        sem = ctypes.create_string_buffer(64)  # sem_t is 32 bytes on x86-64 glibc
+        if self.sem_init(sem, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "sem_init failed")
+        return sem
+
+
+_libc: _Libc | None = None
+
+
+class HostFnCell:
+    """A counter value on the host, signalled and awaited by GPU streams through host
+    functions that call libc's ``sem_post`` / ``sem_wait``."""
+
+    name = "hostfn"
+    limit = 1 << 63
+    gpu = True
+
+    def __init__(self, device: int):
+        global _libc
+        if _libc is None:
+            _libc = _Libc()
+        self._libc = _libc
+        self._device = device
+        self._value = 0
+        self._pending: list[tuple[int, object, object]] = []  # GPU signals: (value, sem, event)
+        self._waiters: list[tuple[int, object]] = []  # blocked GPU waits: (target, sem)
+        self._keep: list[tuple[object, object]] = []  # semaphores a host function may still touch
+        self._lock = threading.Lock()  # read() runs from host waiters without the event's lock
+
+    def read(self) -> int:
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> int:
+        if self._pending:
+            keep = []
+            for value, sem, ev in self._pending:
+                if self._libc.sem_trywait(sem) == 0:  # its sem_post ran
+                    if value > self._value:
+                        self._value = value
+                    self._keep.append((sem, ev))  # freed once the event after it completes
+                else:
+                    keep.append((value, sem, ev))
+            self._pending = keep
+        if len(self._keep) > 64:  # drop semaphores whose host functions have surely returned
+            still = []
+            for sem, ev in self._keep:
+                if ev.query():
+                    ev.close()
+                else:
+                    still.append((sem, ev))
+            self._keep = still
+        return self._value
+
+    def store(self, value: int) -> None:
+        with self._lock:
+            self._value = value
+            self._post_waiters(value)
+
+    def _post_waiters(self, value: int) -> None:
+        still = []
+        for target, sem in self._waiters:
+            if target <= value:
+                self._libc.sem_post(sem)
+            else:
+                still.append((target, sem))
+        self._waiters = still
+
+    def gpu_signal(self, stream, value: int) -> None:
+        if any(target <= value for target, _ in self._waiters):
+            raise RuntimeError(
+                "the hostfn counter backend cannot release a GPU wait with a later GPU signal: that "
+                "wait blocks the driver's host-function thread, so this signal's host function could "
+                "never run. Signal that value from the host or a CpuStream, or use the mem64/mem32 backend"
+            )
+        from ._event import CudaEvent
+
+        sem = self._libc.new_semaphore()
+        _cuda.launch_host_func(stream, self._libc.post_address, ctypes.addressof(sem))
+        ev = CudaEvent(self._device).record(stream)
+        with self._lock:
+            self._pending.append((value, sem, ev))
+
+    def gpu_wait(self, stream, value: int) -> None:
+        with self._lock:
+            covering = next((ev for promised, _sem, ev in self._pending if promised >= value), None)
+        if covering is not None:
+            covering.wait(stream)
+            return
+        from ._event import CudaEvent
+
+        sem = self._libc.new_semaphore()
+        _cuda.launch_host_func(stream, self._libc.wait_address, ctypes.addressof(sem))
+        after = CudaEvent(self._device).record(stream)
+        with self._lock:
+            self._waiters.append((value, sem))
+            self._keep.append((sem, after))
+
+    def release_waiters(self) -> None:
+        with self._lock:
+            self._post_waiters(self.limit)
+
+    def retire(self, fences: list | None) -> None:
+        self.release_waiters()
+        keep = self._keep + [(sem, ev) for _, sem, ev in self._pending]
+        self._keep, self._pending = [], []
+        events = [ev for _, ev in keep]
+        # the semaphores must outlive the host functions that use them
+        _quarantine.add(events, lambda: keep.clear())
+
+
+def choose_backend(device: int | None) -> str:
+    """The backend for a counter on ``device``: forced by ``CUDAEVENTS_ATOMIC_BACKEND`` or
+    picked from the device's capabilities (``host`` where there is no GPU)."""
+    forced = _env.atomic_backend()
+    if device is None:
+        if forced not in (None, "host"):
+            raise CudaUnavailableError(
+                f"CUDAEVENTS_ATOMIC_BACKEND={forced} needs a GPU, but none is usable here; unset it or use 'host'"
+            )
+        return "host"
+    from ._device import Device
+
+    caps = Device(device).capabilities
+    usable = {
+        "mem64": caps.stream_mem_ops_64 and caps.can_map_host_memory,
+        "mem32": caps.stream_mem_ops_32 and caps.can_map_host_memory,
+        "hostfn": True,
+        "host": True,
+    }
+    if forced is not None:
+        if not usable[forced]:
+            raise ValueError(
+                f"CUDAEVENTS_ATOMIC_BACKEND={forced} is not supported by device {device}; "
+                "unset it to let cudaevents choose"
+            )
+        return forced
+    return next(name for name in BACKENDS if usable[name])
+
+
+def make_cell(backend: str, device: int):
+    """A new cell of ``backend`` for ``device``."""
+    if backend == "mem64":
+        return MemCell(device, 64)
+    if backend == "mem32":
+        return MemCell(device, 32)
+    if backend == "hostfn":
+        return HostFnCell(device)
+    return HostCell(device)
