@@ -4,11 +4,11 @@
   shared slab and recycled. GPU streams store with ``cuStreamWriteValue64/32`` and wait with
   ``cuStreamWaitValue64/32`` (GEQ): no kernel spins on an SM. The host reads and stores the
   slot directly.
-- ``hostfn``: for devices without stream memory operations. A GPU signal enqueues libc's
-  ``sem_post`` with ``cuLaunchHostFunc`` followed by a pooled CUDA event; a GPU wait for a
-  value already promised by an earlier GPU signal waits on that event, otherwise it enqueues
-  libc's ``sem_wait`` as a host function, which a host signal releases. No Python ever runs
-  in the driver's callback thread.
+- ``hostfn``: for devices without stream memory operations. A GPU signal records a pooled
+  CUDA event; a GPU wait for a value an earlier GPU signal promised waits on that event,
+  otherwise it enqueues libc's ``sem_wait`` with ``cuLaunchHostFunc``, which the host store
+  reaching the value releases with ``sem_post``. No Python ever runs in the driver's
+  callback thread.
 - ``host``: a plain integer, for machines without a GPU; only host and CPU streams.
 
 Cells are not thread-safe on their own: the owning AtomicEvent holds its lock around them.
@@ -180,7 +180,8 @@ class MemCell:
 
 
 class _Libc:
-    """libc's semaphore functions: addresses for host functions, callables for the host."""
+    """libc's semaphore functions: ``sem_wait``'s address for host functions, the rest for
+    the host."""
 
     def __init__(self):
         lib = ctypes.CDLL(None, use_errno=True)
@@ -188,9 +189,6 @@ class _Libc:
         self.sem_init.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint)
         self.sem_post = lib.sem_post
         self.sem_post.argtypes = (ctypes.c_void_p,)
-        self.sem_trywait = lib.sem_trywait
-        self.sem_trywait.argtypes = (ctypes.c_void_p,)
-        self.post_address = ctypes.cast(lib.sem_post, ctypes.c_void_p).value
         self.wait_address = ctypes.cast(lib.sem_wait, ctypes.c_void_p).value
 
     def new_semaphore(self):
@@ -204,8 +202,15 @@ _libc: _Libc | None = None
 
 
 class HostFnCell:
-    """A counter value on the host, signalled and awaited by GPU streams through host
-    functions that call libc's ``sem_post`` / ``sem_wait``."""
+    """A counter value on the host, for devices without stream memory operations.
+
+    A GPU signal records a pooled CUDA event; the host folds completed events into the value.
+    A GPU wait for a value an earlier GPU signal promised waits on that signal's event; for
+    any other value it enqueues libc's ``sem_wait`` as a host function, released by the host
+    store that reaches the value. Such a wait occupies the driver's host-function thread
+    until then, so only the host (or a CpuStream) may release it: a later GPU signal for it
+    is refused, since it could need that very thread.
+    """
 
     name = "hostfn"
     limit = 1 << 63
@@ -218,35 +223,24 @@ class HostFnCell:
         self._libc = _libc
         self._device = device
         self._value = 0
-        self._pending: list[tuple[int, object, object]] = []  # GPU signals: (value, sem, event)
-        self._waiters: list[tuple[int, object]] = []  # blocked GPU waits: (target, sem)
-        self._keep: list[tuple[object, object]] = []  # semaphores a host function may still touch
+        self._pending: list[tuple[int, object]] = []  # GPU signals in flight: (value, event)
+        self._waiters: list[tuple[int, object]] = []  # blocked GPU waits: (target, semaphore)
+        self._keep: list[tuple[object, object]] = []  # (semaphore, event after its host function)
         self._lock = threading.Lock()  # read() runs from host waiters without the event's lock
 
     def read(self) -> int:
         with self._lock:
-            return self._refresh()
-
-    def _refresh(self) -> int:
-        if self._pending:
-            keep = []
-            for value, sem, ev in self._pending:
-                if self._libc.sem_trywait(sem) == 0:  # its sem_post ran
-                    if value > self._value:
-                        self._value = value
-                    self._keep.append((sem, ev))  # freed once the event after it completes
-                else:
-                    keep.append((value, sem, ev))
-            self._pending = keep
-        if len(self._keep) > 64:  # drop semaphores whose host functions have surely returned
-            still = []
-            for sem, ev in self._keep:
-                if ev.query():
-                    ev.close()
-                else:
-                    still.append((sem, ev))
-            self._keep = still
-        return self._value
+            if self._pending:
+                keep = []
+                for value, ev in self._pending:
+                    if ev.query():
+                        if value > self._value:
+                            self._value = value
+                        ev.close()
+                    else:
+                        keep.append((value, ev))
+                self._pending = keep
+            return self._value
 
     def store(self, value: int) -> None:
         with self._lock:
@@ -261,30 +255,37 @@ class HostFnCell:
             else:
                 still.append((target, sem))
         self._waiters = still
+        if len(self._keep) > 64:  # drop semaphores whose host functions have surely returned
+            still = []
+            for sem, ev in self._keep:
+                if ev.query():
+                    ev.close()
+                else:
+                    still.append((sem, ev))
+            self._keep = still
 
     def gpu_signal(self, stream, value: int) -> None:
-        if any(target <= value for target, _ in self._waiters):
-            raise RuntimeError(
-                "the hostfn counter backend cannot release a GPU wait with a later GPU signal: that "
-                "wait blocks the driver's host-function thread, so this signal's host function could "
-                "never run. Signal that value from the host or a CpuStream, or use the mem64/mem32 backend"
-            )
         from ._event import CudaEvent
 
-        sem = self._libc.new_semaphore()
-        _cuda.launch_host_func(stream, self._libc.post_address, ctypes.addressof(sem))
+        with self._lock:
+            if any(target <= value for target, _ in self._waiters):
+                raise RuntimeError(
+                    "the hostfn counter backend cannot release a GPU wait with a later GPU signal: that "
+                    "wait holds the driver's host-function thread until the host signals. Signal that "
+                    "value from the host or a CpuStream, or use the mem64/mem32 backend"
+                )
         ev = CudaEvent(self._device).record(stream)
         with self._lock:
-            self._pending.append((value, sem, ev))
+            self._pending.append((value, ev))
 
     def gpu_wait(self, stream, value: int) -> None:
-        with self._lock:
-            covering = next((ev for promised, _sem, ev in self._pending if promised >= value), None)
-        if covering is not None:
-            covering.wait(stream)
-            return
         from ._event import CudaEvent
 
+        with self._lock:  # held so that read() cannot close the event under us
+            covering = next((ev for promised, ev in self._pending if promised >= value), None)
+            if covering is not None:
+                covering.wait(stream)
+                return
         sem = self._libc.new_semaphore()
         _cuda.launch_host_func(stream, self._libc.wait_address, ctypes.addressof(sem))
         after = CudaEvent(self._device).record(stream)
@@ -298,11 +299,13 @@ class HostFnCell:
 
     def retire(self, fences: list | None) -> None:
         self.release_waiters()
-        keep = self._keep + [(sem, ev) for _, sem, ev in self._pending]
-        self._keep, self._pending = [], []
-        events = [ev for _, ev in keep]
-        # the semaphores must outlive the host functions that use them
-        _quarantine.add(events, lambda: keep.clear())
+        with self._lock:
+            keep, self._keep = self._keep, []
+            pending, self._pending = self._pending, []
+        for _, ev in pending:
+            ev.close()
+        # the semaphores must outlive the host functions that wait on them
+        _quarantine.add([ev for _, ev in keep], keep.clear)
 
 
 def choose_backend(device: int | None) -> str:
