@@ -33,8 +33,8 @@ def _check_value(value, limit: int, backend: str) -> int:
         if limit == 1 << 63:
             raise ValueError(f"counter values are below 2**63 (the GPU compares them cyclically), got {value}")
         raise ValueError(
-            f"the {backend} backend holds 32-bit values (below 2**32), got {value}; use the mem64 backend "
-            "or keep values small"
+            f"the {backend} backend holds values below 2**31 (the GPU compares 32-bit values cyclically), "
+            f"got {value}; use the mem64 backend or keep values small"
         )
     return value
 

@@ -149,7 +149,9 @@ class MemCell:
     def __init__(self, device: int, bits: int):
         self.name = f"mem{bits}"
         self._bits = bits
-        self.limit = 1 << (63 if bits == 64 else 32)
+        # GEQ waits compare cyclically ((int)(*addr - value) >= 0), so values stay below half
+        # the word's range; limit - 1 then satisfies every wait (release_waiters).
+        self.limit = 1 << (63 if bits == 64 else 31)
         self._slot = _get_slab().acquire()
         host, self._dev = self._slot
         self._word = (ctypes.c_uint64 if bits == 64 else ctypes.c_uint32).from_address(host)
