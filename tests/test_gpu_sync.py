@@ -288,7 +288,7 @@ def test_slots_are_recycled(streams):
         s.synchronize(timeout=30)
     _cells._quarantine.reclaim()
     after = _cells.slab_stats()
-    assert after["in_use"] == before["in_use"]
+    assert after["in_use"] <= before["in_use"]  # earlier tests' quarantined slots may come back too
     assert after["bytes"] - before["bytes"] <= 8 * 4096  # 3000 events did not take 3000 slots
 
 
