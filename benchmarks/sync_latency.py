@@ -4,7 +4,8 @@ Each sample: a GPU stream already waits (cuStreamWaitValue64) for the host's "pi
 and will then write a "pong" value; the clock runs from the host's ping store until the host
 sees the pong. The floor does exactly that with cuda.bindings and ctypes; ours does it with
 ``ping.signal(i)`` and ``pong.wait(i)`` on two AtomicEvents (enqueued the same way before
-the clock starts). Run on a GPU machine:
+the clock starts). Methods run in interleaved blocks, so drifts of the machine hit them
+alike. Run on a GPU machine:
 
     PYTHONPATH=src python3 benchmarks/sync_latency.py [--samples 2000] [--out results.json]
 """
@@ -36,63 +37,77 @@ def summarize(ns: list[int]) -> dict[str, float]:
             "min_us": ns[0] / 1e3}
 
 
-def raw_floor(samples: int, warmup: int) -> list[int]:
-    stream = GpuStream(0)
-    host, dev = _cuda.mem_host_alloc_mapped(16)
-    ping = ctypes.c_uint64.from_address(host)
-    pong = ctypes.c_uint64.from_address(host + 8)
-    ping.value = pong.value = 0
-    out = []
-    h = stream._handle
-    for i in range(1, samples + warmup + 1):
-        check(d.cuStreamWaitValue64(h, dev, i, 0))
-        check(d.cuStreamWriteValue64(h, dev + 8, i, 0))
-        t0 = time.perf_counter_ns()
-        ping.value = i
-        while pong.value < i:
-            pass
-        t1 = time.perf_counter_ns()
-        if i > warmup:
-            out.append(t1 - t0)
-    stream.synchronize(timeout=10)
-    stream.close()
-    return out
+class RawFloor:
+    """The floor: host store, cuStreamWaitValue64, cuStreamWriteValue64, host spin."""
+
+    def __init__(self):
+        self.stream = GpuStream(0)
+        host, self.dev = _cuda.mem_host_alloc_mapped(16)
+        self.ping = ctypes.c_uint64.from_address(host)
+        self.pong = ctypes.c_uint64.from_address(host + 8)
+        self.ping.value = self.pong.value = 0
+        self.i = 0
+
+    def run(self, n: int) -> list[int]:
+        out, h, dev, ping, pong = [], self.stream._handle, self.dev, self.ping, self.pong
+        for _ in range(n):
+            self.i += 1
+            i = self.i
+            check(d.cuStreamWaitValue64(h, dev, i, 0))
+            check(d.cuStreamWriteValue64(h, dev + 8, i, 0))
+            t0 = time.perf_counter_ns()
+            ping.value = i
+            while pong.value < i:
+                pass
+            out.append(time.perf_counter_ns() - t0)
+        return out
 
 
-def ours(samples: int, warmup: int, policy: str) -> list[int]:
-    stream = GpuStream(0)
-    ping, pong = AtomicEvent(0), AtomicEvent(0)
-    out = []
-    for i in range(1, samples + warmup + 1):
-        ping.wait(i, stream)
-        pong.signal(i, stream)
-        t0 = time.perf_counter_ns()
-        ping.signal(i)
-        pong.wait(i, timeout=10, policy=policy)
-        t1 = time.perf_counter_ns()
-        if i > warmup:
-            out.append(t1 - t0)
-    stream.synchronize(timeout=10)
-    stream.close()
-    ping.close()
-    pong.close()
-    return out
+class Ours:
+    """The same round trip through two AtomicEvents of one backend."""
+
+    def __init__(self, backend: str, policy: str):
+        os.environ["CUDAEVENTS_ATOMIC_BACKEND"] = backend
+        self.stream = GpuStream(0)
+        self.ping, self.pong = AtomicEvent(0), AtomicEvent(0)
+        os.environ.pop("CUDAEVENTS_ATOMIC_BACKEND")
+        self.policy = policy
+        self.i = 0
+
+    def run(self, n: int) -> list[int]:
+        out, s, ping, pong, policy = [], self.stream, self.ping, self.pong, self.policy
+        for _ in range(n):
+            self.i += 1
+            i = self.i
+            ping.wait(i, s)
+            pong.signal(i, s)
+            t0 = time.perf_counter_ns()
+            ping.signal(i)
+            pong.wait(i, timeout=10, policy=policy)
+            out.append(time.perf_counter_ns() - t0)
+        return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--block", type=int, default=50, help="samples per method before switching")
     parser.add_argument("--out")
     args = parser.parse_args()
     device = cudaevents.Device(0)
-    rows = {"raw floor (memops, host spin)": summarize(raw_floor(args.samples, args.warmup))}
+    methods = {"raw floor (memops, host spin)": RawFloor()}
     for backend in ("mem64", "mem32", "hostfn"):
-        os.environ["CUDAEVENTS_ATOMIC_BACKEND"] = backend
         for policy in ("spin", "sleep"):
-            rows[f"AtomicEvent {backend}, policy {policy}"] = summarize(ours(args.samples, args.warmup, policy))
-    os.environ.pop("CUDAEVENTS_ATOMIC_BACKEND")
-    rows["raw floor again"] = summarize(raw_floor(args.samples, args.warmup))
+            methods[f"AtomicEvent {backend}, policy {policy}"] = Ours(backend, policy)
+    samples: dict[str, list[int]] = {name: [] for name in methods}
+    for m in methods.values():
+        m.run(args.warmup)
+    # interleave blocks of every method so that drifts of the machine hit all of them alike
+    for _ in range(max(1, args.samples // args.block)):
+        for name, m in methods.items():
+            samples[name].extend(m.run(args.block))
+    rows = {name: summarize(ns) for name, ns in samples.items()}
     floor = rows["raw floor (memops, host spin)"]["p50_us"]
     print(f"CPU->GPU->CPU round trip on {device.name}, {args.samples} samples")
     print(f"{'':<36}{'p50 us':>9}{'p90 us':>9}{'min us':>9}{'p50 / floor':>13}")
