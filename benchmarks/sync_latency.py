@@ -37,8 +37,17 @@ def summarize(ns: list[int]) -> dict[str, float]:
             "min_us": ns[0] / 1e3}
 
 
+def settle(us: float) -> None:
+    """Busy-wait so the GPU has fetched the wait before the clock starts."""
+    end = time.perf_counter_ns() + int(us * 1000)
+    while time.perf_counter_ns() < end:
+        pass
+
+
 class RawFloor:
     """The floor: host store, cuStreamWaitValue64, cuStreamWriteValue64, host spin."""
+
+    settle_us = 0.0
 
     def __init__(self):
         self.stream = GpuStream(0)
@@ -55,6 +64,7 @@ class RawFloor:
             i = self.i
             check(d.cuStreamWaitValue64(h, dev, i, 0))
             check(d.cuStreamWriteValue64(h, dev + 8, i, 0))
+            settle(self.settle_us)
             t0 = time.perf_counter_ns()
             ping.value = i
             while pong.value < i:
@@ -65,6 +75,8 @@ class RawFloor:
 
 class Ours:
     """The same round trip through two AtomicEvents of one backend."""
+
+    settle_us = 0.0
 
     def __init__(self, backend: str, policy: str):
         os.environ["CUDAEVENTS_ATOMIC_BACKEND"] = backend
@@ -81,6 +93,7 @@ class Ours:
             i = self.i
             ping.wait(i, s)
             pong.signal(i, s)
+            settle(self.settle_us)
             t0 = time.perf_counter_ns()
             ping.signal(i)
             pong.wait(i, timeout=10, policy=policy)
@@ -93,8 +106,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--block", type=int, default=50, help="samples per method before switching")
+    parser.add_argument("--settle-us", type=float, default=0.0,
+                        help="busy-wait between enqueuing and the host's store (0: race the GPU's fetch)")
     parser.add_argument("--out")
     args = parser.parse_args()
+    RawFloor.settle_us = Ours.settle_us = args.settle_us
     device = cudaevents.Device(0)
     methods = {"raw floor (memops, host spin)": RawFloor()}
     for backend in ("mem64", "mem32", "hostfn"):
@@ -109,13 +125,13 @@ def main() -> None:
             samples[name].extend(m.run(args.block))
     rows = {name: summarize(ns) for name, ns in samples.items()}
     floor = rows["raw floor (memops, host spin)"]["p50_us"]
-    print(f"CPU->GPU->CPU round trip on {device.name}, {args.samples} samples")
+    print(f"CPU->GPU->CPU round trip on {device.name}, {args.samples} samples, settle {args.settle_us:g} us")
     print(f"{'':<36}{'p50 us':>9}{'p90 us':>9}{'min us':>9}{'p50 / floor':>13}")
     for name, r in rows.items():
         print(f"{name:<36}{r['p50_us']:>9.2f}{r['p90_us']:>9.2f}{r['min_us']:>9.2f}{r['p50_us'] / floor:>13.2f}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": device.name, "samples": args.samples, "results": rows}, f, indent=2)
+            json.dump({"device": device.name, "samples": args.samples, "settle_us": args.settle_us, "results": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
