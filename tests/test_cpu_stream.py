@@ -162,7 +162,7 @@ def test_context_manager_closes():
 
 def test_dropping_the_last_reference_stops_the_thread():
     s = CpuStream(name="to-be-dropped")
-    thread = s._shared.thread
+    thread = s.thread
     del s
     gc.collect()
     thread.join(timeout=10)

@@ -267,7 +267,7 @@ def test_close_drains_then_refuses(cpu_streams):
     w.close(timeout=10)
     assert seen == list(range(100))
     assert w.closed and "closed" in repr(w)
-    assert not w._shared.thread.is_alive()
+    assert not w._runner.thread.is_alive()
     with pytest.raises(ClosedError, match="create a new Worker"):
         w.add_task(seen.append, 1)
     with pytest.raises(ClosedError, match="create a new Worker"):
@@ -306,8 +306,8 @@ def test_close_from_a_task_does_not_deadlock(cpu_streams):
     w.add_task(w.close)
     w.add_task(seen.append, 1)
     w.commit(s)
-    w._shared.thread.join(timeout=10)
-    assert not w._shared.thread.is_alive()
+    w._runner.thread.join(timeout=10)
+    assert not w._runner.thread.is_alive()
     assert seen == [1] and w.closed and w.errors == []
 
 
@@ -365,7 +365,7 @@ def test_dropping_the_worker_stops_its_thread_and_runs_uncommitted_tasks(cpu_str
     w.add_task(seen.append, 1)
     w.commit(s)
     w.add_task(seen.append, 2)  # never committed
-    thread = w._shared.thread
+    thread = w._runner.thread
     ref = weakref.ref(w)
     del w
     gc.collect()
@@ -380,7 +380,7 @@ def test_dropping_a_worker_caught_in_a_cycle_does_not_deadlock(cpu_streams):
     w = Worker()
     seen = []
     w.add_task(lambda w=w: seen.append(w.name))  # the pending task references the worker
-    thread = w._shared.thread
+    thread = w._runner.thread
     del w
     gc.collect()
     thread.join(timeout=10)

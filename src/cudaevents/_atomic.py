@@ -289,7 +289,7 @@ class AtomicEvent:
         if self._direct_promised >= v:
             return False
         me = threading.current_thread()
-        givers = {src._shared.thread for pv, src in self._cpu_pending if pv >= v}
+        givers = {src.thread for pv, src in self._cpu_pending if pv >= v}
         return givers == {me}
 
     def _never_reached(self, v: int) -> ClosedError:

@@ -10,78 +10,39 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 from threading import Event as _Marker  # a name of our own, so tests can stand in a failing wait
 
 from ._cpu_stream import CpuStream
 from ._errors import ClosedError
 from ._event import CudaEvent
+from ._runner import Runner
 from ._stream import as_stream
 from ._wait import check_timeout
 
 __all__ = ["Worker"]
 
 _log = logging.getLogger("cudaevents")
-_STOP = object()
 _names = itertools.count()
 
 
-class _Shared:
-    """What the worker's thread needs; the thread never references the Worker itself, so
-    dropping the last reference to a Worker stops its thread."""
-
-    __slots__ = ("queue", "cond", "committed", "processed", "inflight", "errors", "closed", "stopped", "thread")
-
-    def __init__(self):
-        self.queue = queue.SimpleQueue()  # (wait, cleanup, tasks) per commit, then _STOP
-        self.cond = threading.Condition(threading.Lock())  # guards these and Worker._pending
-        self.committed = 0  # commits put on the queue
-        self.processed = 0  # commits the thread has finished with
-        self.inflight = 0  # commits between taking their batch and putting it on the queue
-        self.errors: list[BaseException] = []
-        self.closed = False  # refuse add_task() and commit()
-        self.stopped = False  # _STOP is on the queue
-        self.thread = None
-
-
-def _run(shared: _Shared) -> None:
-    get = shared.queue.get
-    cond = shared.cond
-    while True:
-        item = get()
-        if item is _STOP:
-            return
-        wait, cleanup, tasks = item
-        item = None
-        _run_batch(shared, wait, cleanup, tasks)
-        wait = cleanup = tasks = None
-        with cond:
-            shared.processed += 1
-            cond.notify_all()
-
-
-def _run_batch(shared: _Shared, wait, cleanup, tasks: list) -> None:
-    name = shared.thread.name
+def _run_batch(errors: list, name: str, wait, cleanup, tasks: list) -> None:
+    """One commit, on the worker's thread: wait for its stream work, then run its tasks."""
     try:
-        failure = None
         if wait is not None:
             try:
                 wait()
             except BaseException as exc:  # noqa: BLE001 - e.g. a sticky CudaError of the context
-                failure = exc
-        if failure is not None:
-            # The stream work the tasks depend on did not complete: their inputs are not ready.
-            shared.errors.extend([failure] * len(tasks))
-            _log.error("waiting for the stream work of a commit on worker %s failed; its %d task(s) were not run",
-                       name, len(tasks), exc_info=failure)
-            failure = None
-            return
+                # The stream work the tasks depend on did not complete: their inputs are not ready.
+                errors.extend([exc] * len(tasks))
+                _log.error("waiting for the stream work of a commit on worker %s failed; its %d task(s) were not run",
+                           name, len(tasks), exc_info=exc)
+                return
         for fn, args, kwargs in tasks:
             try:
                 fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - kept and logged; later tasks still run
-                shared.errors.append(exc)
+                errors.append(exc)
                 _log.error("task %r on worker %s raised", fn, name, exc_info=exc)
         fn = args = kwargs = None
     finally:
@@ -102,11 +63,8 @@ def _take_all(pending: dict) -> list:
     return tasks
 
 
-def _stop_if_drained(shared: _Shared) -> None:
-    """Put the sentinel once closed with no commit in flight (call with ``cond`` held)."""
-    if shared.closed and not shared.stopped and shared.inflight == 0:
-        shared.stopped = True
-        shared.queue.put(_STOP)
+def _unexpected(exc: BaseException, fn) -> None:  # _run_batch catches everything itself
+    _log.error("worker batch %r raised", fn, exc_info=exc)
 
 
 class Worker:
@@ -134,31 +92,30 @@ class Worker:
         name: name of the thread, for debuggers and logs.
     """
 
-    # The uncommitted batches live here, not in _Shared: a pending task that references its
-    # worker must not keep the worker alive through the thread.
-    __slots__ = ("_shared", "_pending", "__weakref__")
+    # The thread holds only the Runner and the items it runs, never the Worker, so a pending
+    # task that references its worker cannot keep the worker alive through the thread.
+    __slots__ = ("_runner", "_pending", "_cond", "_inflight", "_closed", "_errors", "__weakref__")
 
     def __init__(self, name: str | None = None):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Worker name must be a str or None, got {type(name).__name__}")
-        shared = _Shared()
-        shared.thread = threading.Thread(
-            target=_run, args=(shared,), name=name or f"cudaevents-worker-{next(_names)}", daemon=True
-        )
-        self._pending: dict[threading.Thread, list] = {}  # one batch per thread, guarded by cond
-        self._shared = shared
-        shared.thread.start()
+        self._pending: dict[threading.Thread, list] = {}  # one batch per thread, guarded by _cond
+        self._cond = threading.Condition(threading.Lock())
+        self._inflight = 0  # commits between taking their batch and submitting it
+        self._closed = False
+        self._errors: list[BaseException] = []
+        self._runner = Runner(name or f"cudaevents-worker-{next(_names)}", _unexpected)
 
     # -- properties ---------------------------------------------------------------------
     @property
     def name(self) -> str:
         """The name of the worker's thread."""
-        return self._shared.thread.name
+        return self._runner.thread.name
 
     @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
-        return self._shared.closed
+        return self._closed
 
     @property
     def errors(self) -> list[BaseException]:
@@ -168,12 +125,11 @@ class Worker:
         context), that error appears once for every task of the commit, none of which ran.
         The list keeps each exception with its traceback for the life of the worker.
         """
-        return list(self._shared.errors)
+        return list(self._errors)
 
     def __repr__(self) -> str:
-        s = self._shared
-        state = "closed" if s.closed else "open"
-        return f"<Worker {s.thread.name} {state} unfinished_commits={s.committed - s.processed}>"
+        state = "closed" if self._closed else "open"
+        return f"<Worker {self.name} {state} unfinished_commits={self._runner.pending()}>"
 
     # -- operations ---------------------------------------------------------------------
     def _closed_error(self) -> ClosedError:
@@ -190,10 +146,9 @@ class Worker:
         """
         if not callable(fn):
             raise TypeError(f"Worker.add_task() needs a callable, got {type(fn).__name__}")
-        s = self._shared
         me = threading.current_thread()
-        with s.cond:
-            if s.closed:
+        with self._cond:
+            if self._closed:
                 raise self._closed_error()
             batch = self._pending.get(me)
             if batch is None:
@@ -217,47 +172,41 @@ class Worker:
             TypeError: ``stream`` is not a stream (from :func:`as_stream`).
             ClosedError: the worker (or the stream) was closed.
         """
-        s = self._shared
-        if s.closed:
+        if self._closed:
             raise self._closed_error()
         cpu = isinstance(stream, CpuStream)
         gpu = None if cpu else as_stream(stream)
         me = threading.current_thread()
-        with s.cond:
-            if s.closed:
+        with self._cond:
+            if self._closed:
                 raise self._closed_error()
             tasks = self._pending.pop(me, None)
             if not tasks:
                 return
-            s.inflight += 1
+            self._inflight += 1  # close() waits for us before it takes the leftovers
         try:
-            if cpu:
-                marker = _Marker()
-                stream.enqueue(marker.set)
-                wait, cleanup = marker.wait, None
-            else:
-                event = CudaEvent(blocking_sync=True)
-                try:
-                    event.record(gpu)
-                except BaseException:
-                    event.close()
-                    raise
-                wait, cleanup = event.synchronize, event.close
-        except BaseException:
-            with s.cond:
-                s.inflight -= 1
-                if s.closed:  # close() ran meanwhile: these tasks run with what it committed
-                    s.committed += 1
-                    s.queue.put((None, None, tasks))
-                else:  # only this thread adds to its own batch, so nothing was added meanwhile
+            try:
+                if cpu:
+                    marker = _Marker()
+                    stream.enqueue(marker.set)
+                    wait, cleanup = marker.wait, None
+                else:
+                    event = CudaEvent(blocking_sync=True)
+                    try:
+                        event.record(gpu)
+                    except BaseException:
+                        event.close()
+                        raise
+                    wait, cleanup = event.synchronize, event.close
+            except BaseException:
+                with self._cond:  # only this thread adds to its own batch: nothing came meanwhile
                     self._pending[me] = tasks
-                _stop_if_drained(s)
-            raise
-        with s.cond:
-            s.inflight -= 1
-            s.committed += 1
-            s.queue.put((wait, cleanup, tasks))
-            _stop_if_drained(s)
+                raise
+            self._runner.submit(_run_batch, (self._errors, self.name, wait, cleanup, tasks))
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                self._cond.notify_all()
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Wait until every task committed (by any thread) before this call has run.
@@ -270,19 +219,16 @@ class Worker:
             RuntimeError: called from one of this worker's own tasks (it would wait forever).
         """
         timeout = check_timeout(timeout)
-        s = self._shared
-        if threading.current_thread() is s.thread:
+        if self._runner.on_thread():
             raise RuntimeError(
                 "Worker.synchronize() was called from a task of the same worker, which would wait "
                 "forever; wait from another thread, or add the follow-up work as a later task"
             )
-        with s.cond:
-            target = s.committed
-            if not s.cond.wait_for(lambda: s.processed >= target, timeout):
-                raise TimeoutError(
-                    f"Worker.synchronize() timed out after {timeout:g} s with "
-                    f"{target - s.processed} commit(s) unfinished"
-                )
+        unfinished = self._runner.wait(timeout)
+        if unfinished:
+            raise TimeoutError(
+                f"Worker.synchronize() timed out after {timeout:g} s with {unfinished} commit(s) unfinished"
+            )
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new tasks, commit the pending ones, let everything run, stop the thread.
@@ -298,26 +244,23 @@ class Worker:
                 thread still runs them, then stops).
         """
         timeout = check_timeout(timeout)
-        s = self._shared
-        with s.cond:
-            if not s.closed:
-                s.closed = True
+        r = self._runner
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._cond.wait_for(lambda: self._inflight == 0)  # a commit in flight is brief
                 leftover = _take_all(self._pending)
                 if leftover:
-                    s.committed += 1
-                    s.queue.put((None, None, leftover))
-                _stop_if_drained(s)
-        if threading.current_thread() is s.thread:
-            return
-        s.thread.join(timeout)
-        if s.thread.is_alive():
+                    r.submit(_run_batch, (self._errors, self.name, None, None, leftover))
+                r.stop()
+        if not r.on_thread() and not r.join(timeout):
             raise TimeoutError(
-                f"Worker.close() timed out after {timeout:g} s with {s.committed - s.processed} "
-                "commit(s) unfinished; the thread stops after them"
+                f"Worker.close() timed out after {timeout:g} s with {r.pending()} commit(s) unfinished; "
+                "the thread stops after them"
             )
 
     def __enter__(self) -> "Worker":
-        if self._shared.closed:
+        if self._closed:
             raise self._closed_error()
         return self
 
@@ -327,16 +270,11 @@ class Worker:
     def __del__(self):
         # No lock here: a finalizer may run inside a critical section of the worker's own
         # thread. Nothing else can use a Worker that is being finalized (a commit in flight
-        # holds a reference), so plain writes and SimpleQueue.put (made for finalizers)
-        # suffice. Uncommitted tasks run as close() would run them.
-        s = getattr(self, "_shared", None)  # None if __init__ failed early
-        if s is None or s.closed:
+        # holds a reference). Uncommitted tasks run as close() would run them.
+        r = getattr(self, "_runner", None)  # None if __init__ failed early
+        if r is None or self._closed:
             return
-        s.closed = True
+        self._closed = True
         leftover = _take_all(self._pending)
-        if leftover:
-            s.committed += 1
-            s.queue.put((None, None, leftover))
-        if not s.stopped:
-            s.stopped = True
-            s.queue.put(_STOP)
+        last = (_run_batch, (self._errors, r.thread.name, None, None, leftover), {}) if leftover else None
+        r.stop_from_finalizer(last)

@@ -1,0 +1,100 @@
+"""Runner: one daemon thread running submitted callables in order, counting what it finished.
+
+CpuStream and Worker are built on it. The thread references only the Runner, never its
+owner, so an owner that is dropped can stop it from its finalizer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+__all__ = ["Runner"]
+
+_STOP = object()
+
+
+class Runner:
+    """Runs ``fn(*args, **kwargs)`` items on its own thread, one at a time, in order.
+
+    ``on_error(exc, fn)`` is called on the thread when an item raises (any BaseException);
+    the thread always goes on with the next item.
+    """
+
+    __slots__ = ("queue", "cond", "submitted", "done", "closed", "thread", "_on_error")
+
+    def __init__(self, name: str, on_error):
+        self.queue = queue.SimpleQueue()
+        self.cond = threading.Condition(threading.Lock())
+        self.submitted = 0
+        self.done = 0
+        self.closed = False  # no more submissions; _STOP is on the queue
+        self._on_error = on_error
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        get, cond = self.queue.get, self.cond
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            fn, args, kwargs = item
+            item = None
+            try:
+                fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported through on_error
+                self._on_error(exc, fn)
+            fn = args = kwargs = None
+            with cond:
+                self.done += 1
+                cond.notify_all()
+
+    def submit(self, fn, args=(), kwargs=None) -> bool:
+        """Queue an item; returns False (and queues nothing) once the runner is closed."""
+        with self.cond:
+            if self.closed:
+                return False
+            self.submitted += 1
+            self.queue.put((fn, args, kwargs or {}))
+            return True
+
+    def wait(self, timeout: float | None) -> int:
+        """Wait until every item submitted before the call has run; returns how many of
+        them are still unfinished (0 on success, more when ``timeout`` ran out)."""
+        with self.cond:
+            target = self.submitted
+            self.cond.wait_for(lambda: self.done >= target, timeout)
+            return max(0, target - self.done)
+
+    def pending(self) -> int:
+        """Items submitted and not yet finished."""
+        return self.submitted - self.done
+
+    def on_thread(self) -> bool:
+        """True when called from the runner's own thread."""
+        return threading.current_thread() is self.thread
+
+    def stop(self) -> None:
+        """Refuse further items; the thread ends after the queued ones. Idempotent."""
+        with self.cond:
+            if not self.closed:
+                self.closed = True
+                self.queue.put(_STOP)
+
+    def stop_from_finalizer(self, last=None) -> None:
+        """:meth:`stop` without taking the lock (a finalizer may run on the runner's own
+        thread while it holds it), queuing the item ``last = (fn, args, kwargs)`` first."""
+        if self.closed:
+            return
+        self.closed = True
+        if last is not None:
+            self.queue.put(last)
+        self.queue.put(_STOP)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the thread to end (after :meth:`stop`); returns whether it did."""
+        if self.on_thread():
+            return False
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
