@@ -21,7 +21,9 @@ from ._errors import (
 from ._event import CudaEvent
 from ._fence import Fence
 from ._pool import EventPool, PoolStats, default_pool
+from ._results import Results, Sample, Stats
 from ._stream import GpuStream, as_stream
+from ._timer import Timer
 from ._value_event import Event
 from ._wait import WaitPolicy
 from ._worker import Worker
@@ -47,6 +49,10 @@ __all__ = [
     "NotReadyError",
     "NotRecordedError",
     "PoolStats",
+    "Results",
+    "Sample",
+    "Stats",
+    "Timer",
     "WaitPolicy",
     "Worker",
     "as_stream",

@@ -1,0 +1,231 @@
+"""Timing results: samples, statistics per name, and their exports (table, JSON, Chrome/Perfetto
+trace, plots)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+
+__all__ = ["Sample", "Stats", "Results", "stats_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One timed region.
+
+    Attributes:
+        name: the region's name.
+        device: the GPU ordinal, or -1 for a region on a CpuStream.
+        stream: the stream's handle (GPU) or a number naming the CpuStream.
+        start_ms: when the region began, in ms from the timer's reference point on that
+            device (a CUDA event, or the host clock for CPU streams).
+        duration_ms: the region's length in ms.
+    """
+
+    name: str
+    device: int
+    stream: int
+    start_ms: float
+    duration_ms: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """Statistics of durations in milliseconds."""
+
+    count: int
+    total_ms: float
+    mean_ms: float
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    p99_ms: float
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated percentile of sorted values (the same rule as numpy's default)."""
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def stats_of(values) -> Stats:
+    """:class:`Stats` of a non-empty sequence of durations in ms."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values to summarize")
+    total = math.fsum(ordered)
+    return Stats(
+        count=len(ordered),
+        total_ms=total,
+        mean_ms=total / len(ordered),
+        median_ms=statistics.median(ordered),
+        min_ms=ordered[0],
+        max_ms=ordered[-1],
+        p99_ms=_percentile(ordered, 0.99),
+    )
+
+
+_COLUMNS = ("count", "total_ms", "mean_ms", "median_ms", "min_ms", "max_ms", "p99_ms")
+
+
+class Results:
+    """What a :class:`Timer` measured: :attr:`samples`, and views of them."""
+
+    def __init__(self, samples, stream_names: dict | None = None):
+        self.samples: list[Sample] = list(samples)
+        self._stream_names = dict(stream_names or {})
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return f"<Results {len(self.samples)} samples, {len(self.names())} names>"
+
+    def names(self) -> list[str]:
+        """Region names in the order they first finished."""
+        return list(dict.fromkeys(s.name for s in self.samples))
+
+    def durations(self, name: str) -> list[float]:
+        """Every duration (ms) of regions called ``name``."""
+        return [s.duration_ms for s in self.samples if s.name == name]
+
+    def summary(self) -> dict[str, Stats]:
+        """:class:`Stats` per region name."""
+        by_name: dict[str, list[float]] = {}
+        for s in self.samples:
+            by_name.setdefault(s.name, []).append(s.duration_ms)
+        return {name: stats_of(values) for name, values in by_name.items()}
+
+    def table(self) -> str:
+        """The summary as a plain-text table (ms)."""
+        summary = self.summary()
+        width = max([len("name")] + [len(n) for n in summary])
+        head = f"{'name':<{width}}" + "".join(f"{c.replace('_ms', ''):>12}" for c in _COLUMNS)
+        lines = [head, "-" * len(head)]
+        for name, st in summary.items():
+            cells = [f"{st.count:>12}"] + [f"{getattr(st, c):>12.4f}" for c in _COLUMNS[1:]]
+            lines.append(f"{name:<{width}}" + "".join(cells))
+        return "\n".join(lines)
+
+    def print_summary(self, file=None) -> None:
+        """Print the summary: a rich table where ``rich`` is installed, else plain text."""
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            print(self.table(), file=file)
+            return
+        table = Table(title="GPU time per region (ms)")
+        table.add_column("name")
+        for c in _COLUMNS:
+            table.add_column(c.replace("_ms", ""), justify="right")
+        for name, st in self.summary().items():
+            table.add_row(name, str(st.count), *(f"{getattr(st, c):.4f}" for c in _COLUMNS[1:]))
+        Console(file=file).print(table)
+
+    # -- JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: format version, samples and summary."""
+        return {
+            "format": "cudaevents.results",
+            "version": 1,
+            "samples": [dataclasses.asdict(s) for s in self.samples],
+            "summary": {name: dataclasses.asdict(st) for name, st in self.summary().items()},
+            "streams": {f"{d}:{s}": label for (d, s), label in self._stream_names.items()},
+        }
+
+    def to_json(self, path=None) -> str:
+        """The results as JSON text, also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "Results":
+        """Load what :meth:`to_json` wrote (JSON text or a path to it)."""
+        text = text_or_path
+        if not text.lstrip().startswith("{"):
+            with open(text_or_path) as f:
+                text = f.read()
+        data = json.loads(text)
+        if data.get("format") != "cudaevents.results" or data.get("version") != 1:
+            raise ValueError("not a cudaevents results file (format/version 1 expected)")
+        names = {}
+        for key, label in data.get("streams", {}).items():
+            d, s = key.split(":")
+            names[(int(d), int(s))] = label
+        return cls((Sample(**s) for s in data["samples"]), names)
+
+    # -- traces and plots --------------------------------------------------------------
+    def _stream_label(self, device: int, stream: int) -> str:
+        label = self._stream_names.get((device, stream))
+        if label:
+            return label
+        return f"CPU stream {stream}" if device < 0 else f"stream 0x{stream:x}"
+
+    def to_chrome_trace(self, path=None) -> dict:
+        """A Chrome/Perfetto trace (JSON object format): one process per device (and one for
+        CPU streams), one track per stream, one complete event per region. Written to
+        ``path`` when given; open it in https://ui.perfetto.dev or chrome://tracing."""
+        events = []
+        tracks: dict[tuple[int, int], int] = {}
+        for s in self.samples:
+            key = (s.device, s.stream)
+            if key not in tracks:
+                tracks[key] = len(tracks) + 1
+                pid = s.device + 1  # pid 0 = CPU streams, 1.. = GPUs
+                events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
+                               "args": {"name": "CPU streams" if s.device < 0 else f"GPU {s.device}"}})
+                events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tracks[key],
+                               "args": {"name": self._stream_label(*key)}})
+            events.append({"ph": "X", "name": s.name, "cat": "cudaevents", "pid": s.device + 1,
+                           "tid": tracks[key], "ts": s.start_ms * 1e3, "dur": s.duration_ms * 1e3})
+        trace = {"traceEvents": events, "displayTimeUnit": "ms"}
+        if path is not None:
+            with open(path, "w") as f:
+                json.dump(trace, f)
+        return trace
+
+    def plot(self, path, kind: str = "hist") -> None:
+        """Save a PNG: ``"hist"`` (durations per name) or ``"timeline"`` (regions per stream).
+
+        Needs matplotlib (``pip install matplotlib``).
+        """
+        if kind not in ("hist", "timeline"):
+            raise ValueError(f"kind must be 'hist' or 'timeline', got {kind!r}")
+        if not self.samples:
+            raise ValueError("no samples to plot")
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("Results.plot() needs matplotlib: pip install matplotlib") from None
+        fig, ax = plt.subplots(figsize=(10, 5))
+        try:
+            if kind == "hist":
+                for name in self.names():
+                    ax.hist(self.durations(name), bins=50, alpha=0.6, label=name)
+                ax.set_xlabel("duration (ms)")
+                ax.set_ylabel("regions")
+                ax.legend(fontsize="small")
+            else:
+                keys = list(dict.fromkeys((s.device, s.stream) for s in self.samples))
+                row = {k: i for i, k in enumerate(keys)}
+                for s in self.samples:
+                    ax.broken_barh([(s.start_ms, s.duration_ms)], (row[(s.device, s.stream)] - 0.4, 0.8))
+                ax.set_yticks(range(len(keys)), [self._stream_label(*k) for k in keys])
+                ax.set_xlabel("time (ms)")
+            fig.tight_layout()
+            fig.savefig(path, format="png")
+        finally:
+            plt.close(fig)
