@@ -203,3 +203,26 @@ def test_plot(tmp_path):
 def test_public_names():
     for name in ("Timer", "Results", "Sample", "Stats"):
         assert name in cudaevents.__all__
+
+
+def test_discard_snapshot_and_collected(streams):
+    a = streams[0]
+    gate = threading.Event()
+    t = Timer(nvtx=False)
+    with t.region("done", a):
+        pass
+    a.synchronize(timeout=10)
+    dropped = t.begin("dropped", a)
+    t.discard(dropped)
+    t.discard(dropped)  # twice is fine
+    with pytest.raises(ValueError, match="already ended"):
+        t.end(dropped)
+    with pytest.raises(TypeError, match="token that begin"):
+        t.discard("dropped")
+    a.enqueue(gate.wait, 10)
+    with t.region("late", a):
+        pass
+    snap = t.snapshot()  # does not wait for "late"
+    assert snap.names() == ["done"] and t.collected == 1 and t.pending == 1
+    gate.set()
+    assert t.results(timeout=10).names() == ["done", "late"]

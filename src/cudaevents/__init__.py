@@ -7,6 +7,7 @@ can be used.
 """
 
 from ._atomic import AtomicEvent, atomic_backend
+from ._bench import BenchmarkResult, benchmark
 from ._cells import BACKENDS as ATOMIC_BACKENDS
 from ._cpu_stream import CpuStream
 from ._device import Device, DeviceCapabilities, device_count, is_available
@@ -21,9 +22,11 @@ from ._errors import (
 from ._event import CudaEvent
 from ._fence import Fence
 from ._pool import EventPool, PoolStats, default_pool
+from ._profile import profile_timer
 from ._results import Results, Sample, Stats
 from ._stream import GpuStream, as_stream
 from ._timer import Timer
+from ._torch_layers import LayerTimer
 from ._value_event import Event
 from ._wait import WaitPolicy
 from ._worker import Worker
@@ -34,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ATOMIC_BACKENDS",
     "AtomicEvent",
+    "BenchmarkResult",
     "ClosedError",
     "CpuStream",
     "CudaError",
@@ -46,6 +50,7 @@ __all__ = [
     "EventPool",
     "Fence",
     "GpuStream",
+    "LayerTimer",
     "NotReadyError",
     "NotRecordedError",
     "PoolStats",
@@ -57,7 +62,9 @@ __all__ = [
     "Worker",
     "as_stream",
     "atomic_backend",
+    "benchmark",
     "default_pool",
     "device_count",
     "is_available",
+    "profile_timer",
 ]

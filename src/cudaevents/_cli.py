@@ -1,4 +1,4 @@
-"""The ``cudaevents`` command line: ``info`` and ``demo``."""
+"""The ``cudaevents`` command line: ``info``, ``demo`` and ``profile``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,35 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="devices, capabilities and versions (or what is missing)")
     demo = sub.add_parser("demo", help="time real GPU work with event pairs, without and with recycling")
     demo.add_argument("--iterations", type=int, default=200, help="rounds of work per stream (default 200)")
+    profile = sub.add_parser(
+        "profile",
+        usage=("%(prog)s [-h] [--json PATH] [--trace PATH] [--no-layers] [--backward] [--progress SECONDS] "
+               "[--timeout SECONDS] SCRIPT [ARGS ...]"),
+        help="run a Python script, timing every torch module it runs (and its own regions) on the GPU",
+        description=(
+            "Run SCRIPT as __main__ (sys.argv = [SCRIPT, *ARGS]) and print the time per region at "
+            "exit. Every torch.nn.Module the script runs on a CUDA device is timed per call "
+            "(forward; backward with --backward), on torch's current stream of its input's device, "
+            "with recycled CUDA events and no host synchronization. The script may declare its own "
+            "regions on cudaevents.profile_timer() (e.g. `with cudaevents.profile_timer()"
+            ".region('step', stream): ...`, on a GPU stream or a CpuStream); they are reported too. "
+            "Options go before SCRIPT; everything after it is the script's."
+        ),
+    )
+    profile.add_argument("--json", metavar="PATH", help="also write the results as JSON (Results.to_json)")
+    profile.add_argument("--trace", metavar="PATH",
+                         help="also write a Chrome/Perfetto trace, one track per stream (Results.to_chrome_trace)")
+    profile.add_argument("--no-layers", action="store_true",
+                         help="do not hook torch modules; only the regions the script declares are timed")
+    profile.add_argument("--backward", action="store_true",
+                         help="also time each module's backward (full backward hooks; PyTorch refuses these "
+                              "where a module's input or output is later modified in place)")
+    profile.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
+                         help="print the regions collected so far to stderr every SECONDS (default 10; 0: never)")
+    profile.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                         help="at exit, wait at most SECONDS for the GPU to finish timed work (default 60)")
+    profile.add_argument("argv", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS ...]",
+                         help="the Python script to run, and its arguments")
     args = parser.parse_args(argv)
     out = print
     if args.command == "info":
@@ -74,5 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(out, iterations=args.iterations)
+    if args.command == "profile":
+        if not args.argv:
+            profile.error("the script to run is missing: cudaevents profile [options] SCRIPT [ARGS ...]")
+        if not 0 <= args.progress < float("inf"):
+            profile.error("--progress must be a number of seconds >= 0")
+        if not 0 < args.timeout < float("inf"):
+            profile.error("--timeout must be a number of seconds > 0")
+        from ._profile import run_profile
+
+        return run_profile(args.argv[0], args.argv[1:], json_path=args.json, trace_path=args.trace,
+                           layers=not args.no_layers, backward=args.backward, progress=args.progress,
+                           timeout=args.timeout)
     parser.print_help()
     return 2

@@ -241,6 +241,35 @@ class Timer:
         """Regions ended but not yet harvested."""
         return self._npending
 
+    @property
+    def collected(self) -> int:
+        """Regions harvested so far."""
+        return len(self._samples)
+
+    def snapshot(self) -> Results:
+        """The regions that have finished so far, without waiting for the others."""
+        self.harvest()
+        with self._lock:
+            return Results(self._samples, self._names)
+
+    def discard(self, token: _Open, pop_nvtx: bool = True) -> None:
+        """Drop a region opened by :meth:`begin` that can no longer end properly (e.g. the
+        code it timed raised past every hook): no sample is kept and its start event goes
+        back to the pool. ``pop_nvtx`` closes its NVTX range, which only works on the thread
+        that opened it. Discarding an ended or discarded region does nothing."""
+        if not isinstance(token, _Open):
+            raise TypeError(f"Timer.discard() needs the token that begin() returned, got {type(token).__name__}")
+        start, token.start = token.start, None
+        if start is None:
+            return
+        if pop_nvtx and token.nvtx:
+            try:
+                self._nvtx.pop_range()
+            except Exception:  # NVTX ranges are per thread; one pushed elsewhere just stays open
+                pass
+        if isinstance(start, CudaEvent):
+            start.close()
+
     def synchronize(self, timeout: float | None = None) -> None:
         """Wait for every ended region to finish and harvest it.
 

@@ -1,0 +1,266 @@
+"""``cudaevents profile script.py [args...]``: run a script with per-layer timing of its torch
+modules and of the regions it declares on :func:`profile_timer`, then print the summary."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import threading
+import time
+import traceback
+import warnings
+
+from ._timer import Timer
+
+__all__ = ["profile_timer", "run_profile"]
+
+_timer: Timer | None = None
+_timer_lock = threading.Lock()
+
+
+def profile_timer() -> Timer:
+    """The :class:`Timer` that ``cudaevents profile`` collects and summarizes.
+
+    A script run under ``cudaevents profile`` declares its own regions on it, and they are
+    reported with the per-layer ones::
+
+        timer = cudaevents.profile_timer()
+        with timer.region("data", cpu_stream):
+            ...
+        with timer.region("step", torch.cuda.current_stream()):
+            ...
+
+    Outside ``cudaevents profile`` it is a process-wide Timer made on first use, so the same
+    script still runs (and may print ``profile_timer().results()`` itself).
+    """
+    global _timer
+    timer = _timer
+    if timer is None:
+        with _timer_lock:
+            if _timer is None:
+                _timer = Timer()
+            timer = _timer
+    return timer
+
+
+def _set_profile_timer(timer: Timer | None) -> None:
+    global _timer
+    with _timer_lock:
+        _timer = timer
+
+
+class _TorchWatcher:
+    """A meta path finder that calls ``on_import(torch)`` once ``import torch`` has finished,
+    so that a script that never imports torch does not pay for importing it."""
+
+    def __init__(self, on_import):
+        self._on_import = on_import
+        self._busy = False
+
+    def install(self) -> None:
+        if "torch" in sys.modules:
+            self._fire(sys.modules["torch"])
+        else:
+            sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+
+    def _fire(self, module) -> None:
+        self.uninstall()
+        try:
+            self._on_import(module)
+        except Exception as exc:  # profiling must not break the script's import of torch
+            print(f"cudaevents profile: per-layer timing disabled: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch" or self._busy:
+            return None
+        self._busy = True
+        try:
+            spec = None
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        finally:
+            self._busy = False
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original = loader.exec_module
+        watcher = self
+
+        def exec_module(module):
+            try:
+                del loader.exec_module  # back to the loader's own method
+            except AttributeError:
+                pass
+            original(module)
+            watcher._fire(module)
+
+        try:
+            loader.exec_module = exec_module
+        except (AttributeError, TypeError):  # a loader that takes no attributes: hook now-ish
+            return spec
+        return spec
+
+
+class _Progress:
+    """A line on stderr every ``interval`` seconds while the script runs (none for a run
+    shorter than that)."""
+
+    def __init__(self, timer: Timer, interval: float, err):
+        self._timer, self._interval, self._err = timer, interval, err
+        self._stop = threading.Event()
+        self._thread = None
+        self._t0 = time.monotonic()
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._thread = threading.Thread(target=self._run, name="cudaevents-profile-progress", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            timer = self._timer
+            print(f"cudaevents profile: {time.monotonic() - self._t0:.0f} s, "
+                  f"{timer.collected + timer.pending} regions so far",
+                  file=self._err, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _script_traceback(exc: BaseException) -> str:
+    """The traceback of an exception the script raised, without the frames of this runner
+    (as ``python script.py`` would print it)."""
+    tb = exc.__traceback__
+    here = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename not in (runpy.__file__, "<frozen runpy>") and os.path.dirname(os.path.abspath(filename)) != here:
+            break
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None, layers: bool = True,
+                backward: bool = False, progress: float = 10.0, timeout: float = 60.0,
+                out=None, err=None) -> int:
+    """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]`` under profiling;
+    returns the exit code (the script's, 1 if it raised, 2 if it cannot be opened)."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        with open(script, "rb"):
+            pass
+    except OSError as exc:
+        print(f"cudaevents profile: can't open file {script!r}: [Errno {exc.errno}] {exc.strerror}", file=err)
+        return 2
+    if os.path.isdir(script):
+        print(f"cudaevents profile: {script!r} is a directory, not a script", file=err)
+        return 2
+
+    timer = Timer()
+    previous = _timer
+    _set_profile_timer(timer)
+    hooks = []
+
+    def on_torch(torch):
+        from ._torch_layers import GlobalLayerHooks
+
+        if backward:  # what PyTorch says about the hooks' semantics is not the script's business
+            for message in ("Full backward hook is firing when gradients are computed with respect to module outputs",
+                            "For backward hooks to be called, module output should be a Tensor"):
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        hooks.append(GlobalLayerHooks(timer, backward=backward).attach())
+
+    watcher = _TorchWatcher(on_torch) if layers else None
+    if watcher is not None:
+        watcher.install()
+    saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
+    sys.argv = [script, *args]
+    script_dir = os.path.dirname(os.path.abspath(script))
+    if sys.path:
+        sys.path[0] = script_dir
+    else:
+        sys.path.insert(0, script_dir)
+    reporter = _Progress(timer, progress, err)
+    reporter.start()
+    code, failure = 0, None
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc.code, err)
+    except KeyboardInterrupt as exc:
+        failure, code = exc, 130
+    except BaseException as exc:
+        failure, code = exc, 1
+    finally:
+        reporter.stop()
+        sys.argv = saved_argv
+        if saved_path0 is not None:
+            sys.path[0] = saved_path0
+        if watcher is not None:
+            watcher.uninstall()
+        dropped = sum(h.detach() for h in hooks)
+        _set_profile_timer(previous)
+
+    if failure is not None:
+        err.write(_script_traceback(failure))
+        err.flush()
+    results = _collect(timer, timeout, err)
+    if failure is not None:
+        print(f"cudaevents profile: the script raised {type(failure).__name__}; regions collected until then:", file=out)
+    if dropped:
+        print(f"cudaevents profile: {dropped} module region(s) left open by the script were dropped", file=err)
+    if results is None:
+        return code or 1
+    if len(results):
+        results.print_summary(file=out)
+    else:
+        hint = "" if layers else " (--no-layers)"
+        print("cudaevents profile: no regions collected: no torch module ran on a CUDA device"
+              f"{hint} and the script declared none on cudaevents.profile_timer()", file=out)
+    try:
+        if json_path is not None:
+            results.to_json(json_path)
+        if trace_path is not None:
+            results.to_chrome_trace(trace_path)
+    except OSError as exc:
+        print(f"cudaevents profile: cannot write results: {exc}", file=err)
+        return code or 1
+    return code
+
+
+def _exit_code(value, err) -> int:
+    """The exit status ``sys.exit(value)`` gives, as Python computes it."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value & 0xFF if value >= 0 else value % 256
+    if isinstance(value, bool):
+        return int(value)
+    print(value, file=err)
+    return 1
+
+
+def _collect(timer: Timer, timeout: float, err):
+    """The timer's results, waiting up to ``timeout`` s for regions still running."""
+    try:
+        return timer.results(timeout=timeout)
+    except TimeoutError as exc:
+        print(f"cudaevents profile: {exc}; showing the regions that finished", file=err)
+    except Exception as exc:  # e.g. a sticky CUDA error left by the script
+        print(f"cudaevents profile: cannot collect the regions: {type(exc).__name__}: {exc}", file=err)
+        return None
+    return timer.snapshot()

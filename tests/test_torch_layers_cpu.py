@@ -1,0 +1,361 @@
+"""The hook logic of LayerTimer and of ``cudaevents profile``'s global hooks, on the CPU: every
+region goes to a CpuStream stand-in (``stream=``), so pairing, naming, counts, exceptions and
+detaching are checked without a GPU. Skipped where torch is not installed (CI); the GPU
+versions are in test_gpu_torch_layers.py."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from cudaevents import CpuStream, LayerTimer, Timer
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+SRC = str(pathlib.Path(__file__).resolve().parent.parent / "src")
+
+
+@pytest.fixture
+def cpu():
+    s = CpuStream("stand-in")
+    yield s
+    s.close(timeout=30)
+
+
+def counts(results):
+    return {name: st.count for name, st in results.summary().items()}
+
+
+class Block(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+        self.act = nn.Tanh()
+        self.fail = None  # an exception to raise
+
+    def forward(self, x):
+        if self.fail is not None:
+            raise self.fail
+        return self.act(self.lin(x))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = Block()
+        self.inner = nn.Sequential(Block(), nn.LayerNorm(4))
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(self.shared(self.inner(self.shared(x))))
+
+
+def hook_state(model):
+    return {
+        name: (dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks),
+               dict(m._backward_pre_hooks), dict(m._forward_hooks_always_called),
+               dict(m._forward_hooks_with_kwargs), dict(m._forward_pre_hooks_with_kwargs), m._is_full_backward_hook)
+        for name, m in model.named_modules()
+    }
+
+
+def test_names_counts_and_detach(cpu):
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+    before, plain = hook_state(model), model(x)
+    with LayerTimer(model, stream=cpu) as layers:
+        assert layers.attached and layers.names == ["Sequential", "0", "1", "2", "3"]
+        for _ in range(3):
+            out = model(x)
+            out.sum().backward()
+    assert not layers.attached
+    assert torch.equal(out, plain)
+    assert hook_state(model) == before
+    forward = ["Sequential", "0", "1", "2", "3"]
+    assert counts(layers.results(timeout=30)) == {**{n: 3 for n in forward}, **{f"{n}.backward": 3 for n in forward}}
+    model[0].register_backward_hook(lambda *a: None)  # legacy backward hooks are allowed again
+
+
+def test_nested_shared_and_exceptions(cpu):
+    model = Net()
+    layers = LayerTimer(model, stream=cpu).attach()
+    x = torch.randn(2, 4, requires_grad=True)
+    model(x).sum().backward()
+    model.inner[0].fail = RuntimeError("block failed")
+    with pytest.raises(RuntimeError):
+        model(x)
+    assert layers._engine._stack().modules == []  # ended by the always_call forward hooks
+    model.inner[0].fail = None
+    model(x)
+    layers.detach()
+    c = counts(layers.results(timeout=30))
+    assert c["Net"] == 3 and c["shared"] == 5 and c["shared.lin"] == 5 and c["inner.0"] == 3
+    assert c["inner.0.lin"] == 2 and c["inner"] == 3 and c["head"] == 2
+    assert c["shared.backward"] == 2 and c["Net.backward"] == 1 and c["inner.0.lin.backward"] == 1
+
+
+def test_keyboard_interrupt_leaves_regions_that_the_next_forward_drops(cpu):
+    model = Net()
+    layers = LayerTimer(model, stream=cpu, backward=False).attach()
+    model.inner[0].fail = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        model(torch.randn(2, 4))
+    stack = layers._engine._stack()
+    assert [m.name for m in stack.modules] == ["Net", "inner", "inner.0"]  # no hook saw it
+    model.inner[0].fail = None
+    model(torch.randn(2, 4))
+    assert stack.modules == []
+    layers.detach()
+    c = counts(layers.results(timeout=30))
+    assert c["Net"] == 1 and c["inner"] == 1 and c["inner.0"] == 1 and c["shared"] == 3
+
+
+def test_detach_drops_open_regions(cpu):
+    model = Net()
+    layers = LayerTimer(model, stream=cpu, backward=False).attach()
+    model.inner[0].fail = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        model(torch.randn(2, 4))
+    assert layers._engine.discard_open() == 3
+    layers.detach()
+    assert set(counts(layers.results(timeout=30))) == {"shared", "shared.lin", "shared.act"}
+
+
+def test_backward_regions_without_input_gradients_are_dropped(cpu):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    layers = LayerTimer(model, stream=cpu).attach()
+    seen = {}
+    model[0].register_forward_hook(lambda m, a, out: seen.setdefault("h", out))
+    out = model(torch.randn(2, 4, requires_grad=True))
+    # stops inside the model: the backward of the model and of its first layer never ends
+    torch.autograd.grad(out.sum(), seen["h"])
+    assert all(not s.backward_open for s in layers._engine._modules)
+    layers.detach()
+    assert counts(layers.results(timeout=30)) == {"Sequential": 1, "0": 1, "1": 1, "2": 1, "2.backward": 1,
+                                                  "1.backward": 1}
+
+
+def test_reentrant_checkpoint(cpu):
+    from torch.utils.checkpoint import checkpoint
+
+    class C(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(checkpoint(self.a, x, use_reentrant=True)).sum()
+
+    model = C()
+    with LayerTimer(model, stream=cpu) as layers:
+        model(torch.randn(2, 4, requires_grad=True)).backward()
+        assert all(not s.backward_open for s in layers._engine._modules)
+    # the recomputation inside backward is a second forward of `a`
+    assert counts(layers.results(timeout=30)) == {"a": 2, "b": 1, "C": 1, "C.backward": 1, "b.backward": 1,
+                                                  "a.backward": 1}
+
+
+def test_include_leaf_only_and_kwargs(cpu):
+    model = Net()
+    x = torch.randn(2, 4)
+    with LayerTimer(model, stream=cpu, backward=False, leaf_only=True) as layers:
+        model(x)
+    assert set(counts(layers.results(timeout=30))) == {"shared.lin", "shared.act", "inner.0.lin", "inner.0.act",
+                                                       "inner.1", "head"}
+    with LayerTimer(model, stream=cpu, backward=False, include=(nn.Linear, nn.LayerNorm)) as layers:
+        model(x)
+    assert counts(layers.results(timeout=30)) == {"shared.lin": 2, "inner.0.lin": 1, "inner.1": 1, "head": 1}
+    with pytest.raises(TypeError):
+        LayerTimer(model, include="Linear")
+    with pytest.raises(TypeError):
+        LayerTimer(object())
+
+
+def test_threads_pair_their_own_regions(cpu):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    errors = []
+
+    def work():
+        try:
+            for _ in range(100):
+                model(torch.randn(2, 4))
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    with LayerTimer(model, stream=cpu, backward=False) as layers:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors
+    assert counts(layers.results(timeout=30)) == {"Sequential": 400, "0": 400, "1": 400}
+
+
+def test_cpu_inputs_are_not_timed_without_a_stream():
+    model = nn.Linear(4, 4)
+    with LayerTimer(model) as layers:
+        model(torch.randn(2, 4)).sum().backward()
+    assert len(layers.results(timeout=30)) == 0
+
+
+def test_attach_twice_is_an_error(cpu):
+    layers = LayerTimer(nn.Linear(2, 2), stream=cpu).attach()
+    with pytest.raises(RuntimeError):
+        layers.attach()
+    layers.detach()
+
+
+def test_global_hooks_name_modules_by_root(cpu):
+    from cudaevents._torch_layers import GlobalLayerHooks
+
+    mm = torch.nn.modules.module
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(nn.ReLU()(self.enc(x)))  # a module built inside forward
+
+    timer = Timer()
+    hooks = GlobalLayerHooks(timer, backward=True, stream=cpu).attach()
+    try:
+        a, b, loss_fn = Model(), Model(), nn.MSELoss()
+        for _ in range(2):
+            loss = loss_fn(a(torch.randn(3, 4)), torch.zeros(3, 2)) + loss_fn(b(torch.randn(3, 4)), torch.zeros(3, 2))
+            loss.backward()
+            nn.Linear(2, 2)(torch.randn(1, 2))  # a temporary root: its name is reused
+    finally:
+        assert hooks.detach() == 0
+    assert not (mm._global_forward_hooks or mm._global_forward_pre_hooks or mm._global_backward_hooks
+                or mm._global_backward_pre_hooks or mm._global_forward_hooks_always_called)
+    assert mm._global_is_full_backward_hook is None
+    c = counts(timer.results(timeout=30))
+    for root in ("Model", "Model#2"):
+        for name in ("", ".enc", ".enc.0", ".enc.1", ".ReLU", ".head"):
+            assert c[root + name] == 2 and c[root + name + ".backward"] == 2
+    assert c["MSELoss"] == 4 and c["Linear"] == 2
+
+
+SCRIPT = textwrap.dedent("""\
+    import sys
+    print("torch imported at start:", "torch" in sys.modules)
+    if "--torch" in sys.argv:
+        import torch.nn.modules.module as mm
+        print("global hooks:", len(mm._global_forward_pre_hooks), len(mm._global_forward_hooks),
+              len(mm._global_backward_hooks))
+""")
+
+
+@pytest.mark.parametrize("options, expect", [([], "global hooks: 1 1 0"), (["--backward"], "global hooks: 1 1 1"),
+                                             (["--no-layers"], "global hooks: 0 0 0")])
+def test_cli_hooks_torch_when_the_script_imports_it(tmp_path, options, expect):
+    script = tmp_path / "s.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=SRC)
+    r = subprocess.run([sys.executable, "-m", "cudaevents", "profile", *options, str(script), "--torch"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "torch imported at start: False" in r.stdout
+    assert expect in r.stdout
+
+
+def test_auto_stream_resolution_is_cached_per_device_and_handle(monkeypatch):
+    """The CUDA path of the hooks, with torch's CUDA calls and as_stream() faked: the device
+    comes from the first CUDA tensor input, the stream from torch's current raw stream, and
+    as_stream() runs once per distinct (device, handle)."""
+    from cudaevents import _torch_layers
+
+    class FakeCuda:  # stands for a CUDA tensor
+        is_cuda = True
+
+        def __init__(self, device):
+            self.device = device
+
+        def get_device(self):
+            return self.device
+
+    class FakeHost:
+        is_cuda = False
+
+    class FakeTimer:
+        def __init__(self):
+            self.calls = []
+
+        def begin(self, name, stream):
+            self.calls.append(("begin", name, stream))
+            return (name, stream)
+
+        def end(self, token):
+            self.calls.append(("end",) + token)
+
+    current = {0: 100, 1: 200}  # device -> torch's current raw stream handle
+    borrowed = []
+
+    class TorchStream:
+        def __init__(self, device):
+            self.cuda_stream = current[device]
+
+    def fake_as_stream(obj):
+        borrowed.append(obj.cuda_stream)
+        return f"gpu-stream-{obj.cuda_stream:x}"
+
+    monkeypatch.setattr(_torch_layers, "as_stream", fake_as_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: TorchStream(device))
+    timer = FakeTimer()
+    engine = _torch_layers._Engine(timer)
+    engine._Tensor = (FakeCuda, FakeHost)
+    engine._raw_stream = lambda device: current[device]
+    capturing = [False]
+    engine._capturing = lambda: capturing[0]
+    state = _torch_layers._Module("m")
+
+    def call(args, kwargs=None):
+        engine.begin_forward(state, args, kwargs)
+        engine.end_forward(state)
+
+    call((FakeCuda(0),))
+    call((FakeCuda(0),))
+    call((3, [FakeHost(), FakeCuda(1)]))  # one level into lists
+    current[0] = 101  # a side stream became current on device 0
+    call((FakeCuda(0),))
+    call((), {"x": FakeCuda(1)})  # keyword arguments
+    call(("no tensors",))  # the device last seen: 1
+    call((FakeHost(),))  # host tensors only: not timed
+    capturing[0] = True
+    call((FakeCuda(0),))  # capturing a CUDA graph: not timed
+    streams = [c[2] for c in timer.calls if c[0] == "begin"]
+    assert streams == ["gpu-stream-64", "gpu-stream-64", "gpu-stream-c8", "gpu-stream-65", "gpu-stream-c8",
+                       "gpu-stream-c8"]
+    assert borrowed == [100, 200, 101]
+    assert [c[0] for c in timer.calls] == ["begin", "end"] * 6
+    assert engine._stack().modules == []
+
+
+def test_backward_that_raises_leaves_nothing_open_after_the_next_forward(cpu):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    layers = LayerTimer(model, stream=cpu).attach()
+
+    def fail(grad):
+        raise RuntimeError("backward failed")
+
+    out = model(torch.randn(2, 4, requires_grad=True))
+    model[0].weight.register_hook(fail)  # raises in the middle of the backward pass
+    with pytest.raises(RuntimeError, match="backward failed"):
+        out.sum().backward()
+    engine = layers._engine
+    model(torch.randn(2, 4))
+    assert not engine._callback_queued
+    assert all(not s.backward_open for s in engine._modules)
+    layers.detach()
