@@ -227,3 +227,14 @@ def test_public_names_have_docstrings():
     for name in cudaevents.__all__:
         obj = getattr(cudaevents, name)
         assert obj.__doc__, name
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for command in ("info", "demo"):
+        p = subprocess.Popen([sys.executable, "-m", "cudaevents", command], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+        p.stdout.close()  # before the child has printed anything: its first write hits EPIPE
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=60) == 141, err
+        assert "Traceback" not in err

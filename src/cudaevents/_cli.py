@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import os
 import platform
 import sys
 
@@ -95,14 +96,18 @@ def main(argv: list[str] | None = None) -> int:
                          help="the Python script to run, and its arguments")
     args = parser.parse_args(argv)
     out = print
-    if args.command == "info":
-        return _info(out)
-    if args.command == "demo":
-        if args.iterations < 1:
+    if args.command in ("info", "demo"):
+        if args.command == "demo" and args.iterations < 1:
             parser.error("--iterations must be at least 1")
-        from ._demo import run_demo
+        try:
+            if args.command == "info":
+                return _info(out)
+            from ._demo import run_demo
 
-        return run_demo(out, iterations=args.iterations)
+            return run_demo(out, iterations=args.iterations)
+        except BrokenPipeError:  # e.g. `cudaevents info | head`: stop quietly, as coreutils do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE
     if args.command == "profile":
         if not args.argv:
             profile.error("the script to run is missing: cudaevents profile [options] SCRIPT [ARGS ...]")
