@@ -192,7 +192,7 @@ def test_default_stream_record_and_wait(pool):
     ev.wait()
     ev2 = CudaEvent(pool=pool).record(None)
     assert ev2.device is Device(0)
-    ev2.synchronize()
+    ev2.synchronize(timeout=10)
 
 
 def test_pool_reuses_a_handle_after_completion(stream, pool):
@@ -250,10 +250,10 @@ def test_misuse_on_a_real_device(stream, pool):
 
 def test_interprocess_and_blocking_sync_events(stream, pool):
     ipc = CudaEvent(0, interprocess=True, pool=pool).record(stream)
-    ipc.synchronize()
+    ipc.synchronize(timeout=10)
     blocking = CudaEvent(0, blocking_sync=True, timing=True, pool=pool)
     start = CudaEvent(0, blocking_sync=True, timing=True, pool=pool).record(stream)
-    blocking.record(stream).synchronize()
+    blocking.record(stream).synchronize(timeout=10)
     assert start.elapsed_time(blocking) >= 0
     assert pool.stats().creates == 3
     keys = {(d, f) for (d, f) in pool._free}

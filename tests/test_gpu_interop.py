@@ -58,7 +58,7 @@ def test_torch_event_order_against_ours(pool):
     done.wait(consumer)
     with torch.cuda.stream(consumer):
         total = a.sum()
-    consumer.synchronize()
+    as_stream(consumer).synchronize(timeout=30)
     assert total.item() == 3.0 * (1 << 24)
 
 

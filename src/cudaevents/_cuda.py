@@ -280,11 +280,6 @@ def driver_version() -> int:
     return int(check(driver().cuDriverGetVersion(), "cuDriverGetVersion"))
 
 
-def handle_of(obj) -> int:
-    """The integer value of a driver handle (CUevent, CUstream, ...)."""
-    return int(obj)
-
-
 def as_stream_handle(value: int):
     """Wrap an integer stream handle as a ``CUstream`` the bindings accept quickly."""
     return driver().CUstream(value)
