@@ -115,6 +115,39 @@ def test_bad_cap(cap, exc, msg):
         EventPool(cap)
 
 
+def test_acquire_many_and_release_many(fake, fake_pool):
+    first = fake_pool.acquire_many(0, 0, 3)  # all new
+    assert len(set(first)) == 3 and len(fake.created) == 3
+    fake_pool.release_many(0, 0, first[:2])
+    second = fake_pool.acquire_many(0, 0, 4)  # the 2 cached ones, the newest first, and 2 new
+    assert set(second[:2]) == set(first[:2])
+    assert len(fake.created) == 5
+    assert fake_pool.stats() == PoolStats(creates=5, reuses=2, destroys=0, cached=0, live=5, high_water=5)
+    fake_pool.release_many(0, 0, [])
+    fake_pool.release_many(0, 0, second + [first[2]])
+    assert fake_pool.stats() == PoolStats(creates=5, reuses=2, destroys=0, cached=5, live=0, high_water=5)
+    with pytest.raises(ValueError, match="never gave out"):
+        fake_pool.release_many(3, 0, [1])
+
+
+def test_release_many_respects_the_cap(fake):
+    pool = EventPool(2, create=fake.create, destroy=fake.destroy)
+    handles = pool.acquire_many(0, 0, 5)
+    pool.release(0, 0, handles[0])
+    pool.release_many(0, 0, handles[1:])
+    assert sorted(fake.destroyed) == sorted(handles[2:])
+    assert pool.stats() == PoolStats(creates=5, reuses=0, destroys=3, cached=2, live=0, high_water=5)
+
+
+def test_acquire_many_gives_back_what_it_took_when_a_create_fails(fake, fake_pool):
+    fake_pool.release(0, 0, fake_pool.acquire(0, 0))
+    fake.fail_next_create = True
+    with pytest.raises(RuntimeError, match="create failed"):
+        fake_pool.acquire_many(0, 0, 3)
+    s = fake_pool.stats()
+    assert (s.live, s.cached, s.creates) == (0, 1, 1)
+
+
 def test_create_and_destroy_go_together(fake):
     with pytest.raises(TypeError, match="both create= and destroy="):
         EventPool(create=fake.create)
@@ -151,7 +184,9 @@ def test_many_threads_exact_stats_and_single_owner(fake, nthreads, cap):
         barrier.wait(timeout=30)
         for i in range(cycles):
             device, flags = i % 2, (tid + i) % 3
-            held = [pool.acquire(device, flags) for _ in range(1 + i % 3)]
+            n = 1 + i % 3
+            batch = i % 4 == 0  # some cycles take and give back their handles at once
+            held = pool.acquire_many(device, flags, n) if batch else [pool.acquire(device, flags) for _ in range(n)]
             with owners_lock:
                 for h in held:
                     if h in owners:
@@ -160,8 +195,11 @@ def test_many_threads_exact_stats_and_single_owner(fake, nthreads, cap):
             with owners_lock:
                 for h in held:
                     del owners[h]
-            for h in held:
-                pool.release(device, flags, h)
+            if batch:
+                pool.release_many(device, flags, held)
+            else:
+                for h in held:
+                    pool.release(device, flags, h)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(nthreads)]
     for t in threads:

@@ -39,15 +39,6 @@ def _check_value(value, limit: int, backend: str) -> int:
     return value
 
 
-def _enqueue(s: GpuStream, fn, *args) -> None:
-    """Run a driver enqueue on ``s``, with its context pushed for the special handles."""
-    if s._special:
-        with _cuda.pushed(s._device):
-            fn(s._handle, *args)
-    else:
-        fn(s._handle, *args)
-
-
 class AtomicEvent:
     """A 64-bit counter that only grows; CPU and GPU streams signal it and wait for values.
 
@@ -205,8 +196,8 @@ class AtomicEvent:
             self._check_open()
             self._check_order(v)
             if self._last_source is not None and self._last_source != key and cell.read() < self._promised:
-                _enqueue(s, cell.gpu_wait, self._promised)  # keep completion order = call order
-            _enqueue(s, cell.gpu_signal, v)
+                s._call(cell.gpu_wait, s._live(), self._promised)  # keep completion order = call order
+            s._call(cell.gpu_signal, s._live(), v)
             self._promised = self._direct_promised = v
             self._last_source = key
             self._touched[key] = s
@@ -278,7 +269,7 @@ class AtomicEvent:
                     "stall that very stream (enqueues block behind an unsatisfied wait); enqueue the GPU wait "
                     "from another thread, or signal before waiting"
                 )
-            _enqueue(s, cell.gpu_wait, v)
+            s._call(cell.gpu_wait, s._live(), v)
             if v > self._gpu_wait_max:
                 self._gpu_wait_max = v
             self._touched[int(s._handle)] = s

@@ -159,11 +159,7 @@ class _Flusher:
     def __call__(self) -> None:
         s = self._stream
         self._value = (self._value + 1) & 0xFFFFFFFF
-        if s._special:
-            with _cuda.pushed(s._device):
-                _cuda.memset_d32_async(self._ptr, self._value, self._words, s._handle)
-        else:
-            _cuda.memset_d32_async(self._ptr, self._value, self._words, s._handle)
+        s._call(_cuda.memset_d32_async, self._ptr, self._value, self._words, s._live())
 
     def free(self, idle: bool) -> None:
         """Free the buffer; ``idle`` says the stream has finished with it (else it leaks)."""

@@ -9,12 +9,35 @@ from ._pool import default_pool
 from ._stream import GpuStream, as_stream
 from ._wait import check_timeout, wait_until
 
-__all__ = ["CudaEvent"]
+__all__ = ["CudaEvent", "query_handle", "synchronize_handle"]
+
+TIMING_FLAGS = 0  # the flags of an event created with timing=True (and nothing else)
 
 # CUevent_flags
 _BLOCKING_SYNC = 0x1
 _DISABLE_TIMING = 0x2
 _INTERPROCESS = 0x4
+
+
+def query_handle(handle) -> bool:
+    """Whether the work before the native event ``handle`` has finished (never blocks)."""
+    (err,) = _cuda.cuEventQuery(handle)
+    if not err:
+        return True
+    if err == _cuda.NOT_READY:
+        return False
+    _cuda.raise_error(err, "cuEventQuery")
+
+
+def synchronize_handle(handle, timeout: float | None, what: str) -> None:
+    """Wait on the host for the native event ``handle``: in the driver with the GIL released
+    when ``timeout`` is None, else polling until ``timeout`` seconds (``TimeoutError``)."""
+    if timeout is not None:
+        wait_until(lambda: query_handle(handle), timeout, what)
+        return
+    (err,) = _cuda.cuEventSynchronize(handle)
+    if err:
+        _cuda.raise_error(err, "cuEventSynchronize")
 
 
 class CudaEvent:
@@ -139,16 +162,7 @@ class CudaEvent:
                 "(CUDA needs both in one context); create the event with "
                 f"device={s._device}, or with device=None to bind it at its first record"
             )
-        sh = s._handle
-        if sh is None:
-            s._live()
-        if s._special:
-            with _cuda.pushed(s._device):
-                (err,) = _cuda.cuEventRecord(h, sh)
-        else:
-            (err,) = _cuda.cuEventRecord(h, sh)
-        if err:
-            _cuda.raise_error(err, "cuEventRecord")
+        s._record(h)
         self._recorded = True
         return self
 
@@ -172,14 +186,7 @@ class CudaEvent:
         """
         h = self._recorded_handle("wait()")
         s = stream if type(stream) is GpuStream else self._stream(stream)
-        sh = s._handle
-        if sh is None:
-            s._live()
-        if s._special:
-            with _cuda.pushed(s._device):
-                (err,) = _cuda.cuStreamWaitEvent(sh, h, 0)
-        else:
-            (err,) = _cuda.cuStreamWaitEvent(sh, h, 0)
+        (err,) = s._call(_cuda.cuStreamWaitEvent, s._live(), h, 0)
         if err:
             _cuda.raise_error(err, "cuStreamWaitEvent")
 
@@ -190,12 +197,7 @@ class CudaEvent:
             NotRecordedError: the event was never recorded.
             CudaError: any failure other than "not ready", e.g. a sticky error of the context.
         """
-        (err,) = _cuda.cuEventQuery(self._recorded_handle("query()"))
-        if not err:
-            return True
-        if err == _cuda.NOT_READY:
-            return False
-        _cuda.raise_error(err, "cuEventQuery")
+        return query_handle(self._recorded_handle("query()"))
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Block the host until the recorded work has finished.
@@ -205,13 +207,7 @@ class CudaEvent:
         ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         timeout = check_timeout(timeout)
-        h = self._recorded_handle("synchronize()")
-        if timeout is not None:
-            wait_until(self.query, timeout, "CudaEvent.synchronize()")
-            return
-        (err,) = _cuda.cuEventSynchronize(h)
-        if err:
-            _cuda.raise_error(err, "cuEventSynchronize")
+        synchronize_handle(self._recorded_handle("synchronize()"), timeout, "CudaEvent.synchronize()")
 
     def elapsed_time(self, end: "CudaEvent") -> float:
         """Milliseconds between this (start) event and ``end``; both must have completed.

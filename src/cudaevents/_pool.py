@@ -82,25 +82,60 @@ class EventPool:
 
     def acquire(self, device: int, flags: int):
         """A handle for ``(device, flags)``: a cached one if any, else a new native one."""
-        key = (device, flags)
-        with self._lock:
-            free = self._free.get(key)
+        lock = self._lock
+        lock.acquire()
+        try:
+            free = self._free.get((device, flags))
             if free:
-                handle = free.pop()
                 c = self._counts[device]
                 c.reuses += 1
-                c.live += 1
-                if c.live > c.high:
-                    c.high = c.live
+                live = c.live = c.live + 1
+                if live > c.high:
+                    c.high = live
                 t = self._total
-                t.live += 1
-                if t.live > t.high:
-                    t.high = t.live
-                return handle
+                live = t.live = t.live + 1
+                if live > t.high:
+                    t.high = live
+                return free.pop()
+        finally:
+            lock.release()
+        return self._create_counted(device, flags)
+
+    def acquire_many(self, device: int, flags: int, n: int) -> list:
+        """``n`` handles for ``(device, flags)`` at once (one lock round instead of ``n``)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            free = self._free.get((device, flags))
+            take = min(n, len(free)) if free else 0
+            if take:
+                c = self._counts[device]
+                c.reuses += take
+                live = c.live = c.live + take
+                if live > c.high:
+                    c.high = live
+                t = self._total
+                live = t.live = t.live + take
+                if live > t.high:
+                    t.high = live
+                handles = free[-take:]
+                del free[-take:]
+            else:
+                handles = []
+        finally:
+            lock.release()
+        try:
+            while len(handles) < n:
+                handles.append(self._create_counted(device, flags))
+        except BaseException:
+            self.release_many(device, flags, handles)
+            raise
+        return handles
+
+    def _create_counted(self, device: int, flags: int):
         handle = self._create(device, flags)
         with self._lock:
-            if key not in self._free:
-                self._free[key] = []
+            self._free.setdefault((device, flags), [])
             c = self._counts.get(device)
             if c is None:
                 c = self._counts[device] = _Counts()
@@ -116,18 +151,49 @@ class EventPool:
 
     def release(self, device: int, flags: int, handle) -> None:
         """Give back a handle obtained from :meth:`acquire` with the same key."""
-        cap = self._max_cached
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             free = self._free.get((device, flags))
             if free is None:
-                raise ValueError(f"release() of a handle for (device={device}, flags={flags}) that this pool never gave out")
+                raise self._unknown_key(device, flags)
             self._counts[device].live -= 1
             self._total.live -= 1
+            cap = self._max_cached
             if cap is None or len(free) < cap or self._state.exiting:
                 free.append(handle)
                 return
             self._counts[device].destroys += 1
+        finally:
+            lock.release()
         self._destroy(handle)
+
+    def release_many(self, device: int, flags: int, handles: list) -> None:
+        """Give back several handles of one key at once (one lock round instead of many)."""
+        n = len(handles)
+        if not n:
+            return
+        doomed = ()
+        with self._lock:
+            free = self._free.get((device, flags))
+            if free is None:
+                raise self._unknown_key(device, flags)
+            self._counts[device].live -= n
+            self._total.live -= n
+            cap = self._max_cached
+            if cap is None or self._state.exiting:
+                free.extend(handles)
+            else:
+                room = max(cap - len(free), 0)
+                free.extend(handles[:room])
+                doomed = handles[room:]
+                self._counts[device].destroys += len(doomed)
+        for handle in doomed:
+            self._destroy(handle)
+
+    @staticmethod
+    def _unknown_key(device: int, flags: int) -> ValueError:
+        return ValueError(f"release() of a handle for (device={device}, flags={flags}) that this pool never gave out")
 
     def trim(self, keep: int = 0) -> int:
         """Destroy cached handles beyond ``keep`` per key; returns how many were destroyed."""

@@ -7,13 +7,13 @@ import dataclasses
 import json
 import math
 import statistics
+import typing
 
 __all__ = ["Sample", "Stats", "Results", "stats_of"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """One timed region.
+class Sample(typing.NamedTuple):
+    """One timed region (a named tuple: cheap to make by the hundred thousand).
 
     Attributes:
         name: the region's name.
@@ -135,7 +135,7 @@ class Results:
         return {
             "format": "cudaevents.results",
             "version": 1,
-            "samples": [dataclasses.asdict(s) for s in self.samples],
+            "samples": [s._asdict() for s in self.samples],
             "summary": {name: dataclasses.asdict(st) for name, st in self.summary().items()},
             "streams": {f"{d}:{s}": label for (d, s), label in self._stream_names.items()},
         }

@@ -7,7 +7,7 @@ from ._device import resolve_device_index
 from ._errors import ClosedError, DeviceMismatchError
 from ._wait import check_timeout, wait_until
 
-__all__ = ["GpuStream", "as_stream"]
+__all__ = ["GpuStream", "as_stream", "stream_identity"]
 
 # Handle values with a meaning of their own: the default stream (0), CU_STREAM_LEGACY (1) and
 # CU_STREAM_PER_THREAD (2). They name a stream of whatever context is current, so every call
@@ -34,7 +34,7 @@ class GpuStream:
             streams do.
     """
 
-    __slots__ = ("_handle", "_device", "_owned", "_owner", "_special", "__weakref__")
+    __slots__ = ("_handle", "_id", "_device", "_owned", "_owner", "_special", "__weakref__")
 
     def __init__(self, device=None, *, priority: int = 0, blocking: bool = False):
         index = resolve_device_index(device)
@@ -48,6 +48,7 @@ class GpuStream:
             )
         flags = 0 if blocking else _STREAM_NON_BLOCKING
         self._handle = _cuda.stream_create(index, flags, priority)
+        self._id = int(self._handle)
         self._device = index
         self._owned = True
         self._owner = None
@@ -57,6 +58,7 @@ class GpuStream:
     def _borrow(cls, handle: int, device: int, owner) -> "GpuStream":
         self = object.__new__(cls)
         self._handle = _cuda.as_stream_handle(handle)
+        self._id = handle
         self._device = device
         self._owned = False
         self._owner = owner
@@ -74,7 +76,8 @@ class GpuStream:
     @property
     def handle(self) -> int:
         """The native ``CUstream`` as an integer."""
-        return int(self._live())
+        self._live()
+        return self._id
 
     @property
     def owned(self) -> bool:
@@ -88,13 +91,13 @@ class GpuStream:
 
     def __cuda_stream__(self):
         """The CUDA stream protocol (version 0), so cuda.core and others can borrow ours."""
-        return (0, int(self._live()))
+        return (0, self.handle)
 
     def __repr__(self) -> str:
         if self._handle is None:
             return "<GpuStream closed>"
         kind = "owned" if self._owned else "borrowed"
-        return f"<GpuStream {kind} device={self._device} handle=0x{int(self._handle):x}>"
+        return f"<GpuStream {kind} device={self._device} handle=0x{self._id:x}>"
 
     # -- operations ---------------------------------------------------------------------
     def _live(self):
@@ -103,14 +106,28 @@ class GpuStream:
             raise ClosedError("this GpuStream was closed; create a new GpuStream or borrow one with as_stream()")
         return h
 
+    def _call(self, fn, *args):
+        """``fn(*args)``, a driver call on this stream, with the device's context current when
+        the handle is one of the special ones that name a stream of the current context."""
+        if self._special:
+            return _cuda.in_context(self._device, fn, *args)
+        return fn(*args)
+
+    def _record(self, event_handle) -> None:
+        """Record the native event ``event_handle`` (of this stream's device) here."""
+        sh = self._handle
+        if sh is None:
+            self._live()
+        if self._special:
+            (err,) = _cuda.in_context(self._device, _cuda.cuEventRecord, event_handle, sh)
+        else:
+            (err,) = _cuda.cuEventRecord(event_handle, sh)
+        if err:
+            _cuda.raise_error(err, "cuEventRecord")
+
     def query(self) -> bool:
         """True when all work enqueued so far has finished (never blocks)."""
-        h = self._live()
-        if self._special:
-            with _cuda.pushed(self._device):
-                (err,) = _cuda.cuStreamQuery(h)
-        else:
-            (err,) = _cuda.cuStreamQuery(h)
+        (err,) = self._call(_cuda.cuStreamQuery, self._live())
         if not err:
             return True
         if err == _cuda.NOT_READY:
@@ -128,11 +145,7 @@ class GpuStream:
         if timeout is not None:
             wait_until(self.query, timeout, "GpuStream.synchronize()")
             return
-        if self._special:
-            with _cuda.pushed(self._device):
-                (err,) = _cuda.cuStreamSynchronize(h)
-        else:
-            (err,) = _cuda.cuStreamSynchronize(h)
+        (err,) = self._call(_cuda.cuStreamSynchronize, h)
         if err:
             _cuda.raise_error(err, "cuStreamSynchronize")
 
@@ -200,6 +213,47 @@ def _is_module(obj, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
+def _torch_identity(obj) -> tuple[int, int | None]:
+    return obj.cuda_stream, obj.device_index
+
+
+def _torch_identity_slow(obj) -> tuple[int, int | None]:
+    return obj.cuda_stream, _device_attribute_of(obj)
+
+
+def _cupy_identity(obj) -> tuple[int, int | None]:
+    return obj.ptr, _device_attribute_of(obj)  # device_id: -1 on CuPy's device-agnostic null stream
+
+
+def _protocol_identity(obj) -> tuple[int, int | None]:
+    return _protocol_handle(obj), _device_attribute_of(obj)
+
+
+_identities: dict[type, object] = {}  # stream type -> the function that reads its identity
+
+
+def stream_identity(obj) -> tuple[int, int | None] | None:
+    """``(raw handle, device ordinal or None)`` of another library's stream object, read
+    without creating anything; ``None`` when ``obj`` is no stream object (a raw handle, None,
+    or something else). The device is ``None`` when the object does not state one."""
+    kind = type(obj)
+    read = _identities.get(kind)
+    if read is None:
+        if _is_module(obj, "torch") and isinstance(getattr(obj, "cuda_stream", None), int):
+            has_index = isinstance(getattr(obj, "device_index", None), int)
+            read = _torch_identity if has_index else _torch_identity_slow
+        elif _is_module(obj, "cupy") and isinstance(getattr(obj, "ptr", None), int):
+            read = _cupy_identity
+        elif hasattr(kind, "__cuda_stream__"):
+            read = _protocol_identity
+        elif hasattr(obj, "__cuda_stream__"):  # set on the instance: decided per object
+            return _protocol_identity(obj)
+        else:
+            return None
+        _identities[kind] = read
+    return read(obj)
+
+
 def as_stream(obj, device=None) -> GpuStream:
     """Turn anything that is a CUDA stream into a :class:`GpuStream`.
 
@@ -224,13 +278,14 @@ def as_stream(obj, device=None) -> GpuStream:
         return GpuStream._borrow(0, resolve_device_index(device), None)
     if isinstance(obj, bool):
         raise TypeError("as_stream() got a bool; pass a stream object or a raw handle with device=")
-    if hasattr(type(obj), "__cuda_stream__") or hasattr(obj, "__cuda_stream__"):
-        handle = _protocol_handle(obj)
-    elif _is_module(obj, "torch") and isinstance(getattr(obj, "cuda_stream", None), int):
-        handle = obj.cuda_stream
-    elif _is_module(obj, "cupy") and isinstance(getattr(obj, "ptr", None), int):
-        handle = obj.ptr
-    elif isinstance(obj, int) or type(obj).__name__ == "CUstream":
+    identity = stream_identity(obj)
+    if identity is None:
+        if not (isinstance(obj, int) or type(obj).__name__ == "CUstream"):
+            raise TypeError(
+                f"as_stream() cannot use a {type(obj).__module__}.{type(obj).__qualname__}: expected a "
+                "GpuStream, an object with __cuda_stream__ (cuda.core), a torch.cuda.Stream, a "
+                "cupy.cuda.Stream, or a raw handle with device="
+            )
         handle = int(obj)
         if handle < 0:
             raise ValueError(f"a stream handle is a non-negative pointer value, got {handle}")
@@ -240,13 +295,7 @@ def as_stream(obj, device=None) -> GpuStream:
                 "which device it belongs to)"
             )
         return _borrow_checked(handle, resolve_device_index(device), obj)
-    else:
-        raise TypeError(
-            f"as_stream() cannot use a {type(obj).__module__}.{type(obj).__qualname__}: expected a "
-            "GpuStream, an object with __cuda_stream__ (cuda.core), a torch.cuda.Stream, a "
-            "cupy.cuda.Stream, or a raw handle with device="
-        )
-    stated = _device_attribute_of(obj)
+    handle, stated = identity
     if device is not None:
         wanted = resolve_device_index(device)
         if stated is not None and stated != wanted:

@@ -7,17 +7,20 @@ import functools
 import itertools
 import threading
 import time
+import weakref
 
+from . import _cuda
 from ._cpu_stream import CpuStream
-from ._event import CudaEvent
+from ._event import TIMING_FLAGS, CudaEvent, synchronize_handle
 from ._pool import default_pool
 from ._results import Results, Sample
-from ._stream import GpuStream, as_stream
+from ._stream import GpuStream, as_stream, stream_identity
 from ._wait import check_timeout
 
 __all__ = ["Timer"]
 
 _cpu_ids = itertools.count(1)
+_MAX_CACHED_STREAMS = 256  # borrowed stream wrappers a Timer keeps; beyond that it starts over
 
 
 def _nvtx():
@@ -44,7 +47,9 @@ class _CpuMark:
 
 
 class _Open:
-    """A region between :meth:`Timer.begin` and :meth:`Timer.end`."""
+    """A region between :meth:`Timer.begin` and :meth:`Timer.end`. ``start`` is the region's
+    pair of native event handles (the first recorded, the second for the end) on a GPU
+    stream, a :class:`_CpuMark` on a CPU stream, and ``None`` once ended or discarded."""
 
     __slots__ = ("name", "stream", "start", "key", "nvtx")
 
@@ -97,15 +102,17 @@ class Timer:
         if nvtx is True and module is None:
             raise ImportError("Timer(nvtx=True) needs the nvtx package: pip install nvtx")
         self._nvtx = module
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[int, int], collections.deque] = {}  # per stream, in end order
-        self._npending = 0
+        self._lock = threading.Lock()  # guards harvesting, the samples and new keys of _pending
+        # Per stream, the ended regions in end order: (name, start, end). On a GPU stream start
+        # and end are native event handles from the pool; on a CPU stream start is a _CpuMark.
+        self._pending: dict[tuple[int, int], collections.deque] = {}
         self._since_harvest = 0
         self._samples: list[Sample] = []
         self._refs: dict[int, CudaEvent] = {}  # per device: the event times are measured from
         self._cpu_ref_ns = time.perf_counter_ns()
-        self._cpu_ids: dict[int, int] = {}  # id(CpuStream) -> small number
+        self._cpu_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # CpuStream -> number
         self._names: dict[tuple[int, int], str] = {}
+        self._streams: dict[tuple[int, int], GpuStream] = {}  # (handle, device) -> borrowed wrapper
 
     # -- regions ------------------------------------------------------------------------
     def region(self, name: str, stream=None) -> _Region:
@@ -114,7 +121,7 @@ class Timer:
         ``stream`` is anything :func:`as_stream` accepts, a :class:`CpuStream`, or ``None``
         for the legacy default stream of the current device.
         """
-        if not isinstance(name, str):
+        if type(name) is not str and not isinstance(name, str):
             raise TypeError(f"a region's name is a str, got {type(name).__name__}")
         return _Region(self, name, stream)
 
@@ -143,56 +150,92 @@ class Timer:
     def begin(self, name: str, stream=None) -> _Open:
         """Open a region on ``stream`` and return its token for :meth:`end` (for hooks
         that cannot use a ``with`` block)."""
-        if type(stream) is CpuStream:
+        kind = type(stream)
+        if kind is GpuStream:
+            s = stream
+        elif kind is CpuStream:
             mark = _CpuMark()
             stream.enqueue(mark.start)
-            key = (-1, self._cpu_id(stream))
-            opened = _Open(name, stream, mark, key, None)
+            opened = _Open(name, stream, mark, (-1, self._cpu_id(stream)), None)
+            return self._push_nvtx(opened)
         else:
-            s = stream if type(stream) is GpuStream else as_stream(stream)
-            if s._device not in self._refs:
-                self._set_reference(s)
-            start = CudaEvent(timing=True, pool=self._pool).record(s)
-            opened = _Open(name, s, start, (s._device, int(s._handle)), None)
+            s = self._gpu_stream(stream)
+        device = s._device
+        if device not in self._refs:
+            self._set_reference(s)
+        pair = self._pool.acquire_many(device, TIMING_FLAGS, 2)  # the end's handle too: one lock round
+        try:
+            s._record(pair[0])
+        except BaseException:
+            self._pool.release_many(device, TIMING_FLAGS, pair)
+            raise
+        opened = _Open(name, s, pair, (device, s._id), None)
+        if self._nvtx is None:
+            return opened
+        return self._push_nvtx(opened)
+
+    def _push_nvtx(self, opened: _Open) -> _Open:
         nv = self._nvtx
         if nv is not None:
-            nv.push_range(name)
+            nv.push_range(opened.name)
             opened.nvtx = True
         return opened
 
+    def _gpu_stream(self, stream) -> GpuStream:
+        """``as_stream(stream)``, without re-wrapping a stream object seen before: streams
+        that state their device are cached as (handle, device) -> wrapper."""
+        identity = None if stream is None else stream_identity(stream)
+        if identity is None or identity[1] is None:
+            return as_stream(stream)
+        s = self._streams.get(identity)
+        if s is None:
+            s = as_stream(stream)
+            if len(self._streams) >= _MAX_CACHED_STREAMS:
+                self._streams.clear()
+            # the wrapper keeps no owner: each region records while its caller holds the stream
+            s = self._streams[identity] = GpuStream._borrow(s._id, s._device, None)
+        return s
+
     def end(self, token: _Open) -> None:
         """Close a region opened by :meth:`begin`."""
-        if not isinstance(token, _Open):
+        if type(token) is not _Open:
             raise TypeError(f"Timer.end() needs the token that begin() returned, got {type(token).__name__}")
-        if token.start is None:
+        pair = token.start
+        if pair is None:
             raise ValueError(f"the region {token.name!r} was already ended")
+        token.start = None
         if token.nvtx:
             self._nvtx.pop_range()
-        start, token.start = token.start, None
-        if token.key[0] < 0:
-            token.stream.enqueue(start.end)
-            entry = (token.name, start, None)
+        key = token.key
+        device = key[0]
+        if device < 0:
+            token.stream.enqueue(pair.end)
+            entry = (token.name, pair, None)
         else:
-            end = CudaEvent(timing=True, pool=self._pool).record(token.stream)
+            start, end = pair
+            try:
+                token.stream._record(end)
+            except BaseException:
+                self._pool.release_many(device, TIMING_FLAGS, pair)
+                raise
             entry = (token.name, start, end)
-        with self._lock:
-            queue = self._pending.get(token.key)
-            if queue is None:
-                queue = self._pending[token.key] = collections.deque()
-            queue.append(entry)
-            self._npending += 1
-            self._since_harvest += 1
-            due = self._since_harvest >= self._harvest_every
-        if due:
+        queue = self._pending.get(key)
+        if queue is None:
+            with self._lock:
+                queue = self._pending.setdefault(key, collections.deque())
+        queue.append(entry)
+        self._since_harvest += 1  # unlocked: it only paces harvesting
+        if self._since_harvest >= self._harvest_every:
             self.harvest()
 
     def _cpu_id(self, stream: CpuStream) -> int:
-        key = id(stream)
-        n = self._cpu_ids.get(key)
+        n = self._cpu_ids.get(stream)
         if n is None:
             with self._lock:
-                n = self._cpu_ids.setdefault(key, next(_cpu_ids))
-                self._names[(-1, n)] = f"CPU stream {stream.thread.name}"
+                n = self._cpu_ids.get(stream)
+                if n is None:
+                    n = self._cpu_ids[stream] = next(_cpu_ids)
+                    self._names[(-1, n)] = f"CPU stream {stream.thread.name}"
         return n
 
     def _set_reference(self, s: GpuStream) -> None:
@@ -210,36 +253,52 @@ class Timer:
         with self._lock:
             self._since_harvest = 0
             for key, queue in self._pending.items():
-                while queue:
-                    name, start, end = queue[0]
-                    sample = self._finished(key, name, start, end)
-                    if sample is None:
-                        break  # regions on one stream finish in order
-                    queue.popleft()
-                    self._samples.append(sample)
-                    done += 1
-            self._npending -= done
+                if queue:
+                    done += self._harvest_cpu(key, queue) if key[0] < 0 else self._harvest_gpu(key, queue)
         return done
 
-    def _finished(self, key, name, start, end) -> Sample | None:
+    def _harvest_gpu(self, key, queue) -> int:
+        """Harvest the finished head of one GPU stream's queue (regions there finish in order)."""
         device, stream = key
-        if device < 0:
-            if start.end_ns is None:
-                return None
-            return Sample(name, device, stream, (start.start_ns - self._cpu_ref_ns) / 1e6,
-                          (start.end_ns - start.start_ns) / 1e6)
-        if not end.query():
-            return None
-        ref = self._refs[device]
-        sample = Sample(name, device, stream, ref.elapsed_time(start), start.elapsed_time(end))
-        start.close()
-        end.close()
-        return sample
+        ref = self._refs[device]._handle
+        elapsed, not_ready = _cuda.cuEventElapsedTime, _cuda.NOT_READY
+        append = self._samples.append
+        done = []
+        try:
+            while queue:
+                name, start, end = queue[0]
+                err, ms = elapsed(start, end)  # NOT_READY until both have completed
+                if not err:
+                    err, at = elapsed(ref, start)  # NOT_READY while another stream's reference lags
+                if err:
+                    if err == not_ready:
+                        break
+                    _cuda.raise_error(err, "cuEventElapsedTime")
+                queue.popleft()
+                append(Sample(name, device, stream, at, ms))
+                done.append(start)
+                done.append(end)
+        finally:
+            self._pool.release_many(device, TIMING_FLAGS, done)
+        return len(done) // 2
+
+    def _harvest_cpu(self, key, queue) -> int:
+        device, stream = key
+        n = 0
+        while queue:
+            name, mark, _ = queue[0]
+            if mark.end_ns is None:
+                break
+            queue.popleft()
+            self._samples.append(Sample(name, device, stream, (mark.start_ns - self._cpu_ref_ns) / 1e6,
+                                        (mark.end_ns - mark.start_ns) / 1e6))
+            n += 1
+        return n
 
     @property
     def pending(self) -> int:
         """Regions ended but not yet harvested."""
-        return self._npending
+        return sum(map(len, list(self._pending.values())))
 
     @property
     def collected(self) -> int:
@@ -257,7 +316,7 @@ class Timer:
         code it timed raised past every hook): no sample is kept and its start event goes
         back to the pool. ``pop_nvtx`` closes its NVTX range, which only works on the thread
         that opened it. Discarding an ended or discarded region does nothing."""
-        if not isinstance(token, _Open):
+        if type(token) is not _Open:
             raise TypeError(f"Timer.discard() needs the token that begin() returned, got {type(token).__name__}")
         start, token.start = token.start, None
         if start is None:
@@ -267,8 +326,8 @@ class Timer:
                 self._nvtx.pop_range()
             except Exception:  # NVTX ranges are per thread; one pushed elsewhere just stays open
                 pass
-        if isinstance(start, CudaEvent):
-            start.close()
+        if token.key[0] >= 0:
+            self._pool.release_many(token.key[0], TIMING_FLAGS, start)
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Wait for every ended region to finish and harvest it.
@@ -281,17 +340,20 @@ class Timer:
         while True:
             self.harvest()
             with self._lock:
-                waiting = [q[0] for q in self._pending.values() if q]
-            if not waiting:
+                heads = [(key, q[0]) for key, q in self._pending.items() if q]
+            if not heads:
                 return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"Timer.synchronize() timed out after {timeout:g} s with {self._npending} region(s) unfinished")
-            name, start, end = waiting[0]
-            if end is not None:
-                end.synchronize(timeout=remaining)
-            else:
+                raise TimeoutError(f"Timer.synchronize() timed out after {timeout:g} s with {self.pending} region(s) unfinished")
+            (device, _), (_, _, end) = heads[0]
+            if end is None:  # a CPU stream's region: its thread sets the mark
                 time.sleep(min(1e-4, remaining) if remaining is not None else 1e-4)
+                continue
+            synchronize_handle(end, remaining, "Timer.synchronize()")
+            # the end has finished; the reference (maybe on a slower stream) must finish too
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            synchronize_handle(self._refs[device]._handle, remaining, "Timer.synchronize()")
 
     def results(self, timeout: float | None = None) -> Results:
         """All regions ended so far, after waiting for them (see :meth:`synchronize`)."""

@@ -1,0 +1,209 @@
+"""Timer's GPU path against a simulated driver (no GPU needed): lazy harvesting of event pairs,
+streams finishing out of order, the per-device reference event, failures, and handles going
+back to the pool. The real driver is exercised by tests/test_gpu_timer.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from cudaevents import CudaError, EventPool, Timer, _cuda
+from cudaevents._stream import GpuStream, stream_identity
+
+NOT_READY = 600
+ILLEGAL_ADDRESS = 700
+
+
+class FakeGpu:
+    """Records events per stream; :meth:`run` completes a stream's work up to now, stamping
+    each recorded event with a clock that advances 1 ms per event."""
+
+    def __init__(self):
+        self.pending: dict[int, list] = {}  # stream handle -> events recorded, not yet completed
+        self.when: dict[object, float | None] = {}  # event -> completion time, None while pending
+        self.clock = 0.0
+        self.fail_record = 0
+        self.fail_elapsed = 0
+        self.records = 0
+
+    def record(self, event, stream):
+        if self.fail_record:
+            return (self.fail_record,)
+        self.records += 1
+        self.when[event] = None
+        self.pending.setdefault(int(stream), []).append(event)
+        return (0,)
+
+    def run(self, stream: GpuStream) -> None:
+        for event in self.pending.pop(stream._id, []):
+            self.clock += 1.0
+            self.when[event] = self.clock
+
+    def elapsed(self, start, end):
+        if self.fail_elapsed:
+            return (self.fail_elapsed, 0.0)
+        a, b = self.when.get(start), self.when.get(end)
+        if a is None or b is None:
+            return (NOT_READY, 0.0)
+        return (0, b - a)
+
+    def query(self, event):
+        return (0,) if self.when.get(event) is not None else (NOT_READY,)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    g = FakeGpu()
+    monkeypatch.setattr(_cuda, "cuEventRecord", g.record)
+    monkeypatch.setattr(_cuda, "cuEventElapsedTime", g.elapsed)
+    monkeypatch.setattr(_cuda, "cuEventQuery", g.query)
+    monkeypatch.setattr(_cuda, "NOT_READY", NOT_READY)
+    monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
+    return g
+
+
+def stream(handle: int, device: int = 0) -> GpuStream:
+    return GpuStream._borrow(handle, device, None)
+
+
+def test_pairs_are_harvested_lazily_and_go_back_to_the_pool(gpu, fake, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, harvest_every=4, nvtx=False)
+    for round_ in range(5):
+        for _ in range(8):
+            with t.region("k", a):
+                pass
+        assert t.pending == 8 and t.harvest() == 0  # the GPU has not run: nothing to take
+        gpu.run(a)
+        assert t.harvest() == 8 and t.pending == 0
+        assert fake_pool.stats().live == 1  # only the timer's reference event
+    r = t.results(timeout=5)
+    assert len(r) == 40 and r.names() == ["k"]
+    assert all(s.duration_ms == 1.0 for s in r.samples)  # start and end were recorded back to back
+    starts = [s.start_ms for s in r.samples]
+    assert starts == sorted(starts) and starts[0] == 1.0  # measured from the reference event
+    # 8 regions in flight at most: 16 handles plus the reference, never one per region
+    assert fake_pool.stats().creates == 17 and len(fake.created) == 17
+
+
+def test_streams_finish_out_of_order(gpu, fake_pool):
+    a, b = stream(0x10), stream(0x20)
+    t = Timer(pool=fake_pool, nvtx=False)
+    gpu.run(a)  # nothing there yet
+    with t.region("a", a):
+        pass
+    gpu.run(a)  # the reference (recorded on a) and a's region complete
+    with t.region("b", b):
+        pass
+    with t.region("a2", a):
+        pass
+    gpu.run(b)
+    assert t.harvest() == 2  # "a" and "b"; "a2" is still pending on a
+    assert t.snapshot().names() == ["a", "b"]
+    gpu.run(a)
+    r = t.results(timeout=5)
+    assert r.names() == ["a", "b", "a2"]
+    assert len({s.stream for s in r.samples}) == 2
+
+
+def test_a_lagging_reference_holds_back_other_streams(gpu, fake_pool):
+    a, b = stream(0x10), stream(0x20)
+    t = Timer(pool=fake_pool, nvtx=False)
+    with t.region("first", a):  # the device's reference event goes on a, before this region
+        pass
+    with t.region("b", b):
+        pass
+    gpu.run(b)
+    assert t.harvest() == 0  # b's pair is complete, but its start cannot be placed yet
+    with pytest.raises(TimeoutError):
+        t.results(timeout=0.05)
+    gpu.run(a)
+    assert t.results(timeout=5).names() == ["first", "b"]
+
+
+def test_a_failed_record_loses_no_handle(gpu, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    with t.region("ok", a):
+        pass
+    gpu.fail_record = ILLEGAL_ADDRESS
+    with pytest.raises(CudaError, match="cuEventRecord"):
+        with t.region("begin fails", a):
+            pass
+    gpu.fail_record = 0
+    token = t.begin("end fails", a)
+    gpu.fail_record = ILLEGAL_ADDRESS
+    with pytest.raises(CudaError, match="cuEventRecord"):
+        t.end(token)
+    gpu.fail_record = 0
+    gpu.run(a)
+    assert t.results(timeout=5).names() == ["ok"]
+    assert fake_pool.stats().live == 1
+
+
+def test_a_sticky_error_surfaces_from_harvest(gpu, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    for _ in range(3):
+        with t.region("k", a):
+            pass
+    gpu.run(a)
+    gpu.fail_elapsed = ILLEGAL_ADDRESS
+    with pytest.raises(CudaError, match="cuEventElapsedTime"):
+        t.harvest()
+    assert t.pending == 3  # kept: nothing is reported as measured that was not
+
+
+def test_discarded_regions_give_their_pair_back(gpu, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    token = t.begin("dropped", a)
+    assert fake_pool.stats().live == 3  # the reference and the region's pair
+    t.discard(token)
+    assert fake_pool.stats().live == 1
+    gpu.run(a)
+    assert len(t.results(timeout=5)) == 0
+
+
+class TorchLikeStream:
+    """What cudaevents sees of a torch.cuda.Stream: a handle and a device index."""
+
+    def __init__(self, handle, device_index=0):
+        self.cuda_stream, self.device_index = handle, device_index
+
+
+TorchLikeStream.__module__ = "torch.cuda.streams"
+
+
+class ProtocolStream:
+    def __init__(self, handle, device_id=None):
+        self.handle, self.device_id = handle, device_id
+
+    def __cuda_stream__(self):
+        return (0, self.handle)
+
+
+def test_stream_identity():
+    assert stream_identity(TorchLikeStream(0x30, 1)) == (0x30, 1)
+    assert stream_identity(ProtocolStream(0x40, 0)) == (0x40, 0)
+    assert stream_identity(ProtocolStream(0x40)) == (0x40, None)  # no device stated
+    assert stream_identity(0x40) is None and stream_identity(None) is None
+    assert stream_identity(object()) is None
+
+
+def test_stream_objects_of_other_libraries_are_wrapped_once(gpu, fake_pool, monkeypatch):
+    made = []
+    original = GpuStream._borrow.__func__
+
+    def counting_borrow(cls, handle, device, owner):
+        made.append(handle)
+        return original(cls, handle, device, owner)
+
+    monkeypatch.setattr(GpuStream, "_borrow", classmethod(counting_borrow))
+    t = Timer(pool=fake_pool, nvtx=False)
+    for _ in range(50):
+        with t.region("k", TorchLikeStream(0x30)):  # a new object each time, as torch gives
+            pass
+    assert len(made) == 2  # as_stream's wrapper once, and the cached one without an owner
+    gpu.run(stream(0x30))
+    r = t.results(timeout=5)
+    assert len(r) == 50 and {s.stream for s in r.samples} == {0x30}
