@@ -270,8 +270,8 @@ def trial_none(torch, x, n, ctx):
     return {"enqueue_s": t1 - t0, "total_s": t2 - t0}
 
 
-def trial_ours(torch, x, n, ctx):
-    pool, gs = ctx["pool"], ctx["gs"]
+def trial_ours(torch, x, n, ctx, stream_key="gs"):
+    pool, gs = ctx["pool"], ctx[stream_key]
     timer = Timer(pool=pool, nvtx=False)
     pool.reset_stats()
     creates0 = pool.stats().creates
@@ -286,6 +286,11 @@ def trial_ours(torch, x, n, ctx):
     st = pool.stats()
     return {"enqueue_s": t1 - t0, "total_s": t2 - t0, "median_region_us": median(res.durations("add")) * 1e3,
             "regions": len(res), "native_events_created": st.creates - creates0, "peak_live_events": st.high_water}
+
+
+def trial_ours_torch_stream(torch, x, n, ctx):
+    """As trial_ours, but given torch's stream object itself, as users write it."""
+    return trial_ours(torch, x, n, ctx, "torch_stream")
 
 
 def trial_torch_events(torch, x, n, ctx):
@@ -349,6 +354,7 @@ def trial_benchmark(torch, x, n, ctx):
 METHODS = {
     "a_none": trial_none,
     "b_cudaevents_timer": trial_ours,
+    "b2_timer_on_torch_stream": trial_ours_torch_stream,
     "c_torch_event_pairs": trial_torch_events,
     "d_raw_reused_events": trial_raw,
     "e_cudaevents_benchmark": trial_benchmark,
@@ -362,7 +368,7 @@ def overhead(torch, n: int, trials: int) -> dict:
 
     stream = torch.cuda.Stream()
     x = torch.zeros(16, device="cuda")
-    ctx = {"pool": EventPool(), "gs": as_stream(stream), "driver": d, "raw_stream": d.CUstream(stream.cuda_stream)}
+    ctx = {"pool": EventPool(), "gs": as_stream(stream), "torch_stream": stream, "driver": d, "raw_stream": d.CUstream(stream.cuda_stream)}
     with _cuda.pushed(torch.cuda.current_device()):
         raw = []
         for _ in range(2 * n):
@@ -407,19 +413,20 @@ def overhead(torch, n: int, trials: int) -> dict:
         summary[name] = row
 
     ratios = {}
-    ours = summary.get("b_cudaevents_timer")
     base = summary.get("a_none")
-    for other in ("c_torch_event_pairs", "d_raw_reused_events"):
-        ref = summary.get(other)
-        if not (ours and ref):
-            continue
-        for key in ("enqueue_us_per_region", "total_us_per_region"):
-            if ours.get(key) and ref.get(key):
-                ratios[f"timer/{other}/{key}"] = ours[key] / ref[key]
-                if base and base.get(key) is not None:
-                    extra_ours, extra_ref = ours[key] - base[key], ref[key] - base[key]
-                    if extra_ref > 0:
-                        ratios[f"timer/{other}/{key} (above no timing)"] = extra_ours / extra_ref
+    for mine in ("b_cudaevents_timer", "b2_timer_on_torch_stream"):
+        ours = summary.get(mine)
+        for other in ("c_torch_event_pairs", "d_raw_reused_events"):
+            ref = summary.get(other)
+            if not (ours and ref):
+                continue
+            for key in ("enqueue_us_per_region", "total_us_per_region"):
+                if ours.get(key) and ref.get(key):
+                    ratios[f"{mine}/{other}/{key}"] = ours[key] / ref[key]
+                    if base and base.get(key) is not None:
+                        extra_ours, extra_ref = ours[key] - base[key], ref[key] - base[key]
+                        if extra_ref > 0:
+                            ratios[f"{mine}/{other}/{key} (above no timing)"] = extra_ours / extra_ref
     return {"regions": n, "trials": trials, "methods": summary, "ratios": ratios}
 
 
