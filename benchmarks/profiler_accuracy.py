@@ -7,7 +7,9 @@ records). Printed per size: the median event-pair time, the median CUPTI kernel 
 their ratio. Event pairs are timed twice: "queued" (a long spin kernel ahead keeps the GPU
 behind the host, so each pair brackets its kernel back to back) and "idle" (the host waits
 after every region, so the GPU is idle when the start event is reached and the pair also
-holds the launch latency).
+holds the launch latency). The queued regions are also timed with a torch.cuda.Event pair each,
+which shows the fixed GPU-side cost that any event pair adds. Where one call runs several
+kernels (a large ``mul_`` is split in two), CUPTI's kernel times are summed per call.
 
 Part 2, overhead: host time per region for N tiny kernels (``x.add_(1)`` on a small tensor):
 (a) no timing, (b) cudaevents Timer regions, (c) a pair of ``torch.cuda.Event(enable_timing=
@@ -179,6 +181,33 @@ def time_with_timer(torch, fn, reps: int, queued: bool, stream, pool, pre_sleep_
     return [ms * 1e3 for ms in results.durations("k")]
 
 
+def time_with_torch_events(torch, fn, reps: int, stream, pre_sleep_cycles: int):
+    """The same queued regions timed with a pair of torch.cuda.Event each, for comparison: the
+    GPU-side cost that any event pair adds to what it brackets."""
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        torch.cuda._sleep(pre_sleep_cycles)
+        pairs = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            pairs.append((start, end))
+        torch.cuda.synchronize()
+    return [s.elapsed_time(e) * 1e3 for s, e in pairs]
+
+
+def per_call(times: list[float], calls: int) -> tuple[list[float], int]:
+    """Kernel times summed per call when every call ran the same number of kernels."""
+    if calls and len(times) % calls == 0 and len(times) > calls:
+        k = len(times) // calls
+        return [sum(times[i:i + k]) for i in range(0, len(times), k)], k
+    return times, 1
+
+
 def time_with_cupti(torch, fn, reps: int, stream, kernel: str):
     from torch.profiler import ProfilerActivity, profile
 
@@ -226,22 +255,28 @@ def accuracy(torch, sizes_us, reps: int) -> list[dict]:
                     row[f"event_{mode}_median_us"] = median(us)
                     row[f"event_{mode}_min_us"] = min(us)
                     row[f"event_{mode}_count"] = len(us)
+            us = guarded(f"{fam.family} {target} us: torch.cuda.Event pairs (queued)", time_with_torch_events,
+                         torch, fn, n, stream, pre_cycles)
+            if us:
+                row["torch_events_queued_median_us"] = median(us)
             got = guarded(f"{fam.family} {target} us: torch.profiler", time_with_cupti, torch, fn, n, stream,
                           fam.kernel)
             if got is not None:
                 times, source, seen, mean_us, count = got
+                times, row["kernels_per_call"] = per_call(times, n)
                 row["cupti_source"] = source
                 row["cupti_count"] = len(times)
                 row["cupti_median_us"] = median(times)
                 row["cupti_min_us"] = min(times) if times else float("nan")
                 row["key_averages_mean_us"] = mean_us
                 row["key_averages_count"] = count
-                if len(times) != n:
+                if len(times) != n or row["kernels_per_call"] > 1:
                     row["device_kernels_seen"] = seen
                     print(f"   note: {len(times)} '{fam.kernel}' kernels recorded for {n} calls; on the device: {seen}")
             cupti = row.get("cupti_median_us")
-            for mode in ("queued", "idle"):
-                ev = row.get(f"event_{mode}_median_us")
+            for mode in ("queued", "idle", "torch_queued"):
+                key = "torch_events_queued_median_us" if mode == "torch_queued" else f"event_{mode}_median_us"
+                ev = row.get(key)
                 if ev is not None and cupti:
                     row[f"ratio_{mode}"] = ev / cupti
             print_accuracy_row(row)
@@ -256,7 +291,9 @@ def print_accuracy_row(row):
     print(f"  {row['family']:<12} target {row['target_us']:>7g} us | events queued "
           f"{fmt(row.get('event_queued_median_us')):>9} us, idle {fmt(row.get('event_idle_median_us')):>9} us | "
           f"CUPTI {fmt(row.get('cupti_median_us')):>9} us (n={row.get('cupti_count', '-')}) | ratio queued "
-          f"{fmt(row.get('ratio_queued'), '.3f')}, idle {fmt(row.get('ratio_idle'), '.3f')}", flush=True)
+          f"{fmt(row.get('ratio_queued'), '.3f')}, idle {fmt(row.get('ratio_idle'), '.3f')} | torch.cuda.Event "
+          f"pairs queued {fmt(row.get('torch_events_queued_median_us'))} us, ratio "
+          f"{fmt(row.get('ratio_torch_queued'), '.3f')}", flush=True)
 
 
 # -- part 2: overhead ---------------------------------------------------------------------------
