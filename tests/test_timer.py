@@ -226,3 +226,23 @@ def test_discard_snapshot_and_collected(streams):
     assert snap.names() == ["done"] and t.collected == 1 and t.pending == 1
     gate.set()
     assert t.results(timeout=10).names() == ["done", "late"]
+
+
+def test_region_objects_are_used_once_and_by_their_own_timer(streams):
+    a = streams[0]
+    t, other = Timer(nvtx=False), Timer(nvtx=False)
+    r = t.region("once", a)
+    with pytest.raises(ValueError, match="never begun"):
+        t.end(r)
+    with r:
+        pass
+    with pytest.raises(ValueError, match="already begun"):
+        with r:
+            pass
+    token = t.begin("mine", a)
+    with pytest.raises(ValueError, match="another Timer"):
+        other.end(token)
+    with pytest.raises(ValueError, match="another Timer"):
+        other.discard(token)
+    t.end(token)
+    assert t.results(timeout=10).names() == ["once", "mine"]

@@ -20,6 +20,7 @@ from ._wait import check_timeout
 __all__ = ["Timer"]
 
 _cpu_ids = itertools.count(1)
+_new_sample = functools.partial(tuple.__new__, Sample)  # Sample(*fields) without its Python-level __new__
 _MAX_CACHED_STREAMS = 256  # borrowed stream wrappers a Timer keeps; beyond that it starts over
 
 
@@ -47,30 +48,22 @@ class _CpuMark:
 
 
 class _Open:
-    """A region between :meth:`Timer.begin` and :meth:`Timer.end`. ``start`` is the region's
-    pair of native event handles (the first recorded, the second for the end) on a GPU
-    stream, a :class:`_CpuMark` on a CPU stream, and ``None`` once ended or discarded."""
+    """A region: the context manager that :meth:`Timer.region` returns (begun on enter, ended
+    on exit) and the token of :meth:`Timer.begin`. ``start`` is the region's pair of native
+    event handles on a GPU stream (the first recorded, the second for the end), a
+    :class:`_CpuMark` on a CPU stream, and ``None`` before it begins and once it has ended."""
 
-    __slots__ = ("name", "stream", "start", "key", "nvtx")
-
-    def __init__(self, name, stream, start, key, nvtx):
-        self.name, self.stream, self.start, self.key, self.nvtx = name, stream, start, key, nvtx
-
-
-class _Region:
-    """``with timer.region(...)``: begins on enter, ends on exit."""
-
-    __slots__ = ("_timer", "_name", "_stream", "_open")
+    __slots__ = ("timer", "name", "stream", "start", "key", "nvtx")
 
     def __init__(self, timer, name, stream):
-        self._timer, self._name, self._stream, self._open = timer, name, stream, None
+        self.timer, self.name, self.stream, self.start, self.key, self.nvtx = timer, name, stream, None, None, False
 
     def __enter__(self):
-        self._open = self._timer.begin(self._name, self._stream)
+        self.timer._begin(self)
         return self
 
     def __exit__(self, *exc):
-        self._timer.end(self._open)
+        self.timer.end(self)
 
 
 class Timer:
@@ -115,7 +108,7 @@ class Timer:
         self._streams: dict[tuple[int, int], GpuStream] = {}  # (handle, device) -> borrowed wrapper
 
     # -- regions ------------------------------------------------------------------------
-    def region(self, name: str, stream=None) -> _Region:
+    def region(self, name: str, stream=None) -> _Open:
         """A context manager timing the work enqueued on ``stream`` inside the block.
 
         ``stream`` is anything :func:`as_stream` accepts, a :class:`CpuStream`, or ``None``
@@ -123,7 +116,7 @@ class Timer:
         """
         if type(name) is not str and not isinstance(name, str):
             raise TypeError(f"a region's name is a str, got {type(name).__name__}")
-        return _Region(self, name, stream)
+        return _Open(self, name, stream)
 
     def timed(self, name: str | None = None, stream=None):
         """Decorator: time every call of the function as a region (named after the function
@@ -150,16 +143,25 @@ class Timer:
     def begin(self, name: str, stream=None) -> _Open:
         """Open a region on ``stream`` and return its token for :meth:`end` (for hooks
         that cannot use a ``with`` block)."""
+        token = _Open(self, name, stream)
+        self._begin(token)
+        return token
+
+    def _begin(self, token: _Open) -> None:
+        if token.start is not None or token.key is not None:
+            raise ValueError(f"the region {token.name!r} was already begun; a region is entered once")
+        stream = token.stream
         kind = type(stream)
         if kind is GpuStream:
             s = stream
         elif kind is CpuStream:
             mark = _CpuMark()
             stream.enqueue(mark.start)
-            opened = _Open(name, stream, mark, (-1, self._cpu_id(stream)), None)
-            return self._push_nvtx(opened)
+            token.start, token.key = mark, (-1, self._cpu_id(stream))
+            self._push_nvtx(token)
+            return
         else:
-            s = self._gpu_stream(stream)
+            s = token.stream = self._gpu_stream(stream)
         device = s._device
         if device not in self._refs:
             self._set_reference(s)
@@ -169,17 +171,15 @@ class Timer:
         except BaseException:
             self._pool.release_many(device, TIMING_FLAGS, pair)
             raise
-        opened = _Open(name, s, pair, (device, s._id), None)
-        if self._nvtx is None:
-            return opened
-        return self._push_nvtx(opened)
+        token.start, token.key = pair, (device, s._id)
+        if self._nvtx is not None:
+            self._push_nvtx(token)
 
-    def _push_nvtx(self, opened: _Open) -> _Open:
+    def _push_nvtx(self, token: _Open) -> None:
         nv = self._nvtx
         if nv is not None:
-            nv.push_range(opened.name)
-            opened.nvtx = True
-        return opened
+            nv.push_range(token.name)
+            token.nvtx = True
 
     def _gpu_stream(self, stream) -> GpuStream:
         """``as_stream(stream)``, without re-wrapping a stream object seen before: streams
@@ -200,8 +200,12 @@ class Timer:
         """Close a region opened by :meth:`begin`."""
         if type(token) is not _Open:
             raise TypeError(f"Timer.end() needs the token that begin() returned, got {type(token).__name__}")
+        if token.timer is not self:
+            raise ValueError(f"the region {token.name!r} belongs to another Timer; end it there")
         pair = token.start
         if pair is None:
+            if token.key is None:
+                raise ValueError(f"the region {token.name!r} was never begun; use it in a with block")
             raise ValueError(f"the region {token.name!r} was already ended")
         token.start = None
         if token.nvtx:
@@ -262,7 +266,7 @@ class Timer:
         device, stream = key
         ref = self._refs[device]._handle
         elapsed, not_ready = _cuda.cuEventElapsedTime, _cuda.NOT_READY
-        append = self._samples.append
+        append, new_sample = self._samples.append, _new_sample
         done = []
         try:
             while queue:
@@ -275,7 +279,7 @@ class Timer:
                         break
                     _cuda.raise_error(err, "cuEventElapsedTime")
                 queue.popleft()
-                append(Sample(name, device, stream, at, ms))
+                append(new_sample((name, device, stream, at, ms)))
                 done.append(start)
                 done.append(end)
         finally:
@@ -313,11 +317,13 @@ class Timer:
 
     def discard(self, token: _Open, pop_nvtx: bool = True) -> None:
         """Drop a region opened by :meth:`begin` that can no longer end properly (e.g. the
-        code it timed raised past every hook): no sample is kept and its start event goes
-        back to the pool. ``pop_nvtx`` closes its NVTX range, which only works on the thread
+        code it timed raised past every hook): no sample is kept and its events go back to
+        the pool. ``pop_nvtx`` closes its NVTX range, which only works on the thread
         that opened it. Discarding an ended or discarded region does nothing."""
         if type(token) is not _Open:
             raise TypeError(f"Timer.discard() needs the token that begin() returned, got {type(token).__name__}")
+        if token.timer is not self:
+            raise ValueError(f"the region {token.name!r} belongs to another Timer; discard it there")
         start, token.start = token.start, None
         if start is None:
             return
