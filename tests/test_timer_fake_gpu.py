@@ -4,6 +4,8 @@ back to the pool. The real driver is exercised by tests/test_gpu_timer.py."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from cudaevents import CudaError, EventPool, Timer, _cuda
@@ -18,6 +20,8 @@ class FakeGpu:
     each recorded event with a clock that advances 1 ms per event."""
 
     def __init__(self):
+        self.lock = threading.RLock()
+        self.twice: list = []  # events recorded while a record of them was still pending
         self.pending: dict[int, list] = {}  # stream handle -> events recorded, not yet completed
         self.when: dict[object, float | None] = {}  # event -> completion time, None while pending
         self.clock = 0.0
@@ -26,19 +30,27 @@ class FakeGpu:
         self.records = 0
 
     def record(self, event, stream):
-        if self.fail_record:
-            return (self.fail_record,)
-        self.records += 1
-        self.when[event] = None
-        self.pending.setdefault(int(stream), []).append(event)
-        return (0,)
+        with self.lock:
+            if self.fail_record:
+                return (self.fail_record,)
+            self.records += 1
+            if event in self.when and self.when[event] is None:
+                self.twice.append(event)
+            self.when[event] = None
+            self.pending.setdefault(int(stream), []).append(event)
+            return (0,)
 
     def run(self, stream: GpuStream) -> None:
-        for event in self.pending.pop(stream._id, []):
-            self.clock += 1.0
-            self.when[event] = self.clock
+        with self.lock:
+            for event in self.pending.pop(stream._id, []):
+                self.clock += 1.0
+                self.when[event] = self.clock
 
     def elapsed(self, start, end):
+        with self.lock:
+            return self._elapsed(start, end)
+
+    def _elapsed(self, start, end):
         if self.fail_elapsed:
             return (self.fail_elapsed, 0.0)
         a, b = self.when.get(start), self.when.get(end)
@@ -75,8 +87,10 @@ def test_pairs_are_harvested_lazily_and_go_back_to_the_pool(gpu, fake, fake_pool
         assert t.pending == 8 and t.harvest() == 0  # the GPU has not run: nothing to take
         gpu.run(a)
         assert t.harvest() == 8 and t.pending == 0
-        assert fake_pool.stats().live == 1  # only the timer's reference event
+        # the reference event, and 2 x harvest_every spares kept for the next regions
+        assert fake_pool.stats().live == 1 + 8
     r = t.results(timeout=5)
+    assert fake_pool.stats().live == 1  # results() found nothing pending: the spares went back
     assert len(r) == 40 and r.names() == ["k"]
     assert all(s.duration_ms == 1.0 for s in r.samples)  # start and end were recorded back to back
     starts = [s.start_ms for s in r.samples]
@@ -159,9 +173,12 @@ def test_discarded_regions_give_their_pair_back(gpu, fake_pool):
     token = t.begin("dropped", a)
     assert fake_pool.stats().live == 3  # the reference and the region's pair
     t.discard(token)
-    assert fake_pool.stats().live == 1
+    again = t.begin("reuses the discarded pair", a)
+    assert fake_pool.stats().live == 3 and fake_pool.stats().creates == 3
+    t.discard(again)
     gpu.run(a)
     assert len(t.results(timeout=5)) == 0
+    assert fake_pool.stats().live == 1
 
 
 class TorchLikeStream:
@@ -207,3 +224,56 @@ def test_stream_objects_of_other_libraries_are_wrapped_once(gpu, fake_pool, monk
     gpu.run(stream(0x30))
     r = t.results(timeout=5)
     assert len(r) == 50 and {s.stream for s in r.samples} == {0x30}
+
+
+def test_a_dropped_timer_gives_every_event_back(gpu, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, harvest_every=2, nvtx=False)
+    for _ in range(6):
+        with t.region("k", a):
+            pass
+    gpu.run(a)
+    t.harvest()  # spares kept
+    for _ in range(3):
+        with t.region("pending", a):  # never run: still pending when the timer goes
+            pass
+    assert fake_pool.stats().live > 1
+    del t
+    import gc
+
+    gc.collect()
+    assert fake_pool.stats().live == 0
+
+
+def test_threads_share_a_timer_without_sharing_events(gpu, fake_pool):
+    streams = [stream(0x100 + i) for i in range(8)]
+    t = Timer(pool=fake_pool, harvest_every=8, nvtx=False)
+    stop = threading.Event()
+
+    def gpu_runs():  # the "GPU" completes work while the threads keep timing
+        while not stop.is_set():
+            for s in streams:
+                gpu.run(s)
+            stop.wait(0.001)
+
+    def work(s):
+        for _ in range(500):
+            with t.region("k", s):
+                pass
+
+    runner = threading.Thread(target=gpu_runs)
+    runner.start()
+    workers = [threading.Thread(target=work, args=(s,)) for s in streams]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+        assert not w.is_alive()
+    stop.set()
+    runner.join(timeout=10)
+    for s in streams:
+        gpu.run(s)
+    r = t.results(timeout=10)
+    assert len(r) == 8 * 500 and gpu.twice == []
+    assert {s.stream for s in r.samples} == {s._id for s in streams}
+    assert fake_pool.stats().live == 1

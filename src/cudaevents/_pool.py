@@ -38,6 +38,16 @@ class _Counts:
         self.creates = self.reuses = self.destroys = self.live = self.high = 0
 
 
+class _Key:
+    """One (device, flags) key: its LIFO free list and its device's counts."""
+
+    __slots__ = ("free", "counts")
+
+    def __init__(self, counts: _Counts):
+        self.free: list = []
+        self.counts = counts
+
+
 class EventPool:
     """Recycles native CUDA event handles, keyed by ``(device ordinal, flags)``.
 
@@ -66,7 +76,7 @@ class EventPool:
         self._create = create or _cuda.event_create
         self._destroy = destroy or _cuda.event_destroy
         self._lock = threading.Lock()
-        self._free: dict[tuple[int, int], list] = {}
+        self._keys: dict[tuple[int, int], _Key] = {}
         self._counts: dict[int, _Counts] = {}  # per device
         self._total = _Counts()  # live/high over all devices
         self._state = _cuda.state  # bound early: read by releases during interpreter exit
@@ -85,9 +95,9 @@ class EventPool:
         lock = self._lock
         lock.acquire()
         try:
-            free = self._free.get((device, flags))
-            if free:
-                c = self._counts[device]
+            key = self._keys.get((device, flags))
+            if key is not None and key.free:
+                c = key.counts
                 c.reuses += 1
                 live = c.live = c.live + 1
                 if live > c.high:
@@ -96,7 +106,7 @@ class EventPool:
                 live = t.live = t.live + 1
                 if live > t.high:
                     t.high = live
-                return free.pop()
+                return key.free.pop()
         finally:
             lock.release()
         return self._create_counted(device, flags)
@@ -106,10 +116,11 @@ class EventPool:
         lock = self._lock
         lock.acquire()
         try:
-            free = self._free.get((device, flags))
+            key = self._keys.get((device, flags))
+            free = key.free if key is not None else None
             take = min(n, len(free)) if free else 0
             if take:
-                c = self._counts[device]
+                c = key.counts
                 c.reuses += take
                 live = c.live = c.live + take
                 if live > c.high:
@@ -135,10 +146,11 @@ class EventPool:
     def _create_counted(self, device: int, flags: int):
         handle = self._create(device, flags)
         with self._lock:
-            self._free.setdefault((device, flags), [])
             c = self._counts.get(device)
             if c is None:
                 c = self._counts[device] = _Counts()
+            if (device, flags) not in self._keys:
+                self._keys[(device, flags)] = _Key(c)
             c.creates += 1
             c.live += 1
             if c.live > c.high:
@@ -154,16 +166,17 @@ class EventPool:
         lock = self._lock
         lock.acquire()
         try:
-            free = self._free.get((device, flags))
-            if free is None:
+            key = self._keys.get((device, flags))
+            if key is None:
                 raise self._unknown_key(device, flags)
-            self._counts[device].live -= 1
+            c = key.counts
+            c.live -= 1
             self._total.live -= 1
             cap = self._max_cached
-            if cap is None or len(free) < cap or self._state.exiting:
-                free.append(handle)
+            if cap is None or len(key.free) < cap or self._state.exiting:
+                key.free.append(handle)
                 return
-            self._counts[device].destroys += 1
+            c.destroys += 1
         finally:
             lock.release()
         self._destroy(handle)
@@ -174,20 +187,25 @@ class EventPool:
         if not n:
             return
         doomed = ()
-        with self._lock:
-            free = self._free.get((device, flags))
-            if free is None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            key = self._keys.get((device, flags))
+            if key is None:
                 raise self._unknown_key(device, flags)
-            self._counts[device].live -= n
+            c = key.counts
+            c.live -= n
             self._total.live -= n
             cap = self._max_cached
             if cap is None or self._state.exiting:
-                free.extend(handles)
+                key.free.extend(handles)
             else:
-                room = max(cap - len(free), 0)
-                free.extend(handles[:room])
+                room = max(cap - len(key.free), 0)
+                key.free.extend(handles[:room])
                 doomed = handles[room:]
-                self._counts[device].destroys += len(doomed)
+                c.destroys += len(doomed)
+        finally:
+            lock.release()
         for handle in doomed:
             self._destroy(handle)
 
@@ -203,12 +221,13 @@ class EventPool:
         with self._lock:
             if self._state.exiting:
                 return 0
-            for (device, _flags), free in self._free.items():
+            for key in self._keys.values():
+                free = key.free
                 if len(free) > keep:
                     # the oldest handles sit at the bottom of the LIFO lists
                     extra = free[: len(free) - keep]
                     del free[: len(free) - keep]
-                    self._counts[device].destroys += len(extra)
+                    key.counts.destroys += len(extra)
                     doomed.extend(extra)
         for handle in doomed:
             self._destroy(handle)
@@ -224,13 +243,13 @@ class EventPool:
         with self._lock:
             if device is None:
                 counts = list(self._counts.values())
-                cached = sum(len(f) for f in self._free.values())
+                cached = sum(len(k.free) for k in self._keys.values())
                 live, high = self._total.live, self._total.high
             else:
                 device = int(device)
                 c = self._counts.get(device)
                 counts = [c] if c is not None else []
-                cached = sum(len(f) for (d, _), f in self._free.items() if d == device)
+                cached = sum(len(k.free) for (d, _), k in self._keys.items() if d == device)
                 live = c.live if c is not None else 0
                 high = c.high if c is not None else 0
             return PoolStats(

@@ -49,21 +49,95 @@ class _CpuMark:
 
 class _Open:
     """A region: the context manager that :meth:`Timer.region` returns (begun on enter, ended
-    on exit) and the token of :meth:`Timer.begin`. ``start`` is the region's pair of native
-    event handles on a GPU stream (the first recorded, the second for the end), a
-    :class:`_CpuMark` on a CPU stream, and ``None`` before it begins and once it has ended."""
+    on exit) and the token of :meth:`Timer.begin`. On a GPU stream ``start`` and ``end`` are
+    the region's native event handles; on a CPU stream ``start`` is a :class:`_CpuMark`.
+    ``start`` is ``None`` before the region begins and once it has ended.
 
-    __slots__ = ("timer", "name", "stream", "start", "key", "nvtx")
+    The begin and end paths live here, not in Timer methods, to spare the hot path a call."""
+
+    __slots__ = ("timer", "name", "stream", "start", "end", "key", "nvtx")
 
     def __init__(self, timer, name, stream):
-        self.timer, self.name, self.stream, self.start, self.key, self.nvtx = timer, name, stream, None, None, False
+        self.timer, self.name, self.stream = timer, name, stream
+        self.start = self.end = self.key = None
+        self.nvtx = False
 
     def __enter__(self):
-        self.timer._begin(self)
+        if self.key is not None:
+            raise ValueError(f"the region {self.name!r} was already begun; a region is entered once")
+        timer, stream = self.timer, self.stream
+        kind = type(stream)
+        if kind is GpuStream:
+            s = stream
+        elif kind is CpuStream:
+            timer._begin_cpu(self)
+            return self
+        else:
+            s = self.stream = timer._gpu_stream(stream)
+        device = s._device
+        spare = timer._spare.get(device)
+        if spare is None:
+            spare = timer._first_region_on(s)
+        try:  # two handles from the timer's spares (list pops are atomic), else from the pool
+            start = spare.pop()
+        except IndexError:
+            start, end = timer._pool.acquire_many(device, TIMING_FLAGS, 2)
+        else:
+            try:
+                end = spare.pop()
+            except IndexError:
+                end = timer._pool.acquire(device, TIMING_FLAGS)
+        sh = s._handle
+        try:
+            if sh is None or s._special:
+                s._record(start)
+            else:
+                (err,) = _cuda.cuEventRecord(start, sh)
+                if err:
+                    _cuda.raise_error(err, "cuEventRecord")
+        except BaseException:
+            spare += (start, end)
+            raise
+        self.start, self.end, self.key = start, end, (device, s._id)
+        if timer._nvtx is not None:
+            timer._push_nvtx(self)
         return self
 
     def __exit__(self, *exc):
-        self.timer.end(self)
+        start = self.start
+        if start is None:
+            if self.key is None:
+                raise ValueError(f"the region {self.name!r} was never begun; use it in a with block")
+            raise ValueError(f"the region {self.name!r} was already ended")
+        self.start = None
+        timer = self.timer
+        if self.nvtx:
+            timer._nvtx.pop_range()
+        key = self.key
+        if key[0] < 0:
+            self.stream.enqueue(start.end)
+            entry = (self.name, start, None)
+        else:
+            s, end = self.stream, self.end
+            sh = s._handle
+            try:
+                if sh is None or s._special:
+                    s._record(end)
+                else:
+                    (err,) = _cuda.cuEventRecord(end, sh)
+                    if err:
+                        _cuda.raise_error(err, "cuEventRecord")
+            except BaseException:
+                timer._spare[key[0]] += (start, end)
+                raise
+            entry = (self.name, start, end)
+        queue = timer._pending.get(key)
+        if queue is None:
+            queue = timer._new_queue(key)
+        queue.append(entry)
+        timer._since_harvest += 1  # unlocked: it only paces harvesting
+        if timer._since_harvest >= timer._harvest_every:
+            timer.harvest()
 
 
 class Timer:
@@ -106,6 +180,10 @@ class Timer:
         self._cpu_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # CpuStream -> number
         self._names: dict[tuple[int, int], str] = {}
         self._streams: dict[tuple[int, int], GpuStream] = {}  # (handle, device) -> borrowed wrapper
+        # Per device, harvested handles kept for the next regions (at most _spare_cap; the rest
+        # go back to the pool, and all of them when synchronize() finds nothing pending).
+        self._spare: dict[int, list] = {}
+        self._spare_cap = 2 * harvest_every
 
     # -- regions ------------------------------------------------------------------------
     def region(self, name: str, stream=None) -> _Open:
@@ -143,43 +221,45 @@ class Timer:
     def begin(self, name: str, stream=None) -> _Open:
         """Open a region on ``stream`` and return its token for :meth:`end` (for hooks
         that cannot use a ``with`` block)."""
-        token = _Open(self, name, stream)
-        self._begin(token)
-        return token
+        return _Open(self, name, stream).__enter__()
 
-    def _begin(self, token: _Open) -> None:
-        if token.start is not None or token.key is not None:
-            raise ValueError(f"the region {token.name!r} was already begun; a region is entered once")
-        stream = token.stream
-        kind = type(stream)
-        if kind is GpuStream:
-            s = stream
-        elif kind is CpuStream:
-            mark = _CpuMark()
-            stream.enqueue(mark.start)
-            token.start, token.key = mark, (-1, self._cpu_id(stream))
-            self._push_nvtx(token)
-            return
-        else:
-            s = token.stream = self._gpu_stream(stream)
-        device = s._device
-        if device not in self._refs:
-            self._set_reference(s)
-        pair = self._pool.acquire_many(device, TIMING_FLAGS, 2)  # the end's handle too: one lock round
-        try:
-            s._record(pair[0])
-        except BaseException:
-            self._pool.release_many(device, TIMING_FLAGS, pair)
-            raise
-        token.start, token.key = pair, (device, s._id)
+    def end(self, token: _Open) -> None:
+        """Close a region opened by :meth:`begin`."""
+        self._check_token(token, "end")
+        token.__exit__(None, None, None)
+
+    def _check_token(self, token, what: str) -> None:
+        if type(token) is not _Open:
+            raise TypeError(f"Timer.{what}() needs the token that begin() returned, got {type(token).__name__}")
+        if token.timer is not self:
+            raise ValueError(f"the region {token.name!r} belongs to another Timer; {what} it there")
+
+    def _begin_cpu(self, token: _Open) -> None:
+        mark = _CpuMark()
+        token.stream.enqueue(mark.start)
+        token.start, token.key = mark, (-1, self._cpu_id(token.stream))
         if self._nvtx is not None:
             self._push_nvtx(token)
 
     def _push_nvtx(self, token: _Open) -> None:
-        nv = self._nvtx
-        if nv is not None:
-            nv.push_range(token.name)
-            token.nvtx = True
+        self._nvtx.push_range(token.name)
+        token.nvtx = True
+
+    def _first_region_on(self, s: GpuStream) -> list:
+        """Set up a device at its first region: the reference event, the spare list."""
+        ref = CudaEvent(timing=True, pool=self._pool).record(s)
+        with self._lock:
+            if s._device not in self._refs:
+                self._refs[s._device] = ref
+                ref = None
+            spare = self._spare.setdefault(s._device, [])
+        if ref is not None:
+            ref.close()
+        return spare
+
+    def _new_queue(self, key) -> collections.deque:
+        with self._lock:
+            return self._pending.setdefault(key, collections.deque())
 
     def _gpu_stream(self, stream) -> GpuStream:
         """``as_stream(stream)``, without re-wrapping a stream object seen before: streams
@@ -196,42 +276,6 @@ class Timer:
             s = self._streams[identity] = GpuStream._borrow(s._id, s._device, None)
         return s
 
-    def end(self, token: _Open) -> None:
-        """Close a region opened by :meth:`begin`."""
-        if type(token) is not _Open:
-            raise TypeError(f"Timer.end() needs the token that begin() returned, got {type(token).__name__}")
-        if token.timer is not self:
-            raise ValueError(f"the region {token.name!r} belongs to another Timer; end it there")
-        pair = token.start
-        if pair is None:
-            if token.key is None:
-                raise ValueError(f"the region {token.name!r} was never begun; use it in a with block")
-            raise ValueError(f"the region {token.name!r} was already ended")
-        token.start = None
-        if token.nvtx:
-            self._nvtx.pop_range()
-        key = token.key
-        device = key[0]
-        if device < 0:
-            token.stream.enqueue(pair.end)
-            entry = (token.name, pair, None)
-        else:
-            start, end = pair
-            try:
-                token.stream._record(end)
-            except BaseException:
-                self._pool.release_many(device, TIMING_FLAGS, pair)
-                raise
-            entry = (token.name, start, end)
-        queue = self._pending.get(key)
-        if queue is None:
-            with self._lock:
-                queue = self._pending.setdefault(key, collections.deque())
-        queue.append(entry)
-        self._since_harvest += 1  # unlocked: it only paces harvesting
-        if self._since_harvest >= self._harvest_every:
-            self.harvest()
-
     def _cpu_id(self, stream: CpuStream) -> int:
         n = self._cpu_ids.get(stream)
         if n is None:
@@ -241,14 +285,6 @@ class Timer:
                     n = self._cpu_ids[stream] = next(_cpu_ids)
                     self._names[(-1, n)] = f"CPU stream {stream.thread.name}"
         return n
-
-    def _set_reference(self, s: GpuStream) -> None:
-        ref = CudaEvent(timing=True, pool=self._pool).record(s)
-        with self._lock:
-            if s._device not in self._refs:
-                self._refs[s._device] = ref
-                return
-        ref.close()
 
     # -- harvesting ---------------------------------------------------------------------
     def harvest(self) -> int:
@@ -283,8 +319,32 @@ class Timer:
                 done.append(start)
                 done.append(end)
         finally:
-            self._pool.release_many(device, TIMING_FLAGS, done)
+            if done:
+                self._keep_spare(device, done)
         return len(done) // 2
+
+    def _keep_spare(self, device: int, handles: list) -> None:
+        """Keep harvested handles for the next regions, up to the cap; the rest go to the pool."""
+        spare = self._spare[device]
+        room = self._spare_cap - len(spare)
+        if room >= len(handles):
+            spare += handles
+            return
+        if room > 0:
+            spare += handles[:room]
+            handles = handles[room:]
+        self._pool.release_many(device, TIMING_FLAGS, handles)
+
+    def _return_spare(self) -> None:
+        """Give every spare handle back to the pool (nothing is pending)."""
+        for device, spare in self._spare.items():
+            handles = []
+            while spare:  # pop by pop: a region on another thread may be taking spares too
+                try:
+                    handles.append(spare.pop())
+                except IndexError:
+                    break
+            self._pool.release_many(device, TIMING_FLAGS, handles)
 
     def _harvest_cpu(self, key, queue) -> int:
         device, stream = key
@@ -319,11 +379,9 @@ class Timer:
         """Drop a region opened by :meth:`begin` that can no longer end properly (e.g. the
         code it timed raised past every hook): no sample is kept and its events go back to
         the pool. ``pop_nvtx`` closes its NVTX range, which only works on the thread
-        that opened it. Discarding an ended or discarded region does nothing."""
-        if type(token) is not _Open:
-            raise TypeError(f"Timer.discard() needs the token that begin() returned, got {type(token).__name__}")
-        if token.timer is not self:
-            raise ValueError(f"the region {token.name!r} belongs to another Timer; discard it there")
+        that opened it. Discarding an ended or discarded region does nothing. (A region that
+        is begun and then neither ended nor discarded keeps its two events for good.)"""
+        self._check_token(token, "discard")
         start, token.start = token.start, None
         if start is None:
             return
@@ -333,10 +391,11 @@ class Timer:
             except Exception:  # NVTX ranges are per thread; one pushed elsewhere just stays open
                 pass
         if token.key[0] >= 0:
-            self._pool.release_many(token.key[0], TIMING_FLAGS, start)
+            self._spare[token.key[0]] += (start, token.end)
 
     def synchronize(self, timeout: float | None = None) -> None:
-        """Wait for every ended region to finish and harvest it.
+        """Wait for every ended region to finish and harvest it; then the events the timer
+        kept for its next regions go back to the pool too.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
@@ -347,8 +406,9 @@ class Timer:
             self.harvest()
             with self._lock:
                 heads = [(key, q[0]) for key, q in self._pending.items() if q]
-            if not heads:
-                return
+                if not heads:
+                    self._return_spare()
+                    return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"Timer.synchronize() timed out after {timeout:g} s with {self.pending} region(s) unfinished")
@@ -366,6 +426,20 @@ class Timer:
         self.synchronize(timeout)
         with self._lock:
             return Results(self._samples, self._names)
+
+    def __del__(self):
+        # Hand every event back: the spares, and those of regions still pending (a release
+        # while a record is pending is fine, see EventPool). Regions begun and never ended or
+        # discarded keep their two events.
+        try:
+            for (device, _), queue in self._pending.items():
+                if device >= 0 and queue:
+                    handles = [h for _, start, end in queue for h in (start, end)]
+                    queue.clear()
+                    self._pool.release_many(device, TIMING_FLAGS, handles)
+            self._return_spare()
+        except Exception:  # a finalizer must not raise (e.g. __init__ failed half way)
+            pass
 
     def reset(self) -> None:
         """Forget the collected samples (regions still pending are kept)."""
