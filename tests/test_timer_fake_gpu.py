@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from cudaevents import CudaError, EventPool, Timer, _cuda
+from cudaevents import CudaError, Timer, _cuda
 from cudaevents._stream import GpuStream, stream_identity
 
 NOT_READY = 600

@@ -1,4 +1,4 @@
-"""The ``cudaevents`` command line: ``info``, ``demo`` and ``profile``."""
+"""The ``cudaevents`` command line: ``info``, ``demo``, ``bench`` and ``profile``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 
 from . import __version__, _cuda
 from ._device import Device, device_count
+from ._suite import SECTIONS
 
 __all__ = ["main"]
 
@@ -57,6 +58,40 @@ def _counter_backend(device: int | None) -> str:
         return f"unusable ({exc})"
 
 
+def _bench(args) -> int:
+    from ._suite import plot, run_suite, to_json, to_markdown
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    reason = _cuda.unavailable_reason()
+    if reason is not None:
+        say(f"cudaevents bench needs a CUDA GPU, but CUDA is unusable here: {reason}")
+        return 1
+    result = run_suite(quick=args.quick, only=args.only, progress=say)
+    text = to_markdown(result)
+    for path, content in ((args.json, to_json(result)), (args.markdown, text)):
+        if path:
+            with open(path, "w") as f:
+                f.write(content)
+            say(f"wrote {path}")
+    if args.plot:
+        try:
+            written = plot(result, args.plot)
+        except ValueError as exc:
+            say(f"no plot: {exc}")
+        else:
+            say(f"wrote {args.plot}" if written else "matplotlib: not installed, no plot written (pip install matplotlib)")
+    print(text, end="")
+    return 0
+
+
+def _writable(parser, option: str, path: str | None) -> None:
+    """Refuse an output path whose folder does not exist before anything is measured."""
+    if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        parser.error(f"{option} {path}: the folder {os.path.dirname(os.path.abspath(path))} does not exist")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cudaevents`` command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="cudaevents", description="Recycled CUDA events and friends.")
@@ -65,6 +100,25 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="devices, capabilities and versions (or what is missing)")
     demo = sub.add_parser("demo", help="time real GPU work with event pairs, without and with recycling")
     demo.add_argument("--iterations", type=int, default=200, help="rounds of work per stream (default 200)")
+    bench = sub.add_parser(
+        "bench",
+        help="compare cudaevents' costs with raw cuda-bindings, PyTorch, CuPy and cuda.core (those installed)",
+        description=(
+            "Measure, side by side in one run, what cudaevents costs against raw cuda-bindings and every peer "
+            "installed (PyTorch, CuPy, cuda.core; the others are skipped): new event + record, a raw record, "
+            "timing pairs, native event creations, the CPU->GPU->CPU round trip, the worker wake-up, AtomicEvent "
+            "creation and memory, and the pool's fast path with threads, keys and devices. Prints a markdown "
+            "report (device and versions, pass/miss lines for the targets, one table per measurement) to "
+            "stdout and progress to stderr. Needs a GPU."
+        ),
+    )
+    bench.add_argument("--quick", action="store_true",
+                       help="far fewer repetitions: every measurement in seconds, rough numbers (a smoke test)")
+    bench.add_argument("--only", nargs="+", action="extend", choices=SECTIONS, metavar="NAME",
+                       help=f"run only these measurements: {', '.join(SECTIONS)}")
+    bench.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
+    bench.add_argument("--markdown", metavar="PATH", help="also write the report to a file")
+    bench.add_argument("--plot", metavar="PATH", help="also plot the comparison as a PNG (needs matplotlib)")
     profile = sub.add_parser(
         "profile",
         usage=("%(prog)s [-h] [--json PATH] [--trace PATH] [--no-layers] [--backward] [--progress SECONDS] "
@@ -96,12 +150,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="the Python script to run, and its arguments")
     args = parser.parse_args(argv)
     out = print
-    if args.command in ("info", "demo"):
+    if args.command in ("info", "demo", "bench"):
         if args.command == "demo" and args.iterations < 1:
             parser.error("--iterations must be at least 1")
+        if args.command == "bench":
+            for option in ("json", "markdown", "plot"):
+                _writable(bench, f"--{option}", getattr(args, option))
         try:
             if args.command == "info":
                 return _info(out)
+            if args.command == "bench":
+                return _bench(args)
             from ._demo import run_demo
 
             return run_demo(out, iterations=args.iterations)
