@@ -4,6 +4,7 @@ back to the pool. The real driver is exercised by tests/test_gpu_timer.py."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -277,3 +278,31 @@ def test_threads_share_a_timer_without_sharing_events(gpu, fake_pool):
     assert len(r) == 8 * 500 and gpu.twice == []
     assert {s.stream for s in r.samples} == {s._id for s in streams}
     assert fake_pool.stats().live == 1
+
+
+def test_without_a_timeline_regions_have_no_start_times(gpu, fake_pool, monkeypatch):
+    a = stream(0x10)
+    calls = []
+    monkeypatch.setattr(_cuda, "cuEventElapsedTime", lambda s, e: calls.append((s, e)) or gpu.elapsed(s, e))
+    t = Timer(pool=fake_pool, nvtx=False, timeline=False)
+    for _ in range(5):
+        with t.region("k", a):
+            pass
+    gpu.run(a)
+    r = t.results(timeout=5)
+    assert [s.duration_ms for s in r.samples] == [1.0] * 5
+    assert all(math.isnan(s.start_ms) for s in r.samples)
+    assert len(calls) == 5  # one driver call per region, not two
+    assert r.summary()["k"].count == 5
+    with pytest.raises(ValueError, match="timeline=True"):
+        r.to_chrome_trace()
+    with pytest.raises(ValueError, match="timeline=True"):
+        r.plot("unused.png", kind="timeline")
+
+
+def test_region_names_are_checked(gpu, fake_pool):
+    t = Timer(pool=fake_pool, nvtx=False)
+    with pytest.raises(TypeError, match="name is a str"):
+        t.region(7, stream(0x10))
+    with pytest.raises(TypeError, match="name is a str"):
+        t.begin(None, stream(0x10))

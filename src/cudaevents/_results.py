@@ -20,7 +20,8 @@ class Sample(typing.NamedTuple):
         device: the GPU ordinal, or -1 for a region on a CpuStream.
         stream: the stream's handle (GPU) or a number naming the CpuStream.
         start_ms: when the region began, in ms from the timer's reference point on that
-            device (a CUDA event, or the host clock for CPU streams).
+            device (a CUDA event, or the host clock for CPU streams); NaN when the timer was
+            made with ``timeline=False``.
         duration_ms: the region's length in ms.
     """
 
@@ -171,10 +172,16 @@ class Results:
             return label
         return f"CPU stream {stream}" if device < 0 else f"stream 0x{stream:x}"
 
+    def _need_start_times(self, what: str) -> None:
+        if any(math.isnan(s.start_ms) for s in self.samples):
+            raise ValueError(f"{what} needs start times, and these regions were timed without them; "
+                             "time them with Timer(timeline=True) (the default)")
+
     def to_chrome_trace(self, path=None) -> dict:
         """A Chrome/Perfetto trace (JSON object format): one process per device (and one for
         CPU streams), one track per stream, one complete event per region. Written to
         ``path`` when given; open it in https://ui.perfetto.dev or chrome://tracing."""
+        self._need_start_times("a trace")
         events = []
         tracks: dict[tuple[int, int], int] = {}
         for s in self.samples:
@@ -203,6 +210,8 @@ class Results:
             raise ValueError(f"kind must be 'hist' or 'timeline', got {kind!r}")
         if not self.samples:
             raise ValueError("no samples to plot")
+        if kind == "timeline":
+            self._need_start_times("a timeline")
         try:
             import matplotlib
 

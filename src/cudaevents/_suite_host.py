@@ -449,9 +449,9 @@ def timing_pairs(ctx: Context) -> dict:
         free = [_cuda.event_create(dev, 0) for _ in range(2 * n_regions)]  # flags 0: timing on
         cleanup.add(lambda: [_cuda.event_destroy(h) for h in free])
 
-        def ours_timer(n):
+        def ours_timer(n, timeline=True):
             t0 = perf_ns()
-            timer = Timer(pool=pool, nvtx=False)
+            timer = Timer(pool=pool, nvtx=False, timeline=timeline)
             region = timer.region
             for _ in range(n):
                 with region("x", stream):
@@ -499,6 +499,8 @@ def timing_pairs(ctx: Context) -> dict:
         methods = [
             Method("ours", "cudaevents Timer: with timer.region('x', s), then results()", ours_timer, settle,
                    ours=True),
+            Method("ours_no_timeline", "cudaevents Timer(timeline=False): durations only, no start times",
+                   lambda n: ours_timer(n, timeline=False), settle, ours=True),
             Method("raw_pooled", "raw cuda-bindings, pooled: 2 handles from a list, cuEventRecord x2, "
                    "cuEventElapsedTime, handles back", raw_pairs, settle),
         ]

@@ -21,7 +21,8 @@ __all__ = ["Timer"]
 
 _cpu_ids = itertools.count(1)
 _new_sample = functools.partial(tuple.__new__, Sample)  # Sample(*fields) without its Python-level __new__
-_MAX_CACHED_STREAMS = 256  # borrowed stream wrappers a Timer keeps; beyond that it starts over
+_MAX_CACHED_STREAMS = 256
+_NAN = float("nan")  # borrowed stream wrappers a Timer keeps; beyond that it starts over
 
 
 def _nvtx():
@@ -57,7 +58,9 @@ class _Open:
 
     __slots__ = ("timer", "name", "stream", "start", "end", "key", "nvtx")
 
-    def __init__(self, timer, name, stream):
+    def __init__(self, timer, name, stream=None):
+        if type(name) is not str and not isinstance(name, str):
+            raise TypeError(f"a region's name is a str, got {type(name).__name__}")
         self.timer, self.name, self.stream = timer, name, stream
         self.start = self.end = self.key = None
         self.nvtx = False
@@ -158,9 +161,12 @@ class Timer:
         pool: the :class:`EventPool` for the events (default: the process-wide pool).
         harvest_every: harvest after this many regions end (default 64).
         nvtx: ``None`` (use NVTX if installed), ``True`` (require it) or ``False``.
+        timeline: also measure when each region starts (``Sample.start_ms``, for traces and
+            timelines). ``False`` spares one driver call per region; start times are then NaN
+            and the results can be summarized but not drawn as a trace or timeline.
     """
 
-    def __init__(self, *, pool=None, harvest_every: int = 64, nvtx: bool | None = None):
+    def __init__(self, *, pool=None, harvest_every: int = 64, nvtx: bool | None = None, timeline: bool = True):
         if isinstance(harvest_every, bool) or not isinstance(harvest_every, int) or harvest_every < 1:
             raise ValueError(f"harvest_every must be an int >= 1, got {harvest_every!r}")
         self._pool = default_pool() if pool is None else pool
@@ -184,6 +190,9 @@ class Timer:
         # go back to the pool, and all of them when synchronize() finds nothing pending).
         self._spare: dict[int, list] = {}
         self._spare_cap = 2 * harvest_every
+        self._timeline = bool(timeline)
+        # region() without a Python-level call of its own: the same as the method below
+        self.region = functools.partial(_Open, self)
 
     # -- regions ------------------------------------------------------------------------
     def region(self, name: str, stream=None) -> _Open:
@@ -192,9 +201,7 @@ class Timer:
         ``stream`` is anything :func:`as_stream` accepts, a :class:`CpuStream`, or ``None``
         for the legacy default stream of the current device.
         """
-        if type(name) is not str and not isinstance(name, str):
-            raise TypeError(f"a region's name is a str, got {type(name).__name__}")
-        return _Open(self, name, stream)
+        return _Open(self, name, stream)  # (instances call _Open directly: see __init__)
 
     def timed(self, name: str | None = None, stream=None):
         """Decorator: time every call of the function as a region (named after the function
@@ -300,7 +307,7 @@ class Timer:
     def _harvest_gpu(self, key, queue) -> int:
         """Harvest the finished head of one GPU stream's queue (regions there finish in order)."""
         device, stream = key
-        ref = self._refs[device]._handle
+        ref = self._refs[device]._handle if self._timeline else None
         elapsed, not_ready = _cuda.cuEventElapsedTime, _cuda.NOT_READY
         append, new_sample = self._samples.append, _new_sample
         done = []
@@ -308,7 +315,9 @@ class Timer:
             while queue:
                 name, start, end = queue[0]
                 err, ms = elapsed(start, end)  # NOT_READY until both have completed
-                if not err:
+                if err or ref is None:
+                    at = _NAN
+                else:
                     err, at = elapsed(ref, start)  # NOT_READY while another stream's reference lags
                 if err:
                     if err == not_ready:
