@@ -306,3 +306,37 @@ def test_region_names_are_checked(gpu, fake_pool):
         t.region(7, stream(0x10))
     with pytest.raises(TypeError, match="name is a str"):
         t.begin(None, stream(0x10))
+
+
+class FakeNvtx:
+    """Stands in for the ``nvtx`` package: records the ranges pushed and popped."""
+
+    def __init__(self):
+        self.calls = []
+
+    def push_range(self, name):
+        self.calls.append(("push", name))
+
+    def pop_range(self):
+        self.calls.append(("pop",))
+
+
+def test_regions_open_nvtx_ranges_of_the_same_name(gpu, fake_pool, monkeypatch):
+    import sys
+
+    fake_nvtx = FakeNvtx()
+    monkeypatch.setitem(sys.modules, "nvtx", fake_nvtx)
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=True)
+    with t.region("outer", a):
+        with t.region("inner", a):
+            pass
+    token = t.begin("dropped", a)
+    t.discard(token)
+    assert fake_nvtx.calls == [("push", "outer"), ("push", "inner"), ("pop",), ("pop",), ("push", "dropped"), ("pop",)]
+    quiet = Timer(pool=fake_pool, nvtx=False)  # off although installed
+    with quiet.region("x", a):
+        pass
+    assert len(fake_nvtx.calls) == 6
+    gpu.run(a)
+    assert t.results(timeout=5).names() == ["inner", "outer"]
