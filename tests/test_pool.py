@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -245,3 +247,22 @@ def test_default_pool_cap_rejects_bad_values(value, msg):
     r = _run("import cudaevents; cudaevents.default_pool()", CUDAEVENTS_POOL_MAX_CACHED=value)
     assert r.returncode == 1
     assert "CUDAEVENTS_POOL_MAX_CACHED" in r.stderr and msg in r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_pool_lock_held_at_fork_is_fresh_in_the_child():
+    code = textwrap.dedent("""
+        import itertools, os
+        from cudaevents import EventPool
+        ids = itertools.count(1)
+        pool = EventPool(create=lambda d, f: next(ids), destroy=lambda h: None)
+        pool._lock.acquire()  # as if another thread were inside the pool at the fork
+        pid = os.fork()
+        if pid == 0:
+            pool.release(0, 0, pool.acquire(0, 0))
+            os._exit(0 if pool.stats().live == 0 else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "child exit 0" in done.stdout, (done.stdout, done.stderr)

@@ -9,6 +9,16 @@ Events and streams are created in the primary context of their device, the conte
 PyTorch, CuPy and cuda.core use, so handles are interchangeable with theirs. Calls that need
 a current context push it for their duration and restore whatever the thread had before, so
 we never change another library's idea of the current device.
+
+CUDA does not survive ``fork()``: a child forked after the parent initialized the driver
+inherits the parent's handles, contexts and pinned memory but cannot use any of them, and a
+driver call there may fail, hang or crash. So in such a child every cudaevents CUDA use
+raises :class:`CudaUnavailableError` saying so (use the 'spawn' start method), ``is_usable()``
+is False, and finalizers leak the parent's handles instead of destroying them (as they do at
+interpreter exit). A child forked before the parent's first CUDA use may use CUDA normally.
+What such a child creates on the CPU works as on a machine without a GPU: CpuStreams, Workers
+committing on CPU streams, host-backend counters (``AtomicEvent()`` without a device picks the
+host backend there, as ``is_usable()`` is False).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import os
 import threading
 
 from ._errors import CudaError, CudaUnavailableError
@@ -38,6 +49,8 @@ class _State:
     """Process-wide flags that finalizers read; bound early so they survive teardown."""
 
     exiting = False  # set at interpreter exit: from then on handles are leaked, never destroyed
+    # (set in a forked child of a CUDA-initialized parent too: the handles are the parent's)
+    forked = False  # this process was forked after its parent initialized CUDA: no driver calls
 
 
 state = _State()
@@ -52,6 +65,7 @@ def _mark_exiting() -> None:
 
 _lock = threading.Lock()
 _d = None  # cuda.bindings.driver once cuInit has succeeded
+_init_started = False  # cuInit was called (it may still be running in another thread)
 _reason: str | None = None  # why CUDA is unavailable, once known
 _contexts: dict[int, object] = {}
 _context_ints: dict[int, int] = {}  # the same contexts as integers, for cheap comparisons
@@ -71,9 +85,7 @@ def driver():
 
 
 def _init():
-    global _d, _reason, NOT_READY
-    global cuEventRecord, cuEventQuery, cuEventSynchronize, cuStreamWaitEvent
-    global cuEventElapsedTime, cuStreamQuery, cuStreamSynchronize
+    global _reason, _init_started
     with _lock:
         if _d is not None:
             return _d
@@ -84,6 +96,7 @@ def _init():
         except ImportError as exc:  # a broken install; the package depends on it
             _reason = f"cuda-bindings could not be imported ({exc}); install it with 'pip install cuda-bindings'"
             raise CudaUnavailableError(_reason) from None
+        _init_started = True
         try:
             (err,) = d.cuInit(0)
         except RuntimeError as exc:  # the bindings raise this when libcuda cannot be loaded
@@ -95,16 +108,25 @@ def _init():
         if err:
             _reason = f"cuInit failed with {err.name} ({int(err)})"
             raise CudaUnavailableError(_reason)
-        NOT_READY = d.CUresult.CUDA_ERROR_NOT_READY
-        cuEventRecord = d.cuEventRecord
-        cuEventQuery = d.cuEventQuery
-        cuEventSynchronize = d.cuEventSynchronize
-        cuStreamWaitEvent = d.cuStreamWaitEvent
-        cuEventElapsedTime = d.cuEventElapsedTime
-        cuStreamQuery = d.cuStreamQuery
-        cuStreamSynchronize = d.cuStreamSynchronize
-        _d = d
+        _bind(d)
         return d
+
+
+def _bind(d) -> None:
+    """Bind the driver module ``d`` and its hot-path entry points (after a successful
+    ``cuInit``; tests also bind a simulated driver here)."""
+    global _d, NOT_READY
+    global cuEventRecord, cuEventQuery, cuEventSynchronize, cuStreamWaitEvent
+    global cuEventElapsedTime, cuStreamQuery, cuStreamSynchronize
+    NOT_READY = d.CUresult.CUDA_ERROR_NOT_READY
+    cuEventRecord = d.cuEventRecord
+    cuEventQuery = d.cuEventQuery
+    cuEventSynchronize = d.cuEventSynchronize
+    cuStreamWaitEvent = d.cuStreamWaitEvent
+    cuEventElapsedTime = d.cuEventElapsedTime
+    cuStreamQuery = d.cuStreamQuery
+    cuStreamSynchronize = d.cuStreamSynchronize
+    _d = d
 
 
 _usable: bool | None = None
@@ -432,3 +454,53 @@ def launch_host_func(stream, function_address: int, argument: int) -> None:
     err = fn(int(stream), function_address, argument)  # ctypes releases the GIL for the call
     if err:
         raise_error(_d.CUresult(err), "cuLaunchHostFunc")
+
+
+# -- fork: CUDA does not survive it -------------------------------------------------------
+_FORK_REASON = (
+    "CUDA cannot be used in this process: it was forked (os.fork(), or multiprocessing's 'fork' "
+    "start method) after its parent had initialized CUDA, and CUDA does not survive fork: the "
+    "child inherits the parent's driver state, events, streams and pinned memory but cannot use "
+    "them, and driver calls there may fail, hang or crash. Start processes that use the GPU with "
+    "the 'spawn' start method (multiprocessing.get_context('spawn'), or "
+    "multiprocessing.set_start_method('spawn'); 'forkserver' works too), or fork before the "
+    "parent's first CUDA use"
+)
+
+
+def _refuse_forked(*args, **kwargs):
+    """Stands in for every driver entry point in a child forked from a CUDA-initialized parent."""
+    raise CudaUnavailableError(_FORK_REASON)
+
+
+def _after_fork_in_child() -> None:
+    """Runs in the child of every ``fork()`` (``os.register_at_fork``).
+
+    If the parent had initialized the driver (or was initializing it), nothing in this
+    process may call it again: the driver module and its bound entry points are replaced by
+    :func:`_refuse_forked`, :func:`driver` raises, :func:`is_usable` is False, and
+    ``state.exiting`` makes finalizers leak the parent's handles instead of destroying them.
+    Otherwise the child may initialize CUDA itself, as any fresh process does.
+    """
+    global _lock, _d, _reason, _usable, _cu_launch_host_func
+    global cuEventRecord, cuEventQuery, cuEventSynchronize, cuStreamWaitEvent
+    global cuEventElapsedTime, cuStreamQuery, cuStreamSynchronize
+    global stream_write_value, stream_wait_value
+    _lock = threading.Lock()  # another parent thread may have held it; only this thread survives
+    if _d is None and not (_init_started and _reason is None):
+        return  # the parent never initialized CUDA (or found none): the child starts afresh
+    state.forked = True
+    state.exiting = True
+    _d = None
+    _reason = _FORK_REASON
+    _usable = False
+    _contexts.clear()
+    _context_ints.clear()
+    _cu_launch_host_func = None
+    cuEventRecord = cuEventQuery = cuEventSynchronize = cuStreamWaitEvent = _refuse_forked
+    cuEventElapsedTime = cuStreamQuery = cuStreamSynchronize = _refuse_forked
+    stream_write_value = stream_wait_value = _refuse_forked
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

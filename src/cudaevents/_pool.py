@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
+import weakref
 
 from . import _cuda, _env
 
@@ -80,6 +82,7 @@ class EventPool:
         self._counts: dict[int, _Counts] = {}  # per device
         self._total = _Counts()  # live/high over all devices
         self._state = _cuda.state  # bound early: read by releases during interpreter exit
+        _pools.add(self)
 
     @property
     def max_cached(self) -> int | None:
@@ -271,6 +274,20 @@ class EventPool:
 
 _default: EventPool | None = None
 _default_lock = threading.Lock()
+_pools: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have held a pool's lock at the fork; that thread does
+    # not exist here, so the lock would never be released. (The handles are the parent's:
+    # _cuda marks a CUDA-initialized child as exiting, so they are leaked, never destroyed.)
+    global _default_lock
+    _default_lock = threading.Lock()
+    for pool in list(_pools):
+        pool._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_pool() -> EventPool:
