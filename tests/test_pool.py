@@ -147,7 +147,7 @@ def test_acquire_many_gives_back_what_it_took_when_a_create_fails(fake, fake_poo
     with pytest.raises(RuntimeError, match="create failed"):
         fake_pool.acquire_many(0, 0, 3)
     s = fake_pool.stats()
-    assert (s.live, s.cached, s.creates) == (0, 1, 1)
+    assert (s.live, s.cached, s.creates, s.reuses) == (0, 1, 1, 0)
 
 
 def test_create_and_destroy_go_together(fake):

@@ -143,6 +143,9 @@ class EventPool:
                 handles.append(self._create_counted(device, flags))
         except BaseException:
             self.release_many(device, flags, handles)
+            if take:  # handed back, not handed out: they were no reuse
+                with self._lock:
+                    key.counts.reuses -= take
             raise
         return handles
 
