@@ -26,12 +26,15 @@ def atomic_backend(device=None) -> str:
 
 def _check_value(value, limit: int, backend: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"counter values are ints, got {type(value).__name__}")
+        raise TypeError(f"counter values are ints, got {type(value).__name__}; pass an int in [0, 2**63)")
     if value < 0:
-        raise ValueError(f"counter values are >= 0, got {value}")
+        raise ValueError(f"counter values are >= 0, got {value}; pass a value in [0, 2**63)")
     if value >= limit:
         if limit == 1 << 63:
-            raise ValueError(f"counter values are below 2**63 (the GPU compares them cyclically), got {value}")
+            raise ValueError(
+                f"counter values are below 2**63 (the GPU compares them cyclically), got {value}; "
+                "keep values in [0, 2**63)"
+            )
         raise ValueError(
             f"the {backend} backend holds values below 2**31 (the GPU compares 32-bit values cyclically), "
             f"got {value}; use the mem64 backend or keep values small"
@@ -48,6 +51,11 @@ class AtomicEvent:
     (``[0, 2**32)`` on the mem32 backend) and must not decrease from one signal call to the
     next. Signals complete in the order they were called, also across streams: a GPU or CPU
     stream signal that follows a pending signal of another stream first waits for it.
+
+    Errors travel: a signal on a CpuStream whose earlier task raised fails the counter with
+    that exception (:attr:`error`). From then on every host or CPU-stream wait raises it, GPU
+    waits already enqueued are let go (a GPU stream cannot raise), GPU waits enqueued later
+    raise at once, and further signals change nothing: the counter stays failed.
 
     The storage backend is chosen from the device's capabilities (see
     :func:`cudaevents.atomic_backend`) or forced with ``CUDAEVENTS_ATOMIC_BACKEND``.
@@ -66,10 +74,11 @@ class AtomicEvent:
 
     __slots__ = ("_cell", "_device", "_lock", "_cond", "_promised", "_last_source", "_error", "_error_tb",
                  "_closed", "_touched", "_gpu_wait_max", "_cpu_pending", "_direct_promised", "_policy",
-                 "__weakref__")
+                 "_final", "__weakref__")
 
     def __init__(self, device=None, *, policy=None):
         self._closed = True  # until fully built, so a failed __init__ leaves nothing to close
+        self._final = 0  # the value at close(): the cell may be released or recycled after it
         self._policy = resolve_policy(policy)
         index = None if device is None and not _cuda.is_usable() else resolve_device_index(device)
         backend = _cells.choose_backend(index)
@@ -104,7 +113,7 @@ class AtomicEvent:
     def value(self) -> int:
         """The counter's current value (what has completed, not what is enqueued)."""
         self._raise_error()
-        return self._cell.read()
+        return self._read()
 
     @property
     def error(self) -> BaseException | None:
@@ -117,10 +126,16 @@ class AtomicEvent:
         return self._closed
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"value={self._cell.read()}"
+        state = f"closed at {self._final}" if self._closed else f"value={self._cell.read()}"
         return f"<AtomicEvent {self._cell.name} {state}>"
 
     # -- checks -------------------------------------------------------------------------
+    def _read(self) -> int:
+        """The counter's value; after :meth:`close`, the value it had then. (The cell is read
+        first: close() sets ``_closed`` before it releases GPU waiters by raising the cell.)"""
+        value = self._cell.read()
+        return self._final if self._closed else value
+
     def _raise_error(self) -> None:
         err = self._error
         if err is not None:
@@ -133,7 +148,8 @@ class AtomicEvent:
     def _check_order(self, value: int) -> None:
         if value < self._promised:
             raise ValueError(
-                f"signal({value}) is below {self._promised}, the value already signalled: counter values never decrease"
+                f"signal({value}) is below {self._promised}, the value already signalled: counter values never "
+                f"decrease; signal a value >= {self._promised}, or use a new AtomicEvent to count again"
             )
 
     def _gpu_stream(self, stream) -> GpuStream:
@@ -156,10 +172,12 @@ class AtomicEvent:
     def signal(self, value: int, stream=None) -> None:
         """Set the counter to ``value``: now, or when ``stream`` (CPU or GPU) gets there.
 
+        Once the counter carries an error (see :attr:`error`), signals change nothing.
+
         Raises:
             ValueError: ``value`` is negative, too large, or below a value already signalled;
                 or a host signal would be overtaken by a pending stream signal.
-            ClosedError: the event was closed.
+            ClosedError: the event (or the CpuStream) was closed.
         """
         cell = self._cell
         v = _check_value(value, cell.limit, cell.name)
@@ -167,6 +185,9 @@ class AtomicEvent:
             with self._lock:
                 self._check_open()
                 self._check_order(v)
+                if self._error is not None:  # failed: keep GPU waiters released, change nothing
+                    self._promised = v
+                    return
                 if self._last_source is not None and cell.read() < self._promised:
                     raise ValueError(
                         f"a stream signal of {self._promised} has not happened yet, and a host signal of {v} "
@@ -181,20 +202,28 @@ class AtomicEvent:
             with self._lock:
                 self._check_open()
                 self._check_order(v)
+                if self._error is not None:
+                    self._promised = v
+                    return
                 prev = None
                 if self._last_source is not stream and cell.read() < self._promised:
                     prev = self._promised
+                entry = (v, stream)
+                # enqueue first: a closed stream raises ClosedError and nothing has changed
+                # (the task cannot finish before we let go of the lock: it takes it at the end)
+                stream.enqueue(self._cpu_signal, v, prev, stream, entry)
                 self._promised = v
                 self._last_source = stream
-                entry = (v, stream)
                 self._cpu_pending.append(entry)
-            stream.enqueue(self._cpu_signal, v, prev, stream, entry)
             return
         s = self._gpu_stream(stream)
         key = int(s._handle)
         with self._lock:
             self._check_open()
             self._check_order(v)
+            if self._error is not None:
+                self._promised = v
+                return
             if self._last_source is not None and self._last_source != key and cell.read() < self._promised:
                 s._call(cell.gpu_wait, s._live(), self._promised)  # keep completion order = call order
             s._call(cell.gpu_signal, s._live(), v)
@@ -209,10 +238,15 @@ class AtomicEvent:
             if failed is not None:  # an earlier task of this stream raised
                 self._poison(failed)
                 return
-            if prev is not None:
-                self._host_wait(prev, None, None)
+            cell = self._cell
+            if prev is not None:  # another source's earlier signal must land first
+                # A failure or a close meanwhile ends the wait; this signal then changes
+                # nothing, and the signalling stream itself does not fail.
+                wait_until(lambda: self._error is not None or self._closed or cell.read() >= prev, None,
+                           f"AtomicEvent.signal({v}) after {prev}", self._policy, self._cond,
+                           notified=not cell.gpu)
             with self._lock:
-                if self._closed:
+                if self._closed or self._error is not None:
                     return
                 if self._cell.read() < v:
                     self._cell.store(v)
@@ -246,23 +280,25 @@ class AtomicEvent:
         cell = self._cell
         v = _check_value(value, cell.limit, cell.name)
         if stream is None:
-            self._host_wait(v, check_timeout(timeout), policy)
+            # both checked up front, also when the value has been reached already
+            self._host_wait(v, check_timeout(timeout), None if policy is None else resolve_policy(policy))
             return
         if timeout is not None or policy is not None:
             raise TypeError("timeout and policy apply to host waits only (stream=None)")
         if type(stream) is CpuStream:
             with self._lock:
                 self._raise_error()
-                if self._closed and cell.read() < v:
+                if self._closed and self._final < v:
                     raise self._never_reached(v)
             stream.enqueue(self._host_wait, v, None, None)
             return
         s = self._gpu_stream(stream)
         with self._lock:
             self._raise_error()
-            if cell.read() >= v:
+            if self._read() >= v:
                 return
-            self._check_open()
+            if self._closed:
+                raise self._never_reached(v)
             if self._only_this_thread_signals(v):
                 raise RuntimeError(
                     f"a GPU wait for {v} enqueued from a task of the CpuStream that signals it later would "
@@ -284,43 +320,49 @@ class AtomicEvent:
         return givers == {me}
 
     def _never_reached(self, v: int) -> ClosedError:
-        return ClosedError(f"this AtomicEvent was closed at {self._cell.read()} and will never reach {v}")
+        return ClosedError(
+            f"this AtomicEvent was closed at {self._final} and will never reach {v}; close it only after "
+            "its last wait, or signal first"
+        )
 
     def _host_wait(self, v: int, timeout, policy) -> None:
         cell = self._cell
-        if cell.read() < v and self._error is None:
+        if self._read() < v and self._error is None:
             if self._closed:
                 raise self._never_reached(v)
 
             def done() -> bool:
                 return self._error is not None or self._closed or cell.read() >= v
 
-            wait_until(done, timeout, f"AtomicEvent.wait({v})",
-                       self._policy if policy is None else resolve_policy(policy), self._cond,
+            wait_until(done, timeout, f"AtomicEvent.wait({v})", self._policy if policy is None else policy, self._cond,
                        notified=not cell.gpu)
         self._raise_error()
-        if cell.read() < v:
+        if self._read() < v:
             raise self._never_reached(v)
 
     def is_signaled(self, value: int) -> bool:
         """True when the counter has reached ``value`` (never blocks)."""
         v = _check_value(value, self._cell.limit, self._cell.name)
         self._raise_error()
-        return self._cell.read() >= v
+        return self._read() >= v
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
         """Release the counter's storage. Host waiters wake with :class:`ClosedError`; GPU
         waits still pending for values never signalled are let go (and a warning logged)
-        rather than left to hang. Idempotent."""
+        rather than left to hang. Idempotent. Afterwards :attr:`value` and waits for values
+        already reached still work (on the value at close)."""
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
             cell = self._cell
-            if cell.gpu and self._gpu_wait_max > cell.read() and self._error is None:
+            self._final = cell.read()
+            self._closed = True  # before the release below, which raises the cell's value
+            # (a failure released them already, unless a GPU signal enqueued before it landed
+            # afterwards and lowered the value again: release them then too)
+            if cell.gpu and self._gpu_wait_max > self._final:
                 _log.warning("AtomicEvent closed at %d with GPU waits for up to %d pending; released them",
-                             cell.read(), self._gpu_wait_max)
+                             self._final, self._gpu_wait_max)
                 cell.release_waiters()
             self._cond.notify_all()
             touched, self._touched = self._touched, {}

@@ -102,7 +102,10 @@ class CpuStream:
         """
         timeout = check_timeout(timeout)
         if self._runner.on_thread():
-            raise RuntimeError("CpuStream.synchronize() was called from a task of the same stream, which would wait forever")
+            raise RuntimeError(
+                "CpuStream.synchronize() was called from a task of the same stream, which would wait forever; "
+                "synchronize from another thread, or enqueue the follow-up work as a later task"
+            )
         unfinished = self._runner.wait(timeout)
         if unfinished:
             raise TimeoutError(f"CpuStream.synchronize() timed out after {timeout:g} s with {unfinished} task(s) unfinished")
@@ -130,6 +133,8 @@ class CpuStream:
             raise TimeoutError(f"CpuStream.close() timed out after {timeout:g} s with tasks still running")
 
     def __enter__(self) -> "CpuStream":
+        if self._runner.closed:
+            raise ClosedError("this CpuStream was closed; create a new CpuStream to run more tasks")
         return self
 
     def __exit__(self, *exc) -> None:

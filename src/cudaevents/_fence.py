@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from ._atomic import AtomicEvent
+from ._errors import ClosedError
 
 __all__ = ["Fence"]
 
@@ -45,12 +46,26 @@ class Fence:
         """The counter backend (see :attr:`AtomicEvent.backend`)."""
         return self._atomic.backend
 
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._atomic.closed
+
     def __repr__(self) -> str:
         return f"<Fence count={self._count} {self._atomic!r}>"
 
+    def _check_open(self) -> None:
+        if self._atomic.closed:
+            raise ClosedError("this Fence was closed; create a new Fence")
+
     def update(self, stream=None) -> int:
-        """Increment the count and signal it on ``stream`` (or now); returns the new count."""
+        """Increment the count and signal it on ``stream`` (or now); returns the new count.
+
+        Raises:
+            ClosedError: the fence (or the CpuStream) was closed.
+        """
         with self._lock:
+            self._check_open()
             value = self._count + 1
             self._atomic.signal(value, stream)
             self._count = value
@@ -58,10 +73,15 @@ class Fence:
 
     def wait(self, stream=None, timeout: float | None = None, policy=None) -> None:
         """Wait for every update made before this call: on the host (``stream=None``, with
-        ``timeout`` seconds and a wait ``policy``) or on a CPU or GPU stream."""
+        ``timeout`` seconds and a wait ``policy``) or on a CPU or GPU stream.
+
+        Raises:
+            ClosedError: the fence was closed.
+            BaseException: the error of a failed update (see :class:`AtomicEvent`).
+        """
+        self._check_open()
         value = self._count
         if value == 0:
-            self._atomic._check_open()
             return
         self._atomic.wait(value, stream, timeout, policy)
 
@@ -70,6 +90,7 @@ class Fence:
         self._atomic.close()
 
     def __enter__(self) -> "Fence":
+        self._check_open()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -76,9 +76,12 @@ class Event:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"an Event's value is an int, got {type(value).__name__}")
         if not 1 <= value < (1 << 63):
-            raise ValueError(f"an Event's value is in [1, 2**63), got {value}")
+            raise ValueError(f"an Event's value is in [1, 2**63), got {value}; pass a value in that range")
         if value < self._value:
-            raise ValueError(f"an Event's value never decreases: it is {self._value}, got {value}")
+            raise ValueError(
+                f"an Event's value never decreases: it is {self._value}, got {value}; set a value >= "
+                f"{self._value}, or use a new Event"
+            )
         self._value = value
 
     @property
@@ -87,6 +90,11 @@ class Event:
         if self._atomic is not None:
             return "atomic"
         return "cuda" if self._cuda_event is not None else None
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
 
     @property
     def error(self) -> BaseException | None:
@@ -117,19 +125,23 @@ class Event:
         return atomic
 
     def signal(self, stream=None) -> None:
-        """Set the event to :attr:`value` now (``stream=None``) or when ``stream`` gets there."""
+        """Set the event to :attr:`value` now (``stream=None``) or when ``stream`` gets there.
+
+        A signal that raises (a closed or wrong stream, say) does not count: waiting on an
+        Event whose every signal failed still raises :class:`NotRecordedError`.
+        """
         with self._lock:
             self._check_open()
             first = self._signals == 0
-            self._signals += 1
             if type(stream) is CpuStream or stream is None:
                 self._to_atomic(None).signal(self._value, stream)
-                return
-            s = stream if type(stream) is GpuStream else as_stream(stream)
-            if first and self._value == 1 and self._device in (None, s._device) and self._atomic is None:
-                self._cuda_event = CudaEvent(s._device).record(s)
-                return
-            self._to_atomic(s._device).signal(self._value, s)
+            else:
+                s = stream if type(stream) is GpuStream else as_stream(stream)
+                if first and self._value == 1 and self._device in (None, s._device) and self._atomic is None:
+                    self._cuda_event = CudaEvent(s._device).record(s)
+                else:
+                    self._to_atomic(s._device).signal(self._value, s)
+            self._signals += 1
 
     def wait(self, stream=None, timeout: float | None = None, policy=None) -> None:
         """Wait until the event reaches :attr:`value`: on the host (``stream=None``, with
@@ -141,8 +153,8 @@ class Event:
         """
         with self._lock:
             self._check_open()
-            atomic, ce, value = self._atomic, self._cuda_event, self._value
-        if atomic is None and ce is None:
+            atomic, ce, value, signals = self._atomic, self._cuda_event, self._value, self._signals
+        if signals == 0:
             raise NotRecordedError("wait() on an Event that was never signalled would order nothing; signal() it first")
         if atomic is not None:
             atomic.wait(value, stream, timeout, policy)
@@ -155,8 +167,13 @@ class Event:
             ce.wait(stream)
 
     def is_signaled(self) -> bool:
-        """True when the event has reached :attr:`value` (never blocks; False before any signal)."""
+        """True when the event has reached :attr:`value` (never blocks; False before any signal).
+
+        Raises:
+            ClosedError: the event was closed.
+        """
         with self._lock:
+            self._check_open()
             atomic, ce, value = self._atomic, self._cuda_event, self._value
         if atomic is not None:
             return atomic.is_signaled(value)

@@ -22,6 +22,10 @@ class WaitPolicy:
 
     Presets: ``"spin"`` (lowest latency, one core busy), ``"yield"``, ``"sleep"`` (the
     default: 20 us spin, 200 us yield, sleeps up to 1 ms) and ``"block"``.
+
+    A spinning thread holds the GIL between the interpreter's switches (5 ms by default), so
+    spin in one thread of a process at most: several spinners take turns, and each one's
+    wake-up or timeout can come about 5 ms late per other spinner.
     """
 
     spin: float = 20e-6
@@ -80,10 +84,14 @@ def wait_until(done, timeout: float | None, what: str, policy: WaitPolicy = DEFA
     true from the host; with ``policy.block`` the sleeping phase waits on it. ``notified``
     says that only such notified changes can make ``done()`` true, so a blocking wait needs
     no periodic re-check.
+
+    The timeout counts from the call, and ``done()`` is not called again once the deadline
+    has passed, so the error comes at most one ``done()`` call (plus the scheduler's lag)
+    after the deadline.
     """
+    start = time.monotonic()
     if done():
         return
-    start = time.monotonic()
     deadline = math.inf if timeout is None else start + timeout
     spin_end = start + policy.spin
     while time.monotonic() < min(spin_end, deadline):
@@ -115,6 +123,5 @@ def wait_until(done, timeout: float | None, what: str, policy: WaitPolicy = DEFA
             pause = min(pause * 2, policy.max_sleep)
             if done():
                 return
-    if done():
-        return
+    # every path above looked at done() last just before or at the deadline
     raise TimeoutError(f"{what} did not complete within {timeout:g} s")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from threading import Event as _Marker  # a name of our own, so tests can stand in a failing wait
 
 from ._cpu_stream import CpuStream
@@ -85,8 +86,12 @@ class Worker:
     so threads sharing a worker never commit each other's tasks behind the wrong stream.
 
     A task's exception is logged to the ``cudaevents`` logger and kept in :attr:`errors`;
-    later tasks still run. Tasks may call CUDA: they run in an ordinary Python thread, never
-    inside a CUDA host callback. Tasks still queued when the interpreter exits are dropped.
+    later tasks still run. A commit on a :class:`CpuStream` whose earlier task raised still
+    runs its tasks (as the stream runs its own later tasks), so clean-up tasks are never
+    lost; a task that must not run on a failed producer's output waits on an :class:`Event`
+    that stream signals, which carries the error (or checks ``stream.error``). Tasks may
+    call CUDA: they run in an ordinary Python thread, never inside a CUDA host callback.
+    Tasks still queued when the interpreter exits are dropped.
 
     Args:
         name: name of the thread, for debuggers and logs.
@@ -206,6 +211,8 @@ class Worker:
         finally:
             with self._cond:
                 self._inflight -= 1
+                if self._inflight == 0 and self._closed:
+                    self._stop_locked()  # a close() that gave up waiting for us left the stop to us
                 self._cond.notify_all()
 
     def synchronize(self, timeout: float | None = None) -> None:
@@ -241,23 +248,39 @@ class Worker:
 
         Raises:
             TimeoutError: the queued tasks did not finish within ``timeout`` seconds (the
-                thread still runs them, then stops).
+                thread still runs them, then stops), or a commit of another thread still in
+                flight did not end in that time (its tasks still run: that commit queues them
+                and stops the thread).
         """
         timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         r = self._runner
         with self._cond:
-            if not self._closed:
-                self._closed = True
-                self._cond.wait_for(lambda: self._inflight == 0)  # a commit in flight is brief
-                leftover = _take_all(self._pending)
-                if leftover:
-                    r.submit(_run_batch, (self._errors, self.name, None, None, leftover))
-                r.stop()
-        if not r.on_thread() and not r.join(timeout):
+            self._closed = True
+            # a commit in flight is brief, unless its record blocks (e.g. behind a full stream)
+            if not self._cond.wait_for(lambda: self._inflight == 0, timeout):
+                raise TimeoutError(
+                    f"Worker.close() timed out after {timeout:g} s waiting for a commit in flight on another "
+                    "thread; that commit's tasks still run, then the thread stops"
+                )
+            self._stop_locked()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not r.on_thread() and not r.join(remaining):
             raise TimeoutError(
                 f"Worker.close() timed out after {timeout:g} s with {r.pending()} commit(s) unfinished; "
                 "the thread stops after them"
             )
+
+    def _stop_locked(self) -> None:
+        """With ``_cond`` held, closed and no commit in flight: queue the uncommitted tasks and
+        stop the thread after them (once)."""
+        r = self._runner
+        if r.closed:
+            return
+        leftover = _take_all(self._pending)
+        if leftover:
+            r.submit(_run_batch, (self._errors, self.name, None, None, leftover))
+        r.stop()
 
     def __enter__(self) -> "Worker":
         if self._closed:
