@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from . import _cuda, _cells
 from ._cpu_stream import CpuStream
 from ._device import resolve_device_index
-from ._errors import ClosedError, DeviceMismatchError
+from ._errors import ClosedError, CudaError, DeviceMismatchError
 from ._stream import GpuStream, as_stream
 from ._wait import check_timeout, resolve_policy, wait_until
 
 __all__ = ["AtomicEvent", "atomic_backend"]
+
+_PROBE_EVERY = 0.05  # seconds between looks at the health of the GPU streams a host wait depends on
+
+
+def _never() -> bool:
+    return False
+
 
 _log = logging.getLogger("cudaevents")
 
@@ -242,7 +250,8 @@ class AtomicEvent:
             if prev is not None:  # another source's earlier signal must land first
                 # A failure or a close meanwhile ends the wait; this signal then changes
                 # nothing, and the signalling stream itself does not fail.
-                wait_until(lambda: self._error is not None or self._closed or cell.read() >= prev, None,
+                failed = self._failure_probe()
+                wait_until(lambda: self._error is not None or self._closed or cell.read() >= prev or failed(), None,
                            f"AtomicEvent.signal({v}) after {prev}", self._policy, self._cond,
                            notified=not cell.gpu)
             with self._lock:
@@ -254,6 +263,32 @@ class AtomicEvent:
         finally:
             with self._lock:
                 self._cpu_pending.remove(entry)
+
+    def _failure_probe(self):
+        """For a host wait: a check, cheap enough to call in a spin loop, that looks at most
+        every 50 ms whether a GPU stream this counter was used on has failed (a sticky error
+        of its context, e.g. after a device-side assert), and then fails the counter with
+        that error: a GPU signal behind failed work never lands, and the wait must not hang."""
+        if not self._cell.gpu:
+            return _never
+        next_at = [time.monotonic() + _PROBE_EVERY]
+
+        def failed() -> bool:
+            now = time.monotonic()
+            if now < next_at[0]:
+                return False
+            next_at[0] = now + _PROBE_EVERY
+            for s in list(self._touched.values()):
+                try:
+                    s.query()
+                except CudaError as exc:
+                    self._poison(exc)
+                    return True
+                except ClosedError:  # a stream closed since: its work was fenced at close
+                    continue
+            return False
+
+        return failed
 
     def _poison(self, error: BaseException) -> None:
         with self._lock:
@@ -331,8 +366,10 @@ class AtomicEvent:
             if self._closed:
                 raise self._never_reached(v)
 
+            failed = self._failure_probe()
+
             def done() -> bool:
-                return self._error is not None or self._closed or cell.read() >= v
+                return self._error is not None or self._closed or cell.read() >= v or failed()
 
             wait_until(done, timeout, f"AtomicEvent.wait({v})", self._policy if policy is None else policy, self._cond,
                        notified=not cell.gpu)
@@ -356,6 +393,10 @@ class AtomicEvent:
             if self._closed:
                 return
             cell = self._cell
+            if cell.gpu and _cuda.state.forked:  # the parent's pinned memory: touch nothing
+                self._final, self._closed, self._touched = 0, True, {}
+                self._cond.notify_all()
+                return
             self._final = cell.read()
             self._closed = True  # before the release below, which raises the cell's value
             # (a failure released them already, unless a GPU signal enqueued before it landed

@@ -178,14 +178,22 @@ class GpuStream:
 
 
 def _protocol_handle(obj) -> int:
-    attr = obj.__cuda_stream__
-    value = attr() if callable(attr) else attr
-    if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+    try:
+        attr = obj.__cuda_stream__
+        value = attr() if callable(attr) else attr
+    except Exception as exc:
+        raise TypeError(f"{type(obj).__name__}.__cuda_stream__ raised {type(exc).__name__}: {exc}; fix the "
+                        "object, or pass its raw handle with device=") from exc
+    if not (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
         raise TypeError(
             f"{type(obj).__name__}.__cuda_stream__ gave {value!r}; the protocol requires a tuple "
             "(version, handle) of two ints"
         )
     version, handle = value
+    if handle < 0:
+        raise ValueError(f"{type(obj).__name__}.__cuda_stream__ gave handle {handle}; a stream handle is a "
+                         "non-negative pointer value")
     if version != 0:
         raise ValueError(
             f"{type(obj).__name__}.__cuda_stream__ uses protocol version {version}; cudaevents "
@@ -270,7 +278,8 @@ def as_stream(obj, device=None) -> GpuStream:
     if type(obj) is GpuStream:
         if device is not None and resolve_device_index(device) != obj._device:
             raise DeviceMismatchError(
-                f"the stream belongs to device {obj._device}, not device {resolve_device_index(device)}"
+                f"the stream belongs to device {obj._device}, not device {resolve_device_index(device)}; "
+                f"pass device={obj._device}, or leave device= out"
             )
         obj._live()
         return obj
@@ -299,7 +308,8 @@ def as_stream(obj, device=None) -> GpuStream:
     if device is not None:
         wanted = resolve_device_index(device)
         if stated is not None and stated != wanted:
-            raise DeviceMismatchError(f"the stream belongs to device {stated}, not device {wanted}")
+            raise DeviceMismatchError(f"the stream belongs to device {stated}, not device {wanted}; "
+                                      f"pass device={stated}, or leave device= out")
         return _borrow_checked(handle, wanted, obj)
     if stated is not None:
         return GpuStream._borrow(handle, stated, obj)
@@ -312,5 +322,6 @@ def _borrow_checked(handle: int, device: int, owner) -> GpuStream:
     if handle not in _SPECIAL_HANDLES:
         actual = _cuda.stream_device(handle)
         if actual != device:
-            raise DeviceMismatchError(f"the stream belongs to device {actual}, not device {device}")
+            raise DeviceMismatchError(f"the stream belongs to device {actual}, not device {device}; "
+                                      f"pass device={actual}, or leave device= out")
     return GpuStream._borrow(handle, device, owner)

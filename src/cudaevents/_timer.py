@@ -425,10 +425,14 @@ class Timer:
             if end is None:  # a CPU stream's region: its thread sets the mark
                 time.sleep(min(1e-4, remaining) if remaining is not None else 1e-4)
                 continue
-            synchronize_handle(end, remaining, "Timer.synchronize()")
-            # the end has finished; the reference (maybe on a slower stream) must finish too
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            synchronize_handle(self._refs[device]._handle, remaining, "Timer.synchronize()")
+            try:
+                synchronize_handle(end, remaining, "Timer.synchronize()")
+                # the end has finished; the reference (maybe on a slower stream) must finish too
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                synchronize_handle(self._refs[device]._handle, remaining, "Timer.synchronize()")
+            except TimeoutError:
+                raise TimeoutError(f"Timer.synchronize() timed out after {timeout:g} s with {self.pending} "
+                                   "region(s) unfinished") from None
 
     def results(self, timeout: float | None = None) -> Results:
         """All regions ended so far, after waiting for them (see :meth:`synchronize`)."""

@@ -143,7 +143,6 @@ def test_non_streams_are_refused_before_the_driver(entry, label, obj, exc, fragm
     raises(exc, fragment, lambda: ENTRY_POINTS[entry](obj))
 
 
-@pytest.mark.xfail(reason="_stream._protocol_handle lets these through to the driver (reported)", strict=False)
 @pytest.mark.parametrize("label,obj,exc,fragment", NOT_STREAMS_PENDING, ids=[c[0] for c in NOT_STREAMS_PENDING])
 def test_broken_stream_protocols_are_refused_before_the_driver(label, obj, exc, fragment):
     # in a child process: on a GPU machine the handle reaches the driver, which may crash on it

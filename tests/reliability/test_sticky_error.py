@@ -8,11 +8,12 @@ AtomicEvent path the device offers."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from _subproc import run_python
 
-pytestmark = pytest.mark.gpu
 
 SCENARIO = r"""
 import json, os, sys, threading, time
@@ -88,6 +89,7 @@ os._exit(0)  # the context is gone; skip interpreter teardown of torch's state
 STICKY = ("CUDA_ERROR_ASSERT", "CUDA_ERROR_LAUNCH_FAILED", "CUDA_ERROR_ILLEGAL_ADDRESS")
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["mem64", "mem32", "hostfn"])
 def test_a_failed_context_fails_every_waiter_quickly(backend):
     pytest.importorskip("torch")
@@ -107,3 +109,82 @@ def test_a_failed_context_fails_every_waiter_quickly(backend):
     assert result["worker errors"] and all(any(c in e for c in STICKY) for e in result["worker errors"])
     for name in ("Worker.synchronize", "Worker.close"):
         assert result[name]["seconds"] < 1.0, (name, result[name])
+
+
+# -- the same logic without a GPU: a counter cell whose GPU signals never land ------------------
+class StuckGpuCell:
+    """A GPU counter cell behind failed work: its stream signals never land."""
+
+    name = "stuck"
+    limit = 1 << 63
+    gpu = True
+
+    def __init__(self):
+        self.word = 0
+
+    def read(self):
+        return self.word
+
+    def store(self, value):
+        self.word = value
+
+    def gpu_signal(self, stream, value):
+        pass  # behind the failed kernel: never happens
+
+    def gpu_wait(self, stream, value):
+        pass
+
+    def release_waiters(self):
+        self.word = self.limit - 1
+
+    def retire(self, fences):
+        pass
+
+
+def test_host_waits_notice_a_failed_stream_within_a_second(monkeypatch):
+    from cudaevents import AtomicEvent, CudaError, _atomic, _cells, _cuda, _event
+    from cudaevents._stream import GpuStream
+
+    class Fence:  # what close() records on the streams the counter was used on
+        def __init__(self, device):
+            pass
+
+        def record(self, stream):
+            return self
+
+    context_failed = threading.Event()
+    monkeypatch.setattr(_atomic, "resolve_device_index", lambda d: int(d))
+    monkeypatch.setattr(_cells, "choose_backend", lambda index: "stuck")
+    monkeypatch.setattr(_cells, "make_cell", lambda backend, device: StuckGpuCell())
+    monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
+    monkeypatch.setattr(_event, "CudaEvent", Fence)
+    monkeypatch.setattr(_cuda, "NOT_READY", 600)
+    monkeypatch.setattr(_cuda, "cuStreamQuery", lambda h: (710,) if context_failed.is_set() else (600,))
+    s = GpuStream._borrow(0x10, 0, None)
+    counter = AtomicEvent(0)
+    counter.signal(1, s)
+    outcomes = []
+
+    def waiter():
+        t0 = time.monotonic()
+        try:
+            counter.wait(1, timeout=10)
+        except CudaError as exc:
+            outcomes.append((exc, time.monotonic() - t0))
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    assert outcomes == []  # pending work, no failure yet: still waiting
+    failed_at = time.monotonic()
+    context_failed.set()
+    for t in threads:
+        t.join(timeout=15)
+    assert len(outcomes) == 3
+    for exc, _ in outcomes:
+        assert exc.code == 710 and "sticky" in str(exc)
+    assert time.monotonic() - failed_at < 1.0
+    with pytest.raises(CudaError, match="sticky"):  # and every later wait
+        counter.wait(1, timeout=10)
+    counter.close()
