@@ -402,8 +402,9 @@ class AtomicEvent:
             # (a failure released them already, unless a GPU signal enqueued before it landed
             # afterwards and lowered the value again: release them then too)
             if cell.gpu and self._gpu_wait_max > self._final:
-                _log.warning("AtomicEvent closed at %d with GPU waits for up to %d pending; released them",
-                             self._final, self._gpu_wait_max)
+                if not _cuda.state.exiting:  # at exit the process is going anyway: say nothing
+                    _log.warning("AtomicEvent closed at %d with GPU waits for up to %d pending; released them",
+                                 self._final, self._gpu_wait_max)
                 cell.release_waiters()
             self._cond.notify_all()
             touched, self._touched = self._touched, {}
