@@ -334,6 +334,22 @@ def test_commit_that_fails_keeps_the_batch_pending(worker, cpu_streams):
     assert seen == [1]
 
 
+def test_commit_raises_when_the_runner_refuses_the_batch(cpu_streams):
+    """A runner closed under an open worker (only possible across a fork) must not swallow
+    a commit: it raises, the batch stays pending, and the marker's stream is unaffected."""
+    (s,) = cpu_streams()
+    w = Worker()
+    w._runner.stop()  # as if its thread were gone, the worker still open
+    seen = []
+    w.add_task(seen.append, 1)
+    with pytest.raises(ClosedError, match="Worker"):
+        w.commit(s)
+    assert w._pending[threading.current_thread()] == [(seen.append, (1,), {})]
+    s.synchronize(timeout=10)
+    w.close(timeout=10)
+    assert seen == []
+
+
 def test_batches_are_per_thread(worker, cpu_streams):
     streams = cpu_streams(4)
     seen = []

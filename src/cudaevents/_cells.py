@@ -12,12 +12,20 @@
 - ``host``: a plain integer, for machines without a GPU; only host and CPU streams.
 
 Cells are not thread-safe on their own: the owning AtomicEvent holds its lock around them.
+
+In a child forked after its parent initialized CUDA, the GPU cells it inherited (``mem64``,
+``mem32``, ``hostfn``) refuse every read, store and stream operation with
+:class:`CudaUnavailableError` (their slots are the parent's pinned memory, possibly still
+shared with it, possibly unmapped), and releasing or retiring them does nothing; the slab is
+forgotten, so a new GPU cell there needs the driver and is refused too. Host cells work.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+import weakref
 
 from . import _cuda, _env
 from ._errors import CudaUnavailableError
@@ -156,6 +164,7 @@ class MemCell:
         host, self._dev = self._slot
         self._word = (ctypes.c_uint64 if bits == 64 else ctypes.c_uint32).from_address(host)
         self._word.value = 0
+        _gpu_cells.add(self)
 
     def read(self) -> int:
         return self._word.value
@@ -229,6 +238,7 @@ class HostFnCell:
         self._waiters: list[tuple[int, object]] = []  # blocked GPU waits: (target, semaphore)
         self._keep: list[tuple[object, object]] = []  # (semaphore, event after its host function)
         self._lock = threading.Lock()  # read() runs from host waiters without the event's lock
+        _gpu_cells.add(self)
 
     def read(self) -> int:
         with self._lock:
@@ -308,6 +318,52 @@ class HostFnCell:
             ev.close()
         # the semaphores must outlive the host functions that wait on them
         _quarantine.add([ev for _, ev in keep], keep.clear)
+
+
+# -- fork: a child must never touch the parent's counters ----------------------------------
+_gpu_cells: weakref.WeakSet = weakref.WeakSet()  # live MemCells and HostFnCells
+_inherited: list = []  # what a forked child keeps from its parent, untouched, until it exits
+
+
+def _refuse_forked(*args, **kwargs):
+    raise CudaUnavailableError(_cuda._FORK_REASON)
+
+
+def _do_nothing(*args, **kwargs) -> None:
+    return None
+
+
+def _after_fork_in_child() -> None:
+    """Runs in the child of every ``fork()``, after ``_cuda``'s handler (``_cuda`` is imported,
+    and registers its handler, first).
+
+    Locks get fresh objects (a thread of the parent may have held one). In a child of a
+    CUDA-initialized parent, every GPU cell is disowned: its methods are replaced, on the
+    instance, by ones that raise :class:`CudaUnavailableError` (reads, stores, stream
+    operations) or do nothing (releasing waiters, retiring), so the child never writes into
+    the parent's pinned counters nor hands their slots out again; the slab is dropped. The
+    quarantine's entries (the parent's fences) are set aside, not dropped: dropping them here
+    would run finalizers inside the fork handler.
+    """
+    global _slab, _slab_lock
+    _slab_lock = threading.Lock()
+    _quarantine._lock = threading.Lock()
+    if not _cuda.state.forked:
+        if _slab is not None:  # made by slab_stats(); without CUDA it holds no memory
+            _slab._lock = threading.Lock()
+        return  # the parent never initialized CUDA: it had no GPU cells
+    _inherited.append((_slab, _quarantine._entries))
+    _quarantine._entries = []
+    _slab = None  # a new slab allocates through the driver, which refuses
+    for cell in list(_gpu_cells):
+        cell.read = cell.store = cell.gpu_signal = cell.gpu_wait = _refuse_forked
+        cell.release_waiters = cell.retire = _do_nothing
+        if isinstance(cell, MemCell):
+            cell._word = None  # the parent's pinned memory: no way to reach it from here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def choose_backend(device: int | None) -> str:

@@ -49,6 +49,11 @@ class CpuStream:
     the stream is closed or dropped before any synchronize() raised it, so none is lost.
     Later tasks still run. Tasks still queued when the interpreter exits are dropped.
 
+    A stream's thread does not survive ``fork()``: in a forked child, a stream created before
+    the fork refuses :meth:`enqueue` and :meth:`synchronize` with :class:`ClosedError` (create a
+    new stream there); :meth:`close` raises it too when tasks were unfinished at the fork
+    (they never run in the child; the parent's stream runs them), and otherwise does nothing.
+
     Args:
         name: name of the thread, for debuggers and logs.
     """
@@ -85,12 +90,12 @@ class CpuStream:
 
         Raises:
             TypeError: ``fn`` is not callable.
-            ClosedError: the stream was closed.
+            ClosedError: the stream was closed, or this process was forked after it was created.
         """
         if not callable(fn):
             raise TypeError(f"CpuStream.enqueue() needs a callable, got {type(fn).__name__}")
         if not self._runner.submit(fn, args, kwargs):
-            raise ClosedError("this CpuStream was closed; create a new CpuStream to run more tasks")
+            raise self._closed_error()
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Wait until every task enqueued before this call has run.
@@ -98,9 +103,13 @@ class CpuStream:
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
             RuntimeError: called from one of this stream's own tasks (it would wait forever).
+            ClosedError: called in a process forked after the stream was created (its thread
+                does not exist there).
             BaseException: the first exception any task of this stream raised.
         """
         timeout = check_timeout(timeout)
+        if self._runner.orphaned:
+            raise self._closed_error()
         if self._runner.on_thread():
             raise RuntimeError(
                 "CpuStream.synchronize() was called from a task of the same stream, which would wait forever; "
@@ -124,9 +133,20 @@ class CpuStream:
         Raises:
             TimeoutError: the queued tasks did not finish within ``timeout`` seconds (the
                 thread still stops after them).
+            ClosedError: called in a process forked after the stream was created while tasks
+                were unfinished (they never run there).
         """
         timeout = check_timeout(timeout)
         r = self._runner
+        if r.orphaned:
+            unfinished = r.pending()
+            if unfinished:
+                raise ClosedError(
+                    f"this CpuStream was created before os.fork() and had {unfinished} task(s) unfinished then; "
+                    "its thread does not exist in this process, so they never run here (the parent's stream "
+                    "runs them): create a new CpuStream here for work of this process"
+                )
+            return  # nothing to finish and no thread to stop: as closed as it gets
         r.submit(self._failure.report_unretrieved)
         r.stop()
         if not r.on_thread() and not r.join(timeout):
@@ -134,8 +154,16 @@ class CpuStream:
 
     def __enter__(self) -> "CpuStream":
         if self._runner.closed:
-            raise ClosedError("this CpuStream was closed; create a new CpuStream to run more tasks")
+            raise self._closed_error()
         return self
+
+    def _closed_error(self) -> ClosedError:
+        if self._runner.orphaned:
+            return ClosedError(
+                "this CpuStream was created before os.fork(); its thread does not exist in this process: "
+                "create a new one here"
+            )
+        return ClosedError("this CpuStream was closed; create a new CpuStream to run more tasks")
 
     def __exit__(self, *exc) -> None:
         self.close()

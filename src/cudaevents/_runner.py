@@ -2,12 +2,20 @@
 
 CpuStream and Worker are built on it. The thread references only the Runner, never its
 owner, so an owner that is dropped can stop it from its finalizer.
+
+Threads do not survive ``fork()``: in a forked child a Runner made before the fork has no
+thread (the parent's copy keeps running its items). So in the child of every fork each such
+Runner gets a fresh lock and is marked closed, and ``orphaned`` when it was open or had
+unfinished items then; its owner refuses to use it (``ClosedError``) rather than queue work
+that never runs or wait for it forever. Runners made in the child work normally.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import weakref
 
 __all__ = ["Runner"]
 
@@ -19,9 +27,12 @@ class Runner:
 
     ``on_error(exc, fn)`` is called on the thread when an item raises (any BaseException);
     the thread always goes on with the next item.
+
+    ``orphaned`` is True in a process forked after the Runner was made (while it was open or
+    had unfinished items): its thread does not exist there, and ``closed`` is True too.
     """
 
-    __slots__ = ("queue", "cond", "submitted", "done", "closed", "thread", "_on_error")
+    __slots__ = ("queue", "cond", "submitted", "done", "closed", "orphaned", "thread", "_on_error", "__weakref__")
 
     def __init__(self, name: str, on_error):
         self.queue = queue.SimpleQueue()
@@ -29,8 +40,10 @@ class Runner:
         self.submitted = 0
         self.done = 0
         self.closed = False  # no more submissions; _STOP is on the queue
+        self.orphaned = False  # made before a fork of this (child) process: no thread here
         self._on_error = on_error
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        _runners.add(self)  # before start(): a fork in between must not miss a running thread
         self.thread.start()
 
     def _loop(self) -> None:
@@ -46,6 +59,8 @@ class Runner:
             except BaseException as exc:  # noqa: BLE001 - reported through on_error
                 self._on_error(exc, fn)
             fn = args = kwargs = None
+            if self.orphaned:  # that item forked and this is the child: the rest is the parent's
+                return
             with cond:
                 self.done += 1
                 cond.notify_all()
@@ -64,7 +79,8 @@ class Runner:
         them are still unfinished (0 on success, more when ``timeout`` ran out)."""
         with self.cond:
             target = self.submitted
-            self.cond.wait_for(lambda: self.done >= target, timeout)
+            if not self.orphaned:  # an orphan's items never finish here: answer at once
+                self.cond.wait_for(lambda: self.done >= target, timeout)
             return max(0, target - self.done)
 
     def pending(self) -> int:
@@ -96,5 +112,30 @@ class Runner:
         """Wait for the thread to end (after :meth:`stop`); returns whether it did."""
         if self.on_thread():
             return False
+        if self.orphaned:  # no thread in this process (maybe never started in it)
+            return True
         self.thread.join(timeout)
         return not self.thread.is_alive()
+
+
+_runners: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Runs in the child of every ``fork()`` (``os.register_at_fork``).
+
+    Only the forking thread exists in the child, so no Runner made before has its thread
+    here (a Runner whose own item forked has it, but must not go on with the parent's queue).
+    Each gets a fresh lock, since a thread of the parent may have held it, and is closed;
+    one that was open or had unfinished items is ``orphaned``. Its queue is left as it is:
+    dropping the parent's items here would run their finalizers inside the fork handler.
+    """
+    for r in list(_runners):
+        r.cond = threading.Condition(threading.Lock())
+        if not r.closed or r.done != r.submitted:
+            r.orphaned = True
+        r.closed = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

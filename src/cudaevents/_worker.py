@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from threading import Event as _Marker  # a name of our own, so tests can stand in a failing wait
 
 from ._cpu_stream import CpuStream
@@ -93,6 +95,12 @@ class Worker:
     call CUDA: they run in an ordinary Python thread, never inside a CUDA host callback.
     Tasks still queued when the interpreter exits are dropped.
 
+    The worker's thread does not survive ``fork()``: in a forked child, a worker created
+    before the fork is closed and refuses :meth:`add_task`, :meth:`commit` and
+    :meth:`synchronize` with :class:`ClosedError` (create a new worker there); :meth:`close`
+    raises it too when commits or tasks were unfinished at the fork (they never run in the
+    child; the parent's worker runs them), and otherwise does nothing.
+
     Args:
         name: name of the thread, for debuggers and logs.
     """
@@ -110,6 +118,7 @@ class Worker:
         self._closed = False
         self._errors: list[BaseException] = []
         self._runner = Runner(name or f"cudaevents-worker-{next(_names)}", _unexpected)
+        _workers.add(self)
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -138,6 +147,11 @@ class Worker:
 
     # -- operations ---------------------------------------------------------------------
     def _closed_error(self) -> ClosedError:
+        if self._runner.orphaned:
+            return ClosedError(
+                "this Worker was created before os.fork(); its thread does not exist in this process: "
+                "create a new one here"
+            )
         return ClosedError("this Worker was closed; create a new Worker to run more tasks")
 
     def add_task(self, fn, /, *args, **kwargs) -> None:
@@ -147,7 +161,7 @@ class Worker:
 
         Raises:
             TypeError: ``fn`` is not callable.
-            ClosedError: the worker was closed.
+            ClosedError: the worker was closed, or this process was forked after it was created.
         """
         if not callable(fn):
             raise TypeError(f"Worker.add_task() needs a callable, got {type(fn).__name__}")
@@ -175,7 +189,8 @@ class Worker:
 
         Raises:
             TypeError: ``stream`` is not a stream (from :func:`as_stream`).
-            ClosedError: the worker (or the stream) was closed.
+            ClosedError: the worker (or the stream) was closed, or this process was forked
+                after it was created.
         """
         if self._closed:
             raise self._closed_error()
@@ -207,7 +222,14 @@ class Worker:
                 with self._cond:  # only this thread adds to its own batch: nothing came meanwhile
                     self._pending[me] = tasks
                 raise
-            self._runner.submit(_run_batch, (self._errors, self.name, wait, cleanup, tasks))
+            if not self._runner.submit(_run_batch, (self._errors, self.name, wait, cleanup, tasks)):
+                # the runner closed under us (never while the worker is open and in this
+                # process): say so rather than drop the batch, which stays pending
+                with self._cond:
+                    self._pending[me] = tasks
+                if cleanup is not None:
+                    cleanup()
+                raise self._closed_error()
         finally:
             with self._cond:
                 self._inflight -= 1
@@ -224,8 +246,12 @@ class Worker:
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
             RuntimeError: called from one of this worker's own tasks (it would wait forever).
+            ClosedError: called in a process forked after the worker was created (its thread
+                does not exist there).
         """
         timeout = check_timeout(timeout)
+        if self._runner.orphaned:
+            raise self._closed_error()
         if self._runner.on_thread():
             raise RuntimeError(
                 "Worker.synchronize() was called from a task of the same worker, which would wait "
@@ -251,10 +277,15 @@ class Worker:
                 thread still runs them, then stops), or a commit of another thread still in
                 flight did not end in that time (its tasks still run: that commit queues them
                 and stops the thread).
+            ClosedError: called in a process forked after the worker was created while commits
+                or tasks were unfinished (they never run there).
         """
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         r = self._runner
+        if r.orphaned:
+            self._close_orphan()
+            return
         with self._cond:
             self._closed = True
             # a commit in flight is brief, unless its record blocks (e.g. behind a full stream)
@@ -269,6 +300,22 @@ class Worker:
             raise TimeoutError(
                 f"Worker.close() timed out after {timeout:g} s with {r.pending()} commit(s) unfinished; "
                 "the thread stops after them"
+            )
+
+    def _close_orphan(self) -> None:
+        """close() in a process forked after the worker was created: there is no thread to
+        run anything, so raise when anything was left to run at the fork."""
+        with self._cond:
+            self._closed = True
+            uncommitted = sum(len(batch) for batch in self._pending.values())
+            # a commit of another thread of the parent was between its batch and the runner
+            inflight = self._inflight
+        unfinished = self._runner.pending()
+        if unfinished or uncommitted or inflight:
+            raise ClosedError(
+                f"this Worker was created before os.fork() and had {unfinished + inflight} commit(s) unfinished "
+                f"and {uncommitted} task(s) uncommitted then; its thread does not exist in this process, so they "
+                "never run here (the parent's worker runs them): create a new Worker here for work of this process"
             )
 
     def _stop_locked(self) -> None:
@@ -301,3 +348,20 @@ class Worker:
         leftover = _take_all(self._pending)
         last = (_run_batch, (self._errors, r.thread.name, None, None, leftover), {}) if leftover else None
         r.stop_from_finalizer(last)
+
+
+_workers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Runs in the child of every ``fork()``, after the Runners' handler (``_runner`` is
+    imported, and registers its handler, first): a thread of the parent may have held a
+    worker's lock, and a worker whose thread is gone here is closed."""
+    for w in list(_workers):
+        w._cond = threading.Condition(threading.Lock())
+        if w._runner.orphaned:
+            w._closed = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -3,7 +3,9 @@
 inherited from the parent are leaked, never destroyed through the driver, when it drops them.
 A child forked before the parent's first CUDA use, and a 'spawn' child, use CUDA normally.
 CPU-only parts created in the child (CpuStream, host-backend AtomicEvent, a Worker on CPU
-streams) keep working there.
+streams) keep working there. After any fork (CUDA or not), a CpuStream or Worker created
+before it has no thread in the child and refuses work and waits there with ClosedError; the
+parent's counters (pinned memory) are never read or written by the child.
 
 Each scenario runs in a fresh interpreter (tests/reliability/_subproc.py) that forks; the
 parent waits for the child with a deadline and kills it if it hangs. The CI tests simulate an
@@ -41,6 +43,20 @@ def expect_fork_error(what, fn, *args, **kwargs):
         print("child: refused:", what, flush=True)
         return
     raise AssertionError(f"{what}: no CudaUnavailableError in the forked child")
+
+
+def expect_closed_by_fork(what, fn, *args, **kwargs):
+    """fn(*args) on an object created before the fork must raise ClosedError saying so, at once."""
+    start = time.monotonic()
+    try:
+        fn(*args, **kwargs)
+    except ce.ClosedError as exc:
+        msg = str(exc)
+        assert "before os.fork()" in msg and "create a new" in msg, f"{what}: unclear message {msg!r}"
+        assert time.monotonic() - start < 5, f"{what}: took {time.monotonic() - start:.1f} s"
+        print("child: closed:", what, flush=True)
+        return msg
+    raise AssertionError(f"{what}: no ClosedError in the forked child")
 
 
 def fork_and_wait(child, timeout=60.0):
@@ -237,8 +253,13 @@ def child():
     expect_fork_error("timer.region", lambda: timer.region("child", s).__enter__())
     expect_fork_error("timer.harvest()", timer.harvest)
     expect_fork_error("timer.results()", timer.results, timeout=5)
-    w.add_task(print, "child: must not run behind a stream")
-    expect_fork_error("worker.commit(s)", w.commit, s)
+    # the parent's worker has no thread here (and a commit in flight): refused, never queued
+    assert w.closed and idle.closed
+    expect_closed_by_fork("worker.add_task", w.add_task, print, "child: must not run behind a stream")
+    expect_closed_by_fork("worker.commit(s)", w.commit, s)
+    expect_closed_by_fork("worker.synchronize()", w.synchronize)
+    assert "1 commit(s) unfinished" in expect_closed_by_fork("worker.close()", w.close)
+    idle.close()                             # nothing was left to run on it: closes quietly
     w2 = ce.Worker()
     w2.add_task(gc.collect)
     expect_fork_error("new worker.commit(s)", w2.commit, s)
@@ -393,9 +414,6 @@ assert code == 0
     assert "child: ok" in out.stdout, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs a fork handler in _runner.py (not in this change): a Runner made before fork has no "
-    "thread in the child, so tasks enqueued there never run and synchronize() waits forever"))
 def test_parent_cpu_stream_used_in_forked_child_is_refused():
     """A CpuStream or Worker made before fork has no thread in the child: using it there must
     raise rather than queue work that never runs."""
@@ -411,8 +429,8 @@ def child():
         pass
     else:
         raise AssertionError("a parent's CpuStream accepted work in the forked child")
-    w.add_task(print, "child: ran")
     try:
+        w.add_task(print, "child: ran")
         w.commit(cs)
         w.synchronize(timeout=5)
     except ClosedError:
@@ -423,6 +441,330 @@ code = fork_and_wait(child)
 assert code == 0
 ''', timeout=TIMEOUT)
     _check(out)
+
+
+def test_parent_threads_refused_in_child_of_any_fork():
+    """Threads never survive fork, whether or not CUDA was initialized (here it never was):
+    every CpuStream and Worker made before the fork is closed in the child and refuses work
+    and waits with a ClosedError naming the fork, at once; close() does nothing for one that
+    had nothing left to run and raises for one that had. A stream closed before the fork is
+    just closed. New ones made in the child work, and the parent's go on in the parent."""
+    out = run_python(PRELUDE + r'''
+import threading
+from cudaevents import ClosedError
+assert not _cuda.state.forked
+gate = threading.Event()
+ran = []                                     # appended by the parent's tasks, in any process
+idle = ce.CpuStream()
+busy = ce.CpuStream()
+busy.enqueue(gate.wait, 60)                  # holds busy's thread until the parent lets go
+busy.enqueue(ran.append, "busy")
+done = ce.CpuStream()
+done.enqueue(ran.append, "done")
+done.close(timeout=30)                       # closed, nothing left: not the fork's business
+w_idle = ce.Worker()
+w_busy = ce.Worker()
+w_busy.add_task(ran.append, "w_busy committed")
+w_busy.commit(busy)                          # waits behind busy
+w_busy.add_task(ran.append, "w_busy uncommitted")
+w_pending = ce.Worker()
+w_pending.add_task(ran.append, "w_pending uncommitted")
+before = list(ran)
+
+
+def child():
+    assert not _cuda.state.forked            # CUDA plays no part in this
+    for s in (idle, busy):
+        assert s.closed
+        expect_closed_by_fork("enqueue", s.enqueue, ran.append, "child")
+        expect_closed_by_fork("synchronize()", s.synchronize)
+        expect_closed_by_fork("synchronize(timeout)", s.synchronize, timeout=30)
+        expect_closed_by_fork("with", s.__enter__)
+    idle.close()
+    idle.close(timeout=1)
+    msg = expect_closed_by_fork("close() with tasks unfinished", busy.close)
+    assert "3 task(s) unfinished" in msg and "never run here" in msg, msg  # with the commit marker
+    assert done.closed
+    try:
+        done.enqueue(ran.append, "child")
+    except ClosedError as exc:
+        assert "was closed" in str(exc), exc
+    else:
+        raise AssertionError("a closed stream accepted work")
+    done.close()
+    for w in (w_idle, w_busy, w_pending):
+        assert w.closed
+        expect_closed_by_fork("add_task", w.add_task, ran.append, "child")
+        expect_closed_by_fork("commit", w.commit, idle)
+        expect_closed_by_fork("synchronize()", w.synchronize)
+        expect_closed_by_fork("with", w.__enter__)
+    w_idle.close()
+    msg = expect_closed_by_fork("worker close() with work unfinished", w_busy.close)
+    assert "1 commit(s) unfinished and 1 task(s) uncommitted" in msg, msg
+    msg = expect_closed_by_fork("worker close() with tasks uncommitted", w_pending.close)
+    assert "0 commit(s) unfinished and 1 task(s) uncommitted" in msg, msg
+    # what the child makes works
+    cs = ce.CpuStream()
+    w = ce.Worker()
+    mine = []
+    for i in range(20):
+        cs.enqueue(mine.append, i)
+        w.add_task(mine.append, -i)
+        w.commit(cs)
+    w.synchronize(timeout=30)
+    cs.synchronize(timeout=30)
+    assert sorted(mine) == sorted(list(range(20)) + [-i for i in range(20)]), mine
+    w.close(timeout=30)
+    cs.close(timeout=30)
+    gc.collect()
+    assert ran == before, ran                # nothing of the parent's ran in the child
+    print("child: ok", flush=True)
+
+
+code = fork_and_wait(child, timeout=60)
+assert code == 0
+# the parent's streams and workers are untouched
+gate.set()
+busy.synchronize(timeout=30)
+w_busy.synchronize(timeout=30)
+idle.enqueue(ran.append, "idle")
+idle.synchronize(timeout=30)
+w_busy.close(timeout=30)
+w_pending.close(timeout=30)
+w_idle.close(timeout=30)
+busy.close(timeout=30)
+idle.close(timeout=30)
+assert ran == ["done", "busy", "w_busy committed", "idle", "w_busy uncommitted", "w_pending uncommitted"], ran
+print("parent: ok", flush=True)
+''', timeout=TIMEOUT)
+    _check(out)
+    assert "child: ok" in out.stdout and "parent: ok" in out.stdout, out
+
+
+def test_locks_held_by_parent_threads_at_fork_do_not_hang_the_child():
+    """Another thread of the parent holds the locks of a CpuStream, a Worker and the counter
+    slab and quarantine across the fork: that thread does not exist in the child, which gets
+    fresh locks and no hang."""
+    out = run_python(PRELUDE + r'''
+import threading
+from cudaevents import _cells
+cs = ce.CpuStream()
+w = ce.Worker()
+_cells.slab_stats()                          # makes the slab (no memory without CUDA)
+locks = [cs._runner.cond, w._cond, _cells._slab_lock, _cells._slab._lock, _cells._quarantine._lock]
+holding, release = threading.Event(), threading.Event()
+
+
+def hold():
+    for lock in locks:
+        lock.acquire()
+    holding.set()
+    release.wait(60)
+    for lock in reversed(locks):
+        lock.release()
+
+
+holder = threading.Thread(target=hold, daemon=True)
+holder.start()
+assert holding.wait(30)
+
+
+def child():
+    expect_closed_by_fork("enqueue", cs.enqueue, print)
+    expect_closed_by_fork("synchronize", cs.synchronize)
+    cs.close()
+    expect_closed_by_fork("add_task", w.add_task, print)
+    expect_closed_by_fork("synchronize", w.synchronize)
+    w.close()
+    assert _cells.slab_stats()["bytes"] == 0
+    assert _cells._quarantine.reclaim() == 0
+    _cells._quarantine.add([], lambda: None)
+    print("child: ok", flush=True)
+
+
+try:
+    code = fork_and_wait(child, timeout=30)
+finally:
+    release.set()
+    holder.join(30)
+assert code == 0
+cs.enqueue(print, "parent: stream ok", flush=True)
+cs.close(timeout=30)
+w.close(timeout=30)
+''', timeout=TIMEOUT)
+    _check(out)
+    assert "child: ok" in out.stdout and "parent: stream ok" in out.stdout, out
+
+
+def test_fork_from_a_stream_task_does_not_run_the_parents_queue_in_the_child():
+    """A task of a CpuStream forks and the child returns from it: in the child that thread
+    goes on, but it must stop rather than run the tasks queued behind (they are the parent's,
+    which runs them once). The child then ends as its last thread does."""
+    out = run_python(PRELUDE + r'''
+import threading
+r, wfd = os.pipe()
+gate = threading.Event()
+pids = []
+
+
+def fork_task():
+    gate.wait(30)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            expect_closed_by_fork("synchronize", cs.synchronize)
+            expect_closed_by_fork("enqueue", cs.enqueue, print)
+            os.write(wfd, b"child returned from the task\n")
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        return                               # back into the stream's loop, in the child
+    pids.append(pid)
+
+
+def later():
+    os.write(wfd, f"later task ran in {os.getpid()}\n".encode())
+
+
+cs = ce.CpuStream()
+cs.enqueue(fork_task)
+cs.enqueue(later)
+gate.set()
+cs.synchronize(timeout=30)
+(pid,) = pids
+deadline = time.monotonic() + 30
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the child forked from a stream task hung")
+    time.sleep(0.005)
+assert os.waitstatus_to_exitcode(status) == 0, status
+os.close(wfd)
+lines = os.read(r, 4096).decode().splitlines()
+assert sorted(lines) == sorted(["child returned from the task", f"later task ran in {os.getpid()}"]), lines
+cs.close(timeout=30)
+print("parent: ok", flush=True)
+''', timeout=TIMEOUT)
+    assert out.returncode == 0, out
+    assert "parent: ok" in out.stdout, out
+
+
+# Pinned, device-mapped counter memory for the simulated driver: a MAP_SHARED mapping, so a
+# forked child's store into a parent's counter would show in the parent, as it can with real
+# pinned memory. Simulated stream memory operations store into it as the GPU would.
+FAKE_PINNED = r'''
+import ctypes, mmap
+shared = mmap.mmap(-1, 1 << 16)
+shared_base = ctypes.addressof(ctypes.c_char.from_buffer(shared))
+shared_used = [0]
+
+
+def _host_alloc(self, nbytes, flags):
+    address = shared_base + shared_used[0]
+    shared_used[0] += nbytes
+    return (0, address)
+
+
+def _write_value64(self, stream, address, value, flags):
+    ctypes.c_uint64.from_address(address).value = value
+    return (0,)
+
+
+FakeDriver.CU_MEMHOSTALLOC_PORTABLE = 1
+FakeDriver.CU_MEMHOSTALLOC_DEVICEMAP = 2
+FakeDriver.cuMemHostAlloc = _host_alloc
+FakeDriver.cuMemHostGetDevicePointer = lambda self, host, flags: (0, host)
+FakeDriver.cuStreamWriteValue64 = _write_value64
+FakeDriver.cuStreamWaitValue64 = lambda self, stream, address, value, flags: (0,)
+FakeDriver.cuEventSynchronize = lambda self, event: (0,)
+'''
+
+
+def test_fork_counter_cells_refused_and_parent_counter_untouched():
+    """The simulated CUDA parent holds mem64 counters (slots of shared pinned memory, one
+    back on the slab's free list) and a hostfn counter. In the child every read, store and
+    stream operation of them is refused with the fork error and releasing or retiring them
+    does nothing, so the parent's memory is never written; the slab is gone, so a new device
+    counter needs the driver and is refused; host counters made there work."""
+    out = run_python(PRELUDE + FAKE_DRIVER + FAKE_PINNED + r'''
+from cudaevents import _cells
+s = ce.GpuStream(0)
+a = ce.AtomicEvent(0)
+assert a.backend == "mem64", a.backend
+a.signal(1, s)
+a.wait(1, timeout=30)
+b = ce.AtomicEvent(0)
+b.close()                                    # its slot goes back to the slab's free list
+assert _cells.slab_stats()["free"] > 0
+dropped = ce.AtomicEvent(0)
+dropped.signal(7)
+os.environ["CUDAEVENTS_ATOMIC_BACKEND"] = "hostfn"
+h = ce.AtomicEvent(0)
+del os.environ["CUDAEVENTS_ATOMIC_BACKEND"]
+assert h.backend == "hostfn"
+h.signal(1)
+word = ctypes.c_uint64.from_address(a._cell._slot[0])
+raw = a._cell._slot[0]
+assert word.value == 1
+
+
+def child():
+    global dropped
+    assert _cuda.state.forked and _cells._slab is None
+    cell = a._cell
+    expect_fork_error("cell.read()", cell.read)
+    expect_fork_error("cell.store()", cell.store, 5)
+    expect_fork_error("cell.gpu_signal()", cell.gpu_signal, s._handle, 5)
+    expect_fork_error("cell.gpu_wait()", cell.gpu_wait, s._handle, 5)
+    cell.release_waiters()                   # would store limit - 1: does nothing
+    cell.retire([])                          # would free the slot: does nothing
+    expect_fork_error("a.value", lambda: a.value)
+    expect_fork_error("a.signal(2)", a.signal, 2)
+    expect_fork_error("a.wait(5, s)", a.wait, 5, s)
+    expect_fork_error("a.is_signaled(1)", a.is_signaled, 1)
+    expect_fork_error("h.value", lambda: h.value)
+    expect_fork_error("h cell store", h._cell.store, 9)
+    expect_fork_error("h cell gpu_signal", h._cell.gpu_signal, s._handle, 9)
+    h._cell.release_waiters()
+    h._cell.retire([])
+    expect_fork_error("new mem64 cell", _cells.make_cell, "mem64", 0)
+    expect_fork_error("new mem32 cell", _cells.make_cell, "mem32", 0)
+    expect_fork_error("AtomicEvent(0)", ce.AtomicEvent, 0)
+    assert _cells.slab_stats()["bytes"] == 0
+    assert _cells._quarantine.reclaim() == 0
+    a.close()
+    h.close()
+    del dropped
+    gc.collect()
+    host = ce.AtomicEvent()
+    assert host.backend == "host"
+    host.signal(3)
+    host.wait(3, timeout=5)
+    host.close()
+    assert ctypes.c_uint64.from_address(raw).value == 1
+    assert fake.child_calls == [], fake.child_calls
+    print("child: ok", flush=True)
+
+
+code = fork_and_wait(child)
+assert code == 0
+assert word.value == 1 and a.value == 1, word.value
+assert dropped.value == 7 and h.value == 1
+a.signal(2, s)
+a.wait(2, timeout=30)
+c = ce.AtomicEvent(0)                        # the parent's slab still serves slots
+c.signal(1, s)
+c.wait(1, timeout=30)
+for e in (a, c, h, dropped):
+    e.close()
+print("parent: ok", flush=True)
+''', timeout=TIMEOUT)
+    _check(out)
+    assert "child: ok" in out.stdout and "parent: ok" in out.stdout, out
 
 
 # -- the real driver ---------------------------------------------------------------------
@@ -458,8 +800,8 @@ def child():
     expect_fork_error("Event(0).signal(s)", lambda: ce.Event(0).signal(s))
     expect_fork_error("Fence(0)", lambda: ce.Fence(0).update(s))
     expect_fork_error("timer.region", lambda: timer.region("child", s).__enter__())
-    w.add_task(print, "child: must not run")
-    expect_fork_error("worker.commit(s)", w.commit, s)
+    expect_closed_by_fork("worker.add_task", w.add_task, print, "child: must not run")
+    expect_closed_by_fork("worker.commit(s)", w.commit, s)
     expect_fork_error("Device(0).synchronize()", ce.Device(0).synchronize)
     for e in live:
         e.close()
@@ -518,9 +860,6 @@ def test_gpu_fork_after_init_child_gets_clear_error():
 
 
 @pytest.mark.gpu
-@pytest.mark.xfail(strict=True, reason=(
-    "needs fork handling in _cells.py/_atomic.py (not in this change): a child reuses the "
-    "parent's pinned counter slots without any driver call"))
 def test_gpu_fork_atomic_event_refused_and_parent_counter_untouched():
     """Counters live in pinned host memory shared with (or unmapped in) a forked child: the
     child must be refused a new device counter and any use of the parent's, and the parent's
