@@ -314,9 +314,17 @@ def _sanitizer() -> str | None:
     return default if os.access(default, os.X_OK) else None
 
 
+# compute-sanitizer waits for the device when the process ends, so the scenarios that leave
+# GPU work blocked forever (a stream held on a host word nobody releases) cannot finish under
+# it: on 2x H200 the blocked-stream scenario was still running after 130 s. They run without
+# the tool above; under it, the scenarios whose GPU work completes.
+SANITIZER_SCENARIOS = sorted(name for name in GPU_SCENARIOS if "LATCH" not in name and
+                             "block(" not in GPU_SCENARIOS[name])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("run", range(SANITIZER_RUNS))
-@pytest.mark.parametrize("scenario", sorted(GPU_SCENARIOS))
+@pytest.mark.parametrize("scenario", SANITIZER_SCENARIOS)
 def test_exit_gpu_under_compute_sanitizer(scenario, run):
     """The GPU scenarios under compute-sanitizer (memcheck): exit code 0, its summary reports
     0 errors, and nothing else on stderr."""
