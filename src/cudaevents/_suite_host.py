@@ -354,31 +354,44 @@ def create_record(ctx: Context) -> dict:
 
 
 # -- timing pairs ---------------------------------------------------------------------------------
-# Every timing-pair method enqueues its regions with the clock running, waits for the GPU with
-# the clock stopped (empty regions leave the GPU ~3 us of work per event record, which must not
-# be charged to the host), then reads every time and gives the events back with the clock
-# running again; it returns that host time as phase "op".
+def _host_phases(n: int, enqueue, wait, read) -> dict:
+    """Time a timing-pair method's host work only: ``enqueue(n)`` (returns its pairs) and
+    ``read(pairs)`` (reads every time, frees or returns the events; returns how many it read)
+    run with the clock, ``wait()`` between them without it: empty regions leave the GPU ~3 us
+    of work per event record, which must not be charged to the host. Returns phase "op"."""
+    t0 = perf_ns()
+    pairs = enqueue(n)
+    t1 = perf_ns()
+    wait()
+    t2 = perf_ns()
+    got = read(pairs)
+    t3 = perf_ns()
+    if got != n:
+        raise RuntimeError(f"lost timing pairs: {got} of {n} read back")
+    return {"op": (t1 - t0) + (t3 - t2)}
+
+
+def _read_and_free(pairs: list, elapsed) -> int:
+    times = [elapsed(a, b) for a, b in pairs]
+    pairs.clear()  # the last references: the peers' destructors destroy the native events
+    return len(times)
+
+
 def _torch_pairs(torch, device, cleanup):
     s = _torch_stream(torch, device, cleanup)
     event = torch.cuda.Event
 
-    def run(n):
-        t0 = perf_ns()
+    def enqueue(n):
         pairs = []
         for _ in range(n):
             start, end = event(enable_timing=True), event(enable_timing=True)
             start.record(s)
             end.record(s)
             pairs.append((start, end))
-        t1 = perf_ns()
-        s.synchronize()
-        t2 = perf_ns()
-        times = [a.elapsed_time(b) for a, b in pairs]
-        del pairs  # destroys the native events
-        t3 = perf_ns()
-        if len(times) != n:
-            raise RuntimeError("lost timing pairs")
-        return {"op": (t1 - t0) + (t3 - t2)}
+        return pairs
+
+    def run(n):
+        return _host_phases(n, enqueue, s.synchronize, lambda pairs: _read_and_free(pairs, lambda a, b: a.elapsed_time(b)))
 
     return [Method("torch", "torch.cuda.Event(enable_timing=True) pairs, elapsed_time, events freed", run,
                    s.synchronize, peer="torch")]
@@ -388,24 +401,18 @@ def _cupy_pairs(cupy, device, cleanup):
     s = _cupy_stream(cupy, device, cleanup)
     event, elapsed = cupy.cuda.Event, cupy.cuda.get_elapsed_time
 
+    def enqueue(n):
+        pairs = []
+        for _ in range(n):
+            start, end = event(), event()  # CuPy events time by default
+            start.record(s)
+            end.record(s)
+            pairs.append((start, end))
+        return pairs
+
     def run(n):
         with cupy.cuda.Device(device):
-            t0 = perf_ns()
-            pairs = []
-            for _ in range(n):
-                start, end = event(), event()  # CuPy events time by default
-                start.record(s)
-                end.record(s)
-                pairs.append((start, end))
-            t1 = perf_ns()
-            s.synchronize()
-            t2 = perf_ns()
-            times = [elapsed(a, b) for a, b in pairs]
-            del pairs
-            t3 = perf_ns()
-        if len(times) != n:
-            raise RuntimeError("lost timing pairs")
-        return {"op": (t1 - t0) + (t3 - t2)}
+            return _host_phases(n, enqueue, s.synchronize, lambda pairs: _read_and_free(pairs, elapsed))
 
     return [Method("cupy", "cupy.cuda.Event pairs, get_elapsed_time, events freed", run, s.synchronize,
                    peer="cupy")]
@@ -415,21 +422,19 @@ def _core_pairs(core, device, cleanup):
     s = _core_stream(core, device, cleanup)
     options = _core_timing_options(core)
 
-    def run(n):
+    def enqueue(n):
         record = s.record
-        t0 = perf_ns()
-        pairs = [(record(options=options), record(options=options)) for _ in range(n)]
-        t1 = perf_ns()
-        s.sync()
-        t2 = perf_ns()
+        return [(record(options=options), record(options=options)) for _ in range(n)]
+
+    def read(pairs):
         times = [b - a for a, b in pairs]  # milliseconds
         for a, b in pairs:
             a.close()
             b.close()
-        t3 = perf_ns()
-        if len(times) != n:
-            raise RuntimeError("lost timing pairs")
-        return {"op": (t1 - t0) + (t3 - t2)}
+        return len(times)
+
+    def run(n):
+        return _host_phases(n, enqueue, s.sync, read)
 
     return [Method("cuda_core", "cuda.core: Stream.record(timing) pairs, end - start, close", run, s.sync,
                    peer="cuda.core")]
@@ -450,25 +455,20 @@ def timing_pairs(ctx: Context) -> dict:
         cleanup.add(lambda: [_cuda.event_destroy(h) for h in free])
 
         def ours_timer(n, timeline=True):
-            t0 = perf_ns()
-            timer = Timer(pool=pool, nvtx=False, timeline=timeline)
-            region = timer.region
-            for _ in range(n):
-                with region("x", stream):
-                    pass
-            t1 = perf_ns()
-            stream.synchronize()
-            t2 = perf_ns()
-            got = len(timer.results(timeout=SYNC_S))
-            t3 = perf_ns()
-            if got != n:
-                raise RuntimeError("Timer lost regions")
-            return {"op": (t1 - t0) + (t3 - t2)}
+            def enqueue(n):
+                timer = Timer(pool=pool, nvtx=False, timeline=timeline)
+                region = timer.region
+                for _ in range(n):
+                    with region("x", stream):
+                        pass
+                return timer
 
-        def raw_pairs(n):
-            record, elapsed = d.cuEventRecord, d.cuEventElapsedTime
-            pop, push = free.pop, free.append
-            t0 = perf_ns()
+            return _host_phases(n, enqueue, stream.synchronize, lambda timer: len(timer.results(timeout=SYNC_S)))
+
+        record, elapsed = d.cuEventRecord, d.cuEventElapsedTime
+
+        def raw_enqueue(n):
+            pop = free.pop
             pending = []
             for _ in range(n):
                 start, end = pop(), pop()
@@ -479,9 +479,10 @@ def timing_pairs(ctx: Context) -> dict:
                 if err:
                     _cuda.raise_error(err, "cuEventRecord")
                 pending.append((start, end))
-            t1 = perf_ns()
-            stream.synchronize()
-            t2 = perf_ns()
+            return pending
+
+        def raw_read(pending):
+            push = free.append
             times = []
             for start, end in pending:
                 err, ms = elapsed(start, end)  # NOT_READY until both completed: the completion check too
@@ -490,8 +491,10 @@ def timing_pairs(ctx: Context) -> dict:
                 times.append(ms)
                 push(start)
                 push(end)
-            t3 = perf_ns()
-            return {"op": (t1 - t0) + (t3 - t2)}
+            return len(times)
+
+        def raw_pairs(n):
+            return _host_phases(n, raw_enqueue, stream.synchronize, raw_read)
 
         def settle():
             stream.synchronize(timeout=SYNC_S)
