@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 
 from . import _cuda, _cells
 from ._cpu_stream import CpuStream
@@ -103,6 +105,7 @@ class AtomicEvent:
         self._cpu_pending: list[tuple[int, CpuStream]] = []  # CPU-stream signals not yet run
         self._direct_promised = 0  # highest value signalled by the host or a GPU stream
         self._closed = False
+        _events.add(self)
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -433,3 +436,26 @@ class AtomicEvent:
                 self.close()
             except Exception:  # a finalizer must not raise
                 pass
+
+
+_events: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In the child of a fork: renew every counter's lock (a parent thread may have held it),
+    and fail the counters still expecting signals from CpuStreams, whose threads did not
+    survive the fork, so their waiters raise instead of waiting for what never comes."""
+    for event in list(_events):
+        event._lock = threading.Lock()
+        event._cond = threading.Condition(event._lock)
+        if event._cpu_pending and event._error is None:
+            event._error = ClosedError(
+                "this AtomicEvent was still to be signalled by a CpuStream created before os.fork(); that "
+                "stream's thread does not exist in this process, so the signal never comes: create the "
+                "event and its streams in this process"
+            )
+            event._error_tb = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
