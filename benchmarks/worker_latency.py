@@ -12,38 +12,16 @@ cuda-bindings and through ctypes (with a probe for whether the callback takes th
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from cudaevents import _cuda
-from cudaevents._suite import section_markdown
+from cudaevents._suite import latency_script
 from cudaevents._suite_latency import worker_wakeup
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=1000, help="samples per method (default 1000)")
-    ap.add_argument("--warmup", type=int, default=100, help="discarded samples per method first (default 100)")
-    ap.add_argument("--block", type=int, default=100, help="samples per method before switching (default 100)")
-    ap.add_argument("--settle-ms", type=float, default=1.0, help="sleep between arming and release (default 1 ms)")
-    ap.add_argument("--device", type=int, default=0)
-    ap.add_argument("--out", help="write the results (with every sample) as JSON to this path")
-    args = ap.parse_args(argv)
-    if args.samples < 1 or args.warmup < 0 or args.block < 1 or args.settle_ms < 0:
-        ap.error("--samples and --block must be >= 1, --warmup and --settle-ms >= 0")
-    reason = _cuda.unavailable_reason()
-    if reason is not None:
-        print(f"this benchmark needs a CUDA GPU, but CUDA is unusable here: {reason}", file=sys.stderr)
-        return 1
-    section = worker_wakeup(args.samples, args.warmup, args.block, args.settle_ms, args.device,
-                            keep_samples=args.out is not None)
-    print(section_markdown(section), end="")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(section, f, indent=1)
-        print(f"wrote {args.out}")
-    return 0
+    return latency_script(argv, __doc__.splitlines()[0], worker_wakeup,
+                          samples=1000, warmup=100, block=100, settle="settle-ms", settle_default=1.0,
+                          settle_help="sleep between arming and release (default 1 ms)")
 
 
 if __name__ == "__main__":

@@ -266,3 +266,10 @@ def test_a_pool_lock_held_at_fork_is_fresh_in_the_child():
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "child exit 0" in done.stdout, (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("n", [0, -2, 1.5, True])
+def test_acquire_many_needs_a_positive_count(fake_pool, n):
+    with pytest.raises(ValueError, match="n >= 1"):
+        fake_pool.acquire_many(0, 0, n)
+    assert fake_pool.stats() == PoolStats(0, 0, 0, 0, 0, 0)

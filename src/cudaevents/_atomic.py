@@ -285,6 +285,8 @@ class AtomicEvent:
                 try:
                     s.query()
                 except CudaError as exc:
+                    if exc.code not in _cuda.STICKY_ERRORS:  # e.g. a stream its owner destroyed:
+                        continue  # the work enqueued there still runs; only a dead context is final
                     self._poison(exc)
                     return True
                 except ClosedError:  # a stream closed since: its work was fenced at close

@@ -155,7 +155,7 @@ def is_usable() -> bool:
 
 
 # Errors that leave the context unusable for the rest of the process ("sticky" errors).
-_STICKY = {700, 710, 714, 715, 716, 717, 718, 719}  # illegal address, assert, ..., launch failed
+STICKY_ERRORS = frozenset({700, 710, 714, 715, 716, 717, 718, 719})  # illegal address, assert, ..., launch failed
 _STICKY_DETAIL = ("earlier GPU work failed and left this device's context unusable (a sticky error, e.g. "
                   "a device-side assert or an illegal address); find the failing kernel "
                   "(CUDA_LAUNCH_BLOCKING=1, compute-sanitizer) and restart the process")
@@ -165,7 +165,7 @@ def raise_error(err, call: str, detail: str | None = None):
     """Raise :class:`CudaError` for the non-success code ``err`` returned by ``call``."""
     name = getattr(err, "name", None)
     code = int(err)
-    if detail is None and code in _STICKY:
+    if detail is None and code in STICKY_ERRORS:
         detail = _STICKY_DETAIL
     raise CudaError(call, code, name, detail)
 

@@ -116,6 +116,8 @@ class EventPool:
 
     def acquire_many(self, device: int, flags: int, n: int) -> list:
         """``n`` handles for ``(device, flags)`` at once (one lock round instead of ``n``)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"acquire_many() needs a count n >= 1, got {n!r}")
         lock = self._lock
         lock.acquire()
         try:

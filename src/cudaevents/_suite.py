@@ -42,6 +42,7 @@ __all__ = [
     "SECTIONS",
     "SuiteConfig",
     "evaluate_targets",
+    "latency_script",
     "plot",
     "run_suite",
     "section_markdown",
@@ -540,3 +541,37 @@ def plot(result: dict, path) -> bool:
     finally:
         plt.close(fig)
     return True
+
+
+def latency_script(argv, description: str, measure, *, samples: int, warmup: int, block: int,
+                   settle: str, settle_default: float, settle_help: str) -> int:
+    """The command line of the single-measurement scripts (benchmarks/sync_latency.py,
+    worker_latency.py): parse the sampling options, say why when CUDA is unusable (exit 1),
+    run ``measure(samples, warmup, block, settle, device, keep_samples=...)`` and print its
+    section as markdown, also writing it as JSON with ``--out``."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--samples", type=int, default=samples, help=f"samples per method (default {samples})")
+    ap.add_argument("--warmup", type=int, default=warmup, help=f"discarded samples per method first (default {warmup})")
+    ap.add_argument("--block", type=int, default=block, help=f"samples per method before switching (default {block})")
+    ap.add_argument(f"--{settle}", type=float, default=settle_default, help=settle_help)
+    ap.add_argument("--device", type=int, default=0)
+    ap.add_argument("--out", help="write the results (with every sample) as JSON to this path")
+    args = ap.parse_args(argv)
+    settle_value = getattr(args, settle.replace("-", "_"))
+    if args.samples < 1 or args.warmup < 0 or args.block < 1 or settle_value < 0:
+        ap.error(f"--samples and --block must be >= 1, --warmup and --{settle} >= 0")
+    reason = _cuda.unavailable_reason()
+    if reason is not None:
+        print(f"this benchmark needs a CUDA GPU, but CUDA is unusable here: {reason}", file=sys.stderr)
+        return 1
+    section = measure(args.samples, args.warmup, args.block, settle_value, args.device,
+                      keep_samples=args.out is not None)
+    print(section_markdown(section), end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(section, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0

@@ -90,14 +90,8 @@ class _Open:
                 end = spare.pop()
             except IndexError:
                 end = timer._pool.acquire(device, TIMING_FLAGS)
-        sh = s._handle
         try:
-            if sh is None or s._special:
-                s._record(start)
-            else:
-                (err,) = _cuda.cuEventRecord(start, sh)
-                if err:
-                    _cuda.raise_error(err, "cuEventRecord")
+            s._record(start)
         except BaseException:
             spare += (start, end)
             raise
@@ -122,14 +116,8 @@ class _Open:
             entry = (self.name, start, None)
         else:
             s, end = self.stream, self.end
-            sh = s._handle
             try:
-                if sh is None or s._special:
-                    s._record(end)
-                else:
-                    (err,) = _cuda.cuEventRecord(end, sh)
-                    if err:
-                        _cuda.raise_error(err, "cuEventRecord")
+                s._record(end)
             except BaseException:
                 timer._spare[key[0]] += (start, end)
                 raise

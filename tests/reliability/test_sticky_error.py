@@ -159,7 +159,8 @@ def test_host_waits_notice_a_failed_stream_within_a_second(monkeypatch):
     monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
     monkeypatch.setattr(_event, "CudaEvent", Fence)
     monkeypatch.setattr(_cuda, "NOT_READY", 600)
-    monkeypatch.setattr(_cuda, "cuStreamQuery", lambda h: (710,) if context_failed.is_set() else (600,))
+    stream_error = [710]  # CUDA_ERROR_ASSERT: sticky
+    monkeypatch.setattr(_cuda, "cuStreamQuery", lambda h: (stream_error[0],) if context_failed.is_set() else (600,))
     s = GpuStream._borrow(0x10, 0, None)
     counter = AtomicEvent(0)
     counter.signal(1, s)
@@ -188,3 +189,10 @@ def test_host_waits_notice_a_failed_stream_within_a_second(monkeypatch):
     with pytest.raises(CudaError, match="sticky"):  # and every later wait
         counter.wait(1, timeout=10)
     counter.close()
+    # an error that is not sticky (a stream its owner destroyed: 400 INVALID_HANDLE) fails nothing
+    stream_error[0] = 400
+    other = AtomicEvent(0)
+    other.signal(1, s)
+    with pytest.raises(TimeoutError):
+        other.wait(1, timeout=0.3)
+    other.close()
