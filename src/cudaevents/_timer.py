@@ -11,7 +11,7 @@ import weakref
 
 from . import _cuda
 from ._cpu_stream import CpuStream
-from ._event import TIMING_FLAGS, CudaEvent, synchronize_handle
+from ._event import TIMING_FLAGS, CudaEvent, query_handle, synchronize_handle
 from ._pool import default_pool
 from ._results import Results, Sample
 from ._stream import GpuStream, as_stream, stream_identity
@@ -21,8 +21,26 @@ __all__ = ["Timer"]
 
 _cpu_ids = itertools.count(1)
 _new_sample = functools.partial(tuple.__new__, Sample)  # Sample(*fields) without its Python-level __new__
-_MAX_CACHED_STREAMS = 256
-_NAN = float("nan")  # borrowed stream wrappers a Timer keeps; beyond that it starts over
+_MAX_CACHED_STREAMS = 256  # borrowed stream wrappers a Timer keeps; beyond that it starts over
+_NAN = float("nan")
+
+
+def _finished(queue) -> int:
+    """How many regions at the head of one stream's queue have finished: their end events
+    completed. The stream runs them in order, so the newest end is asked first (at harvest
+    time the GPU has usually caught up), then a binary search finds where it is."""
+    if not queue:
+        return 0
+    lo, hi = 0, len(queue) - 1  # ends before lo have finished; the end at hi, maybe not
+    if query_handle(queue[hi][2]):
+        return hi + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if query_handle(queue[mid][2]):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _nvtx():
@@ -170,6 +188,7 @@ class Timer:
         self._since_harvest = 0
         self._samples: list[Sample] = []
         self._refs: dict[int, CudaEvent] = {}  # per device: the event times are measured from
+        self._ref_done: set[int] = set()  # devices whose reference event has completed
         self._cpu_ref_ns = time.perf_counter_ns()
         self._cpu_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # CpuStream -> number
         self._names: dict[tuple[int, int], str] = {}
@@ -293,22 +312,34 @@ class Timer:
         return done
 
     def _harvest_gpu(self, key, queue) -> int:
-        """Harvest the finished head of one GPU stream's queue (regions there finish in order)."""
+        """Harvest the finished head of one GPU stream's queue (regions there finish in order).
+
+        Only finished pairs are read. cuEventQuery finds how far the stream has got: its
+        NOT_READY is a status, while cuEventElapsedTime's is an error return, which
+        compute-sanitizer reports, so reading pending pairs would fill the reports of a
+        profiled program with errors that are not there."""
         device, stream = key
-        ref = self._refs[device]._handle if self._timeline else None
-        elapsed, not_ready = _cuda.cuEventElapsedTime, _cuda.NOT_READY
+        ref = None
+        if self._timeline:
+            ref = self._refs[device]._handle
+            if device not in self._ref_done:  # a reference on a lagging stream holds all back
+                if not query_handle(ref):
+                    return 0
+                self._ref_done.add(device)
+        finished = _finished(queue)
+        elapsed = _cuda.cuEventElapsedTime
         append, new_sample = self._samples.append, _new_sample
         done = []
         try:
-            while queue:
+            for _ in range(finished):
                 name, start, end = queue[0]
-                err, ms = elapsed(start, end)  # NOT_READY until both have completed
+                err, ms = elapsed(start, end)
                 if err or ref is None:
                     at = _NAN
                 else:
-                    err, at = elapsed(ref, start)  # NOT_READY while another stream's reference lags
+                    err, at = elapsed(ref, start)
                 if err:
-                    if err == not_ready:
+                    if err == _cuda.NOT_READY:  # threads ended regions out of stream order
                         break
                     _cuda.raise_error(err, "cuEventElapsedTime")
                 queue.popleft()
