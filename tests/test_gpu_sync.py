@@ -292,6 +292,36 @@ def test_slots_are_recycled(streams):
     assert after["bytes"] - before["bytes"] <= 8 * 4096  # 3000 events did not take 3000 slots
 
 
+def test_a_counter_dropped_in_a_reference_cycle_retires_cleanly(backend, streams):
+    """A counter collected with its cell and their events in one garbage cycle: the collector
+    runs every finalizer there, the events' own too, while the counter's close() still reads
+    them and hands them to the quarantine. Found under compute-sanitizer: the hostfn cell's
+    events came to the quarantine already given back, so it queried NULL handles forever."""
+    import gc
+
+    a = AtomicEvent(0)
+    a.wait(1, streams[0])           # hostfn: a host function and an event recorded after it
+    a.signal(1)                     # the host releases the wait
+    a.signal(2, streams[1])         # a GPU signal's event
+    for s in streams:
+        s.synchronize(timeout=10)
+    before = {id(fences) for fences, _ in _cells._quarantine._entries}
+    box = {"counter": a}
+    box["box"] = box
+    del a, box
+    gc.collect()
+    mine = [fences for fences, _ in _cells._quarantine._entries if id(fences) not in before]
+    assert all(not ev.closed for fences in mine for ev in fences)
+    deadline = time.monotonic() + 10  # the fences complete as soon as the GPU gets to them
+    while True:
+        _cells._quarantine.reclaim()
+        left = [fences for fences, _ in _cells._quarantine._entries if id(fences) not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert left == []
+
+
 def test_closing_with_unreachable_gpu_waits_releases_them(backend, streams, caplog):
     a = AtomicEvent(0)
     a.wait(5, streams[0])

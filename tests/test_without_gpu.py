@@ -202,6 +202,35 @@ def test_event_acquires_eagerly_with_a_device_and_releases_on_drop(fake, monkeyp
     assert ev2.closed and pool.stats().live == 0
 
 
+def test_an_event_finalized_by_the_garbage_collector_then_resurrected_is_closed(fake, monkeypatch):
+    """The collector runs every finalizer of a garbage cycle, also on objects that an earlier
+    finalizer of that cycle has made reachable again: such an event must refuse use as closed
+    (before, it kept _closed False and passed a NULL handle to the driver)."""
+    import gc
+
+    import cudaevents._event as event_module
+
+    monkeypatch.setattr(event_module, "resolve_device_index", lambda d: int(d))
+    pool = EventPool(create=fake.create, destroy=fake.destroy)
+    ev = CudaEvent(0, pool=pool)
+    ev._recorded = True  # as if recorded: the check must not depend on the driver
+    saved = []
+
+    class Owner:
+        def __del__(self):  # resurrects the event, as AtomicEvent.close() fencing it would
+            saved.append(self.ev)
+
+    owner = Owner()
+    owner.ev, owner.cycle = ev, owner
+    del owner, ev
+    gc.collect()
+    (ev,) = saved
+    assert pool.stats().live == 0  # its finalizer ran and gave the handle back
+    assert ev.closed
+    with pytest.raises(ClosedError):
+        ev.query()
+
+
 def test_timeouts_are_validated():
     ev = CudaEvent()
     with pytest.raises(TypeError, match="timeout"):

@@ -220,7 +220,8 @@ class HostFnCell:
     any other value it enqueues libc's ``sem_wait`` as a host function, released by the host
     store that reaches the value. Such a wait occupies the driver's host-function thread
     until then, so only the host (or a CpuStream) may release it: a later GPU signal for it
-    is refused, since it could need that very thread.
+    is refused, since it could need that very thread. Its events are HeldEvents: the
+    counter's close() still uses them when the collector frees counter and cell together.
     """
 
     name = "hostfn"
@@ -277,7 +278,7 @@ class HostFnCell:
             self._keep = still
 
     def gpu_signal(self, stream, value: int) -> None:
-        from ._event import CudaEvent
+        from ._event import HeldEvent
 
         with self._lock:
             if any(target <= value for target, _ in self._waiters):
@@ -286,12 +287,12 @@ class HostFnCell:
                     "wait holds the driver's host-function thread until the host signals. Signal that "
                     "value from the host or a CpuStream, or use the mem64/mem32 backend"
                 )
-        ev = CudaEvent(self._device).record(stream)
+        ev = HeldEvent(self._device).record(stream)
         with self._lock:
             self._pending.append((value, ev))
 
     def gpu_wait(self, stream, value: int) -> None:
-        from ._event import CudaEvent
+        from ._event import HeldEvent
 
         with self._lock:  # held so that read() cannot close the event under us
             covering = next((ev for promised, ev in self._pending if promised >= value), None)
@@ -300,7 +301,7 @@ class HostFnCell:
                 return
         sem = self._libc.new_semaphore()
         _cuda.launch_host_func(stream, self._libc.wait_address, ctypes.addressof(sem))
-        after = CudaEvent(self._device).record(stream)
+        after = HeldEvent(self._device).record(stream)
         with self._lock:
             self._waiters.append((value, sem))
             self._keep.append((sem, after))

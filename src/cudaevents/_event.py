@@ -9,7 +9,7 @@ from ._pool import default_pool
 from ._stream import GpuStream, as_stream
 from ._wait import check_timeout, wait_until
 
-__all__ = ["CudaEvent", "query_handle", "synchronize_handle"]
+__all__ = ["CudaEvent", "HeldEvent", "query_handle", "synchronize_handle"]
 
 TIMING_FLAGS = 0  # the flags of an event created with timing=True (and nothing else)
 
@@ -262,6 +262,9 @@ class CudaEvent:
         self.close()
 
     def __del__(self):
+        # Marked closed as well: the garbage collector runs every finalizer of a cycle, also
+        # on objects another finalizer there has made reachable again (see HeldEvent).
+        self._closed = True
         h = getattr(self, "_handle", None)  # None too if __init__ failed early
         if h is not None:
             self._handle = None
@@ -269,3 +272,17 @@ class CudaEvent:
                 self._pool.release(self._device, self._flags, h)
             except Exception:  # a finalizer must not raise
                 pass
+
+
+class HeldEvent(CudaEvent):
+    """A :class:`CudaEvent` that only its owner's explicit :meth:`close` gives back: dropping
+    it releases nothing. For events kept inside an object whose own finalizer still uses
+    them: when the garbage collector frees such an object together with its events (one
+    reference cycle), it runs every finalizer of the cycle in no set order, so a plain
+    event could give its handle back before the owner's finalizer queries it or hands it on
+    to be fenced. An owner that is never closed leaks the handle instead."""
+
+    __slots__ = ()
+
+    def __del__(self):
+        pass
