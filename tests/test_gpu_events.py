@@ -154,6 +154,7 @@ def test_not_ready_state_with_a_latch(stream, latch, pool):
     start = CudaEvent(timing=True, pool=pool).record(stream)
     latch.block(stream)
     end = CudaEvent(timing=True, pool=pool).record(stream)
+    start.synchronize(timeout=10)        # recorded ahead of the latch: completes soon, not at once
     assert start.query()
     assert not end.query()
     with pytest.raises(NotReadyError, match=r"call end.synchronize\(\)"):

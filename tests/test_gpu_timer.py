@@ -87,7 +87,11 @@ def test_trace_has_one_track_per_stream(tmp_path, buffer, pool):
     for tid in tracks:
         names = {e["name"] for e in complete if e["tid"] == tid}
         assert len(names) == 1
-    assert all(e["dur"] > 0 and e["ts"] >= 0 for e in complete)
+    assert all(e["dur"] > 0 for e in complete)
+    # starts count from the reference event, recorded on the first stream ahead of its first
+    # region: that stream's starts are >= 0; another stream may run ahead of it on the GPU
+    first = [e for e in complete if e["name"] == "work0"]
+    assert all(e["ts"] >= 0 for e in first)
     for s in streams:
         s.close()
 

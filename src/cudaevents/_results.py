@@ -21,7 +21,9 @@ class Sample(typing.NamedTuple):
         stream: the stream's handle (GPU) or a number naming the CpuStream.
         start_ms: when the region began, in ms from the timer's reference point on that
             device (a CUDA event, or the host clock for CPU streams); NaN when the timer was
-            made with ``timeline=False``.
+            made with ``timeline=False``. The reference event is recorded on the stream of
+            the device's first region; a region on another stream that the GPU ran before it
+            starts below 0.
         duration_ms: the region's length in ms.
     """
 

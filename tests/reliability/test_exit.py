@@ -7,7 +7,8 @@ handle then (the driver may be going away) and reports nothing.
 Each scenario runs many times in a fresh interpreter (tests/reliability/_subproc.py), since
 exit races show up only now and then: ``RUNS`` times on a GPU, ``CPU_RUNS`` times for the
 CPU-only ones (``CUDAEVENTS_EXIT_RUNS`` overrides both), and the GPU ones ``SANITIZER_RUNS``
-times more under NVIDIA's compute-sanitizer, whose summary must report 0 errors.
+times more under NVIDIA's compute-sanitizer (``CUDAEVENTS_SANITIZER_RUNS``), whose summary must
+report 0 errors.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from _subproc import run_python
 
 RUNS = int(os.environ.get("CUDAEVENTS_EXIT_RUNS", "20"))
 CPU_RUNS = int(os.environ.get("CUDAEVENTS_EXIT_RUNS", "20"))
-SANITIZER_RUNS = 2
+SANITIZER_RUNS = int(os.environ.get("CUDAEVENTS_SANITIZER_RUNS", "2"))
 TIMEOUT = 60.0
 SANITIZER_TIMEOUT = 300.0
 
@@ -129,8 +130,14 @@ print("ready", flush=True)
 # cuStreamWaitValue32 and that nobody ever sets, so work behind it stays pending until the
 # process exit abandons it. Only a little work is queued behind it: about a thousand
 # operations behind an unsatisfied wait would block the enqueuing thread.
+#
+# compute-sanitizer waits for the device when the process ends, so under it a latch that is
+# never set would keep the process alive forever. There (LATCH_RELEASE_SECONDS set) the device
+# sets the word itself, later: a stream of its own runs libc's sleep() as a host function (C, no
+# Python, so it does not care that the interpreter is gone) and then writes the word. The
+# scenario has exited with its work pending long before that.
 LATCH = r'''
-import ctypes
+import ctypes, os
 from cuda.bindings import driver as _d
 from cudaevents import _cuda
 
@@ -139,10 +146,20 @@ with _cuda.pushed(0):
     _latch_host = _cuda.check(_d.cuMemHostAlloc(8, _flags), "cuMemHostAlloc")
     _latch_dev = _cuda.check(_d.cuMemHostGetDevicePointer(_latch_host, 0), "cuMemHostGetDevicePointer")
 ctypes.c_uint32.from_address(int(_latch_host)).value = 0
+_release_seconds = int(os.environ.get("LATCH_RELEASE_SECONDS", "0"))
+_releaser = None
 
 
 def block(stream):
-    """Make ``stream`` wait for a word that is never set."""
+    """Make ``stream`` wait for a word that is never set (or, under compute-sanitizer, that the
+    device sets ``LATCH_RELEASE_SECONDS`` from now)."""
+    global _releaser
+    if _release_seconds and _releaser is None:
+        import cudaevents as ce
+        _releaser = ce.GpuStream(0)
+        libc_sleep = ctypes.cast(ctypes.CDLL(None).sleep, ctypes.c_void_p).value
+        _cuda.launch_host_func(_releaser._handle, libc_sleep, _release_seconds)
+        _cuda.check(_d.cuStreamWriteValue32(_releaser._handle, _latch_dev, 1, 0), "cuStreamWriteValue32")
     geq = _d.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ
     _cuda.check(_d.cuStreamWaitValue32(stream._handle, _latch_dev, 1, geq), "cuStreamWaitValue32")
 '''
@@ -314,17 +331,13 @@ def _sanitizer() -> str | None:
     return default if os.access(default, os.X_OK) else None
 
 
-# compute-sanitizer waits for the device when the process ends, so the scenarios that leave
-# GPU work blocked forever (a stream held on a host word nobody releases) cannot finish under
-# it: on 2x H200 the blocked-stream scenario was still running after 130 s. They run without
-# the tool above; under it, the scenarios whose GPU work completes.
-SANITIZER_SCENARIOS = sorted(name for name in GPU_SCENARIOS if "LATCH" not in name and
-                             "block(" not in GPU_SCENARIOS[name])
+# The latch's release under the tool: long after the scenario has printed "ready" and exited.
+SANITIZER_LATCH_SECONDS = 5
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("run", range(SANITIZER_RUNS))
-@pytest.mark.parametrize("scenario", SANITIZER_SCENARIOS)
+@pytest.mark.parametrize("scenario", sorted(GPU_SCENARIOS))
 def test_exit_gpu_under_compute_sanitizer(scenario, run):
     """The GPU scenarios under compute-sanitizer (memcheck): exit code 0, its summary reports
     0 errors, and nothing else on stderr."""
@@ -332,6 +345,7 @@ def test_exit_gpu_under_compute_sanitizer(scenario, run):
     if tool is None:
         pytest.skip("compute-sanitizer not found (on PATH or at /usr/local/cuda/bin); install the CUDA toolkit")
     out = run_python(GPU_SCENARIOS[scenario], timeout=SANITIZER_TIMEOUT,
+                     env={"LATCH_RELEASE_SECONDS": str(SANITIZER_LATCH_SECONDS)},
                      prefix=(tool, "--tool", "memcheck", "--error-exitcode", "99"))
     assert out.returncode == 0, out
     assert "ready" in out.stdout, out
