@@ -401,12 +401,12 @@ METHODS = {
 def overhead(torch, n: int, trials: int) -> dict:
     from cuda.bindings import driver as d
 
-    from cudaevents import _cuda
+    from cudaevents._core import driver
 
     stream = torch.cuda.Stream()
     x = torch.zeros(16, device="cuda")
     ctx = {"pool": EventPool(), "gs": as_stream(stream), "torch_stream": stream, "driver": d, "raw_stream": d.CUstream(stream.cuda_stream)}
-    with _cuda.pushed(torch.cuda.current_device()):
+    with driver.pushed(torch.cuda.current_device()):
         raw = []
         for _ in range(2 * n):
             err, ev = d.cuEventCreate(0)
@@ -506,7 +506,7 @@ def main(argv=None) -> int:
         return 2
     out["torch"] = torch.__version__
     out["device"] = torch.cuda.get_device_name()
-    out["versions"] = guarded("versions", lambda: cudaevents._cuda.versions())
+    out["versions"] = guarded("versions", lambda: cudaevents._core.driver.versions())
     print(f"cudaevents {cudaevents.__version__}, torch {torch.__version__}, {out['device']}")
 
     # overhead first: a CUPTI session (part 1) can leave launches slower for the rest of the process

@@ -15,8 +15,8 @@ import argparse
 import os
 import sys
 
-from cudaevents._cli import main as cli_main
-from cudaevents._suite import SECTIONS
+from cudaevents._cli.main import main as cli_main
+from cudaevents._comparison.suite import SECTIONS
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/sync_latency.py [--samples 2000] [--settle-us 50] [--out results.json]
 
-A thin runner: the measurement is ``cudaevents._suite_latency.round_trip`` (its docstring
+A thin runner: the measurement is ``cudaevents._comparison.latency.round_trip`` (its docstring
 says how it works), the same one ``cudaevents bench`` and ``benchmarks/suite.py`` run. Every
 GPU backend the device supports is measured with the ``spin`` and ``sleep`` wait policies.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from cudaevents._suite import latency_script
-from cudaevents._suite_latency import round_trip
+from cudaevents._comparison.latency import round_trip
+from cudaevents._comparison.suite import latency_script
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/worker_latency.py [--samples 1000] [--out result.json]
 
-A thin runner: the measurement is ``cudaevents._suite_latency.worker_wakeup`` (its docstring
+A thin runner: the measurement is ``cudaevents._comparison.latency.worker_wakeup`` (its docstring
 says how it works), the same one ``cudaevents bench`` and ``benchmarks/suite.py`` run:
 (a) ``cudaevents.Worker``, (b) the floor, a thread blocked in a blocking-sync
 ``cuEventSynchronize``, (c) and (c') ``cuLaunchHostFunc`` with libc's ``sem_post`` through
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 
-from cudaevents._suite import latency_script
-from cudaevents._suite_latency import worker_wakeup
+from cudaevents._comparison.latency import worker_wakeup
+from cudaevents._comparison.suite import latency_script
 
 
 def main(argv=None) -> int:

@@ -69,35 +69,35 @@ class Latch:
 
         from cuda.bindings import driver as d
 
-        from cudaevents import _cuda
+        from cudaevents._core import driver
 
         self._d = d
         flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
-        with _cuda.pushed(0):
-            self._host = _cuda.check(d.cuMemHostAlloc(8, flags), "cuMemHostAlloc")
-            self._dptr = _cuda.check(d.cuMemHostGetDevicePointer(self._host, 0), "cuMemHostGetDevicePointer")
+        with driver.pushed(0):
+            self._host = driver.check(d.cuMemHostAlloc(8, flags), "cuMemHostAlloc")
+            self._dptr = driver.check(d.cuMemHostGetDevicePointer(self._host, 0), "cuMemHostGetDevicePointer")
         self._word = ctypes.c_uint32.from_address(int(self._host))
         self._word.value = 0
         self._blocked = []
 
     def block(self, stream) -> None:
-        from cudaevents import _cuda
+        from cudaevents._core import driver
 
         flags = self._d.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ
-        _cuda.check(self._d.cuStreamWaitValue32(stream._handle, self._dptr, 1, flags), "cuStreamWaitValue32")
+        driver.check(self._d.cuStreamWaitValue32(stream._handle, self._dptr, 1, flags), "cuStreamWaitValue32")
         self._blocked.append(stream)
 
     def release(self) -> None:
         self._word.value = 1
 
     def close(self) -> None:
-        from cudaevents import _cuda
+        from cudaevents._core import driver
 
         self.release()
         for s in self._blocked:
             if not s.closed:
                 s.synchronize(timeout=30)
-        _cuda.check(self._d.cuMemFreeHost(self._host), "cuMemFreeHost")
+        driver.check(self._d.cuMemFreeHost(self._host), "cuMemFreeHost")
 
 
 @pytest.fixture

@@ -12,7 +12,15 @@ import time
 import pytest
 
 import cudaevents
-from cudaevents import AtomicEvent, ClosedError, CpuStream, Event, Fence, NotRecordedError, WaitPolicy
+from cudaevents import (
+    AtomicEvent,
+    ClosedError,
+    CpuStream,
+    Event,
+    Fence,
+    NotRecordedError,
+    WaitPolicy,
+)
 
 needs_host_backend = pytest.mark.skipif(cudaevents.is_available(), reason="the host backend is the no-GPU path")
 

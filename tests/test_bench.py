@@ -12,7 +12,8 @@ import pytest
 
 import cudaevents
 from cudaevents import BenchmarkResult, EventPool, Stats, benchmark
-from cudaevents import _bench, _cuda
+from cudaevents._core import driver
+from cudaevents._profiler import benchmark as _bench
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def no_cuda(monkeypatch):
     def touched(*args, **kwargs):
         raise AssertionError("benchmark() touched CUDA before validating its arguments")
 
-    monkeypatch.setattr(_cuda, "driver", touched)
+    monkeypatch.setattr(driver, "bindings", touched)
     monkeypatch.setattr(_bench, "as_stream", touched)
     monkeypatch.setattr(_bench, "default_pool", touched)
 

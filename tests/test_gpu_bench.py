@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cudaevents import BenchmarkResult, as_stream, benchmark
-from cudaevents import _cuda
+from cudaevents._core import driver
 
 pytestmark = pytest.mark.gpu
 
@@ -19,9 +19,9 @@ TB_PER_S = 2e12  # rough memset bandwidth of a current data-center GPU (H100: ~2
 
 @pytest.fixture
 def buffer():
-    ptr = _cuda.mem_alloc(0, 1024 * MiB)
+    ptr = driver.mem_alloc(0, 1024 * MiB)
     yield ptr
-    _cuda.mem_free(ptr)
+    driver.mem_free(ptr)
 
 
 def memset_of(ptr, nbytes, stream):
@@ -29,7 +29,7 @@ def memset_of(ptr, nbytes, stream):
     handle = stream._handle
 
     def fn():
-        _cuda.memset_d32_async(ptr, 7, words, handle)
+        driver.memset_d32_async(ptr, 7, words, handle)
 
     return fn
 
@@ -104,8 +104,8 @@ def test_the_default_stream(buffer, pool):
     s0 = as_stream(None, 0)
 
     def fn():
-        with _cuda.pushed(0):
-            _cuda.memset_d32_async(buffer, 3, 64 * MiB // 4, s0._handle)
+        with driver.pushed(0):
+            driver.memset_d32_async(buffer, 3, 64 * MiB // 4, s0._handle)
 
     # stream=None is torch's current stream (the legacy default stream) where PyTorch is
     # imported, else the legacy default stream of the current device: the same stream here.
@@ -115,7 +115,7 @@ def test_the_default_stream(buffer, pool):
 
 
 def test_flush_l2_runs_outside_the_timed_pair(stream, buffer, pool):
-    l2 = _cuda.device_attribute(0, "L2_CACHE_SIZE")
+    l2 = driver.device_attribute(0, "L2_CACHE_SIZE")
     assert l2 > 0
     tiny = memset_of(buffer, 4096, stream)
     flushed = benchmark(tiny, warmup=2, repeat=30, stream=stream, flush_l2=True, pool=pool, timeout=60)

@@ -21,7 +21,7 @@ from cudaevents import (
     NotRecordedError,
     as_stream,
 )
-from cudaevents import _cuda
+from cudaevents._core import driver
 
 pytestmark = pytest.mark.gpu
 
@@ -33,18 +33,18 @@ def buffers():
     allocated = []
 
     def alloc(nbytes, device=0):
-        ptr = _cuda.mem_alloc(device, nbytes)
+        ptr = driver.mem_alloc(device, nbytes)
         allocated.append(ptr)
         return ptr
 
     yield alloc
     for ptr in allocated:
-        _cuda.mem_free(ptr)
+        driver.mem_free(ptr)
 
 
 def read_word(ptr, device=0) -> int:
     word = ctypes.c_uint32()
-    _cuda.memcpy_dtoh(device, ctypes.addressof(word), ptr, 4)
+    driver.memcpy_dtoh(device, ctypes.addressof(word), ptr, 4)
     return word.value
 
 
@@ -71,13 +71,13 @@ def test_device_basics():
 
 def test_make_current_and_synchronize():
     assert Device(0).make_current() is Device(0)
-    assert _cuda.current_device_index() == 0
+    assert driver.current_device_index() == 0
     Device(0).synchronize()
 
 
 def test_a_real_driver_failure_is_a_cuda_error():
     with pytest.raises(CudaError) as info:
-        _cuda.check(_cuda.driver().cuDeviceGet(10_000), "cuDeviceGet")
+        driver.check(driver.bindings().cuDeviceGet(10_000), "cuDeviceGet")
     assert info.value.call == "cuDeviceGet"
     assert info.value.name == "CUDA_ERROR_INVALID_DEVICE"
     assert pickle.loads(pickle.dumps(info.value)).code == info.value.code
@@ -104,7 +104,7 @@ def test_owned_stream_lifecycle():
 
 
 def test_stream_priority_range():
-    greatest, least = _cuda.stream_priority_range(0)
+    greatest, least = driver.stream_priority_range(0)
     GpuStream(0, priority=greatest).close()
     GpuStream(0, priority=least).close()
     with pytest.raises(ValueError, match="outside device 0's range"):
@@ -138,7 +138,7 @@ def test_stream_query_and_timeout_while_blocked(stream, latch):
 def test_time_real_work(stream, buffers, pool):
     ptr = buffers(256 * MiB)
     start = CudaEvent(timing=True, pool=pool).record(stream)
-    _cuda.memset_d32_async(ptr, 7, 64 * MiB, stream._handle)
+    driver.memset_d32_async(ptr, 7, 64 * MiB, stream._handle)
     end = CudaEvent(timing=True, pool=pool).record(stream)
     end.synchronize(timeout=10)
     assert start.query() and end.query()
@@ -171,13 +171,13 @@ def test_not_ready_state_with_a_latch(stream, latch, pool):
 def test_device_side_wait_orders_work_across_streams(stream, latch, buffers, pool):
     src, dst = buffers(4 * MiB), buffers(4 * MiB)
     consumer = GpuStream(0)
-    _cuda.memset_d32_async(dst, 1, MiB, consumer._handle)
+    driver.memset_d32_async(dst, 1, MiB, consumer._handle)
     consumer.synchronize(timeout=10)
     latch.block(stream)
-    _cuda.memset_d32_async(src, 42, MiB, stream._handle)
+    driver.memset_d32_async(src, 42, MiB, stream._handle)
     produced = CudaEvent(pool=pool).record(stream)
     produced.wait(consumer)
-    _cuda.memcpy_dtod_async(dst, src, 4 * MiB, consumer._handle)
+    driver.memcpy_dtod_async(dst, src, 4 * MiB, consumer._handle)
     consumed = CudaEvent(pool=pool).record(consumer)
     time.sleep(0.05)
     assert not consumed.query(), "the consumer ran before the producer's event"
@@ -310,12 +310,12 @@ def test_unbound_event_in_threads_without_a_current_context(pool):
 
 
 def test_pushing_a_context_restores_the_callers(pool):
-    d = _cuda.driver()
-    _cuda.check(d.cuCtxSetCurrent(None), "cuCtxSetCurrent")
+    d = driver.bindings()
+    driver.check(d.cuCtxSetCurrent(None), "cuCtxSetCurrent")
     try:
         CudaEvent(0, pool=pool)
         GpuStream(0).close()
-        assert _cuda.current_device_index() is None
+        assert driver.current_device_index() is None
     finally:
         Device(0).make_current()
 

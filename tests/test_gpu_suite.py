@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from cudaevents import _suite
+from cudaevents._comparison import suite as _suite
 
 pytestmark = pytest.mark.gpu
 

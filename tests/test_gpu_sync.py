@@ -19,7 +19,8 @@ from cudaevents import (
     Fence,
     GpuStream,
 )
-from cudaevents import _cells, _cuda
+from cudaevents._core import driver
+from cudaevents._sync import counter_storage
 
 pytestmark = pytest.mark.gpu
 
@@ -126,10 +127,10 @@ def test_pipeline_cpu_producer_two_gpu_streams_cpu_consumer(backend):
     nbytes = n_words * 4
     producer = CpuStream()
     a_stream, b_stream = GpuStream(0), GpuStream(0)
-    host_in = [_cuda.mem_host_alloc(nbytes) for _ in range(slots)]
-    host_out = [_cuda.mem_host_alloc(nbytes) for _ in range(slots)]
-    dev_a = [_cuda.mem_alloc(0, nbytes) for _ in range(slots)]
-    dev_b = [_cuda.mem_alloc(0, nbytes) for _ in range(slots)]
+    host_in = [driver.mem_host_alloc(nbytes) for _ in range(slots)]
+    host_out = [driver.mem_host_alloc(nbytes) for _ in range(slots)]
+    dev_a = [driver.mem_alloc(0, nbytes) for _ in range(slots)]
+    dev_b = [driver.mem_alloc(0, nbytes) for _ in range(slots)]
     produced, uploaded, consumed = (Fence(0) for _ in range(3))
     downloaded = AtomicEvent(0)  # round r's download sets it to r + 1
     try:
@@ -146,11 +147,11 @@ def test_pipeline_cpu_producer_two_gpu_streams_cpu_consumer(backend):
             producer.enqueue(fill, slot, r * 7919)
             produced.update(producer)
             produced.wait(a_stream)
-            _cuda.memcpy_htod_async(dev_a[slot], host_in[slot], nbytes, a_stream._handle)
+            driver.memcpy_htod_async(dev_a[slot], host_in[slot], nbytes, a_stream._handle)
             uploaded.update(a_stream)
             uploaded.wait(b_stream)
-            _cuda.memcpy_dtod_async(dev_b[slot], dev_a[slot], nbytes, b_stream._handle)
-            _cuda.memcpy_dtoh_async(host_out[slot], dev_b[slot], nbytes, b_stream._handle)
+            driver.memcpy_dtod_async(dev_b[slot], dev_a[slot], nbytes, b_stream._handle)
+            driver.memcpy_dtoh_async(host_out[slot], dev_b[slot], nbytes, b_stream._handle)
             downloaded.signal(r + 1, b_stream)
             if r >= 1:
                 check_round(r - 1, downloaded, consumed, host_out, slots, n_words)
@@ -163,9 +164,9 @@ def test_pipeline_cpu_producer_two_gpu_streams_cpu_consumer(backend):
         for f in (produced, uploaded, downloaded, consumed):
             f.close()
         for p in host_in + host_out:
-            _cuda.mem_host_free(p)
+            driver.mem_host_free(p)
         for p in dev_a + dev_b:
-            _cuda.mem_free(p)
+            driver.mem_free(p)
 
 
 def check_round(r, downloaded, consumed, host_out, slots, n_words):
@@ -278,7 +279,7 @@ def test_mem32_refuses_values_beyond_32_bits(monkeypatch, streams):
 
 
 def test_slots_are_recycled(streams):
-    before = _cells.slab_stats()
+    before = counter_storage.slab_stats()
     for i in range(3000):
         a = AtomicEvent(0)
         a.signal(1, streams[i % 3])
@@ -286,8 +287,8 @@ def test_slots_are_recycled(streams):
         a.close()
     for s in streams:
         s.synchronize(timeout=30)
-    _cells._quarantine.reclaim()
-    after = _cells.slab_stats()
+    counter_storage._quarantine.reclaim()
+    after = counter_storage.slab_stats()
     assert after["in_use"] <= before["in_use"]  # earlier tests' quarantined slots may come back too
     assert after["bytes"] - before["bytes"] <= 8 * 4096  # 3000 events did not take 3000 slots
 
@@ -305,17 +306,17 @@ def test_a_counter_dropped_in_a_reference_cycle_retires_cleanly(backend, streams
     a.signal(2, streams[1])         # a GPU signal's event
     for s in streams:
         s.synchronize(timeout=10)
-    before = {id(fences) for fences, _ in _cells._quarantine._entries}
+    before = {id(fences) for fences, _ in counter_storage._quarantine._entries}
     box = {"counter": a}
     box["box"] = box
     del a, box
     gc.collect()
-    mine = [fences for fences, _ in _cells._quarantine._entries if id(fences) not in before]
+    mine = [fences for fences, _ in counter_storage._quarantine._entries if id(fences) not in before]
     assert all(not ev.closed for fences in mine for ev in fences)
     deadline = time.monotonic() + 10  # the fences complete as soon as the GPU gets to them
     while True:
-        _cells._quarantine.reclaim()
-        left = [fences for fences, _ in _cells._quarantine._entries if id(fences) not in before]
+        counter_storage._quarantine.reclaim()
+        left = [fences for fences, _ in counter_storage._quarantine._entries if id(fences) not in before]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.01)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cudaevents import EventPool, GpuStream, Timer, as_stream
-from cudaevents import _cuda
+from cudaevents._core import driver
 
 pytestmark = pytest.mark.gpu
 
@@ -16,9 +16,9 @@ MiB = 1 << 20
 
 @pytest.fixture
 def buffer():
-    ptr = _cuda.mem_alloc(0, 64 * MiB)
+    ptr = driver.mem_alloc(0, 64 * MiB)
     yield ptr
-    _cuda.mem_free(ptr)
+    driver.mem_free(ptr)
 
 
 def test_regions_on_several_streams(buffer, pool):
@@ -26,11 +26,11 @@ def test_regions_on_several_streams(buffer, pool):
     t = Timer(pool=pool, nvtx=False)
     for _ in range(50):
         with t.region("outer", s1):
-            _cuda.memset_d32_async(buffer, 1, 4 * MiB, s1._handle)
+            driver.memset_d32_async(buffer, 1, 4 * MiB, s1._handle)
             with t.region("inner", s1):
-                _cuda.memset_d32_async(buffer, 2, 8 * MiB, s1._handle)
+                driver.memset_d32_async(buffer, 2, 8 * MiB, s1._handle)
         with t.region("side", s2):
-            _cuda.memset_d32_async(buffer + 32 * MiB, 3, 4 * MiB, s2._handle)
+            driver.memset_d32_async(buffer + 32 * MiB, 3, 4 * MiB, s2._handle)
     r = t.results(timeout=30)
     summary = r.summary()
     assert {n: st.count for n, st in summary.items()} == {"outer": 50, "inner": 50, "side": 50}
@@ -55,7 +55,7 @@ def test_live_events_stay_bounded_and_steady_state_creates_nothing(buffer):
     def run(n):
         for _ in range(n):
             with t.region("tiny", s):
-                _cuda.memset_d32_async(buffer, 0, 1024, s._handle)
+                driver.memset_d32_async(buffer, 0, 1024, s._handle)
 
     run(2000)  # warm-up: the pool grows to the regions in flight
     t.results(timeout=30)
@@ -76,7 +76,7 @@ def test_trace_has_one_track_per_stream(tmp_path, buffer, pool):
     for i, s in enumerate(streams):
         for _ in range(5):
             with t.region(f"work{i}", s):
-                _cuda.memset_d32_async(buffer + i * 16 * MiB, i, MiB, s._handle)
+                driver.memset_d32_async(buffer + i * 16 * MiB, i, MiB, s._handle)
     path = tmp_path / "trace.json"
     t.results(timeout=30).to_chrome_trace(path)
     trace = json.loads(path.read_text())
@@ -112,11 +112,11 @@ def test_torch_stream_regions(pool):
 def test_regions_on_two_devices(pool):
     t = Timer(pool=pool, nvtx=False)
     streams = [GpuStream(0), GpuStream(1)]
-    bufs = [_cuda.mem_alloc(d, 16 * MiB) for d in (0, 1)]
+    bufs = [driver.mem_alloc(d, 16 * MiB) for d in (0, 1)]
     for d, s in enumerate(streams):
         for _ in range(5):
             with t.region(f"dev{d}", s):
-                _cuda.memset_d32_async(bufs[d], d, 4 * MiB, s._handle)
+                driver.memset_d32_async(bufs[d], d, 4 * MiB, s._handle)
     r = t.results(timeout=30)
     assert {s.device for s in r.samples} == {0, 1}
     trace = r.to_chrome_trace()
@@ -125,13 +125,13 @@ def test_regions_on_two_devices(pool):
     for s in streams:
         s.close()
     for b in bufs:
-        _cuda.mem_free(b)
+        driver.mem_free(b)
 
 
 def test_region_on_a_borrowed_stream_handle(buffer, pool):
     owned = GpuStream(0)
     t = Timer(pool=pool, nvtx=False)
     with t.region("raw", as_stream(owned.handle, device=0)):
-        _cuda.memset_d32_async(buffer, 5, MiB, owned._handle)
+        driver.memset_d32_async(buffer, 5, MiB, owned._handle)
     assert t.results(timeout=30).summary()["raw"].count == 1
     owned.close()

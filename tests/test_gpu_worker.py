@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from cudaevents import ClosedError, CpuStream, CudaEvent, GpuStream, Worker, _cuda
+from cudaevents import ClosedError, CpuStream, CudaEvent, GpuStream, Worker
+from cudaevents._core import driver
 
 pytestmark = pytest.mark.gpu
 
@@ -43,9 +44,9 @@ def gpu_streams():
 
 @pytest.fixture
 def buffer():
-    ptr = _cuda.mem_alloc(0, 1 << 20)
+    ptr = driver.mem_alloc(0, 1 << 20)
     yield ptr
-    _cuda.mem_free(ptr)
+    driver.mem_free(ptr)
 
 
 def test_tasks_wait_for_gpu_work(worker, stream, latch):
@@ -99,7 +100,7 @@ def test_ordering_of_10000_tasks_over_4_gpu_streams(worker, gpu_streams, latch, 
     while i < 10_000:
         k = batch % 4
         s = streams[k]
-        _cuda.memset_d32_async(buffer + k * 4096, batch, 1024, s._handle)  # some GPU work
+        driver.memset_d32_async(buffer + k * 4096, batch, 1024, s._handle)  # some GPU work
         for _ in range(1 + batch % 7):
             if i == 10_000:
                 break
@@ -143,7 +144,7 @@ def test_stress_cuda_calls_while_tasks_run(worker, buffer):
             for i in range(per_producer):
                 s = own[i % 2]
                 if i % 10 == 0:
-                    _cuda.memset_d32_async(buffer + (2 * t + i % 2) * 4096, i, 1024, s._handle)
+                    driver.memset_d32_async(buffer + (2 * t + i % 2) * 4096, i, 1024, s._handle)
                 worker.add_task(task, t, i, s)
                 if i % 5 == 4 or i == per_producer - 1:
                     worker.commit(s)
@@ -164,7 +165,7 @@ def test_stress_cuda_calls_while_tasks_run(worker, buffer):
     calls = 0
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
-        _cuda.memset_d32_async(buffer + 60 * 4096, calls, 1024, main._handle)
+        driver.memset_d32_async(buffer + 60 * 4096, calls, 1024, main._handle)
         with CudaEvent(blocking_sync=calls % 2 == 0) as ev:
             ev.record(main)
             ev.synchronize(timeout=30)

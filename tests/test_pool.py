@@ -12,7 +12,7 @@ import pytest
 
 import cudaevents
 from cudaevents import EventPool, PoolStats
-from cudaevents import _cuda
+from cudaevents._core import driver
 
 
 def test_miss_then_hit(fake, fake_pool):
@@ -167,7 +167,7 @@ def test_failed_create_counts_nothing(fake, fake_pool):
 def test_no_destroys_during_interpreter_exit(fake, monkeypatch):
     pool = EventPool(0, create=fake.create, destroy=fake.destroy)
     h = pool.acquire(0, 0)
-    monkeypatch.setattr(_cuda.state, "exiting", True)
+    monkeypatch.setattr(driver.state, "exiting", True)
     pool.release(0, 0, h)
     assert pool.trim() == 0
     assert fake.destroyed == []

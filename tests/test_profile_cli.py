@@ -19,7 +19,7 @@ import pytest
 
 import cudaevents
 from cudaevents import Results
-from cudaevents._cli import main
+from cudaevents._cli.main import main
 
 SRC = str(pathlib.Path(__file__).resolve().parent.parent / "src")
 

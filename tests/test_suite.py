@@ -16,14 +16,12 @@ import threading
 
 import pytest
 
-from cudaevents import (
-    CudaUnavailableError,
-    _cli,
-    _cuda,
-    _suite,
-    _suite_host,
-    _suite_latency,
-)
+from cudaevents import CudaUnavailableError
+from cudaevents._cli import main as _cli
+from cudaevents._comparison import host as _suite_host
+from cudaevents._comparison import latency as _suite_latency
+from cudaevents._comparison import suite as _suite
+from cudaevents._core import driver
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 ROOT = os.path.dirname(SRC)
@@ -127,7 +125,7 @@ def test_bench_writes_its_files_and_prints_the_report(monkeypatch, capsys, tmp_p
         progress("[1/1] something ...")
         return result
 
-    monkeypatch.setattr(_cuda, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(driver, "unavailable_reason", lambda: None)
     monkeypatch.setattr(_suite, "run_suite", fake_run_suite)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     paths = {name: str(tmp_path / f"r.{name}") for name in ("json", "markdown", "plot")}
@@ -151,8 +149,8 @@ def test_bench_stops_quietly_when_its_pipe_closes(tmp_path):
     saved.write_text(_suite.to_json(synthetic()))
     code = (
         "import json, sys\n"
-        "from cudaevents import _cli, _cuda, _suite\n"
-        "_cuda.unavailable_reason = lambda: None\n"
+        "from cudaevents._cli import main as _cli\nfrom cudaevents._comparison import suite as _suite\nfrom cudaevents._core import driver\n"
+        "driver.unavailable_reason = lambda: None\n"
         f"_suite.run_suite = lambda quick, only, progress: json.load(open({str(saved)!r}))\n"
         "sys.exit(_cli.main(['bench']))\n"
     )
@@ -167,7 +165,7 @@ def test_bench_stops_quietly_when_its_pipe_closes(tmp_path):
 
 # -- run_suite before any measurement ---------------------------------------------------------------
 def test_run_suite_without_cuda_raises_with_the_reason(monkeypatch):
-    monkeypatch.setattr(_cuda, "unavailable_reason", lambda: "no driver in this test")
+    monkeypatch.setattr(driver, "unavailable_reason", lambda: "no driver in this test")
     with pytest.raises(CudaUnavailableError, match="no driver in this test"):
         _suite.run_suite(quick=True)
 
@@ -176,7 +174,7 @@ def test_run_suite_refuses_unknown_names_before_touching_cuda(monkeypatch):
     def touched():
         raise AssertionError("run_suite reached CUDA before checking its arguments")
 
-    monkeypatch.setattr(_cuda, "unavailable_reason", touched)
+    monkeypatch.setattr(driver, "unavailable_reason", touched)
     with pytest.raises(ValueError, match="unknown measurement.*'nope'.*create_record"):
         _suite.run_suite(only=["keys", "nope"])
 

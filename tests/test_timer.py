@@ -11,7 +11,7 @@ import pytest
 
 import cudaevents
 from cudaevents import CpuStream, Results, Sample, Stats, Timer
-from cudaevents._results import stats_of
+from cudaevents._profiler.results import stats_of
 
 
 @pytest.fixture

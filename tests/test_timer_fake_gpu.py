@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
-from cudaevents import CudaError, Timer, _cuda
-from cudaevents._stream import GpuStream, stream_identity
+from cudaevents import CudaError, Timer
+from cudaevents._core import driver
+from cudaevents._core.streams import GpuStream, stream_identity
 
 NOT_READY = 600
 ILLEGAL_ADDRESS = 700
@@ -71,11 +72,11 @@ class FakeGpu:
 @pytest.fixture
 def gpu(monkeypatch):
     g = FakeGpu()
-    monkeypatch.setattr(_cuda, "cuEventRecord", g.record)
-    monkeypatch.setattr(_cuda, "cuEventElapsedTime", g.elapsed)
-    monkeypatch.setattr(_cuda, "cuEventQuery", g.query)
-    monkeypatch.setattr(_cuda, "NOT_READY", NOT_READY)
-    monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
+    monkeypatch.setattr(driver, "cuEventRecord", g.record)
+    monkeypatch.setattr(driver, "cuEventElapsedTime", g.elapsed)
+    monkeypatch.setattr(driver, "cuEventQuery", g.query)
+    monkeypatch.setattr(driver, "NOT_READY", NOT_READY)
+    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
     return g
 
 
@@ -312,7 +313,7 @@ def test_threads_share_a_timer_without_sharing_events(gpu, fake_pool):
 def test_without_a_timeline_regions_have_no_start_times(gpu, fake_pool, monkeypatch):
     a = stream(0x10)
     calls = []
-    monkeypatch.setattr(_cuda, "cuEventElapsedTime", lambda s, e: calls.append((s, e)) or gpu.elapsed(s, e))
+    monkeypatch.setattr(driver, "cuEventElapsedTime", lambda s, e: calls.append((s, e)) or gpu.elapsed(s, e))
     t = Timer(pool=fake_pool, nvtx=False, timeline=False)
     for _ in range(5):
         with t.region("k", a):

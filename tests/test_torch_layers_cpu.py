@@ -215,7 +215,7 @@ def test_attach_twice_is_an_error(cpu):
 
 
 def test_global_hooks_name_modules_by_root(cpu):
-    from cudaevents._torch_layers import GlobalLayerHooks
+    from cudaevents._profiler.torch_layers import GlobalLayerHooks
 
     mm = torch.nn.modules.module
 
@@ -275,7 +275,7 @@ def test_auto_stream_resolution_is_cached_per_device_and_handle(monkeypatch):
     """The CUDA path of the hooks, with torch's CUDA calls and as_stream() faked: the device
     comes from the first CUDA tensor input, the stream from torch's current raw stream, and
     as_stream() runs once per distinct (device, handle)."""
-    from cudaevents import _torch_layers
+    from cudaevents._profiler import torch_layers as _torch_layers
 
     class FakeCuda:  # stands for a CUDA tensor
         is_cuda = True

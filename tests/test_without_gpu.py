@@ -106,7 +106,7 @@ def test_raise_error_uses_the_enum_name():
         name = "CUDA_ERROR_LAUNCH_FAILED"
 
     with pytest.raises(CudaError, match=r"cuStreamSynchronize failed with CUDA_ERROR_LAUNCH_FAILED \(719\)"):
-        cudaevents._cuda.raise_error(FakeCode(719), "cuStreamSynchronize")
+        cudaevents._core.driver.raise_error(FakeCode(719), "cuStreamSynchronize")
 
 
 class _NotAStream:
@@ -188,7 +188,7 @@ def test_event_with_a_custom_pool_needs_no_driver_until_bound(fake, fake_pool):
 
 
 def test_event_acquires_eagerly_with_a_device_and_releases_on_drop(fake, monkeypatch):
-    import cudaevents._event as event_module
+    import cudaevents._core.cuda_event as event_module
 
     monkeypatch.setattr(event_module, "resolve_device_index", lambda d: int(d))
     pool = EventPool(create=fake.create, destroy=fake.destroy)
@@ -208,7 +208,7 @@ def test_an_event_finalized_by_the_garbage_collector_then_resurrected_is_closed(
     (before, it kept _closed False and passed a NULL handle to the driver)."""
     import gc
 
-    import cudaevents._event as event_module
+    import cudaevents._core.cuda_event as event_module
 
     monkeypatch.setattr(event_module, "resolve_device_index", lambda d: int(d))
     pool = EventPool(create=fake.create, destroy=fake.destroy)
@@ -234,10 +234,10 @@ def test_an_event_finalized_by_the_garbage_collector_then_resurrected_is_closed(
 def test_timeouts_are_validated():
     ev = CudaEvent()
     with pytest.raises(TypeError, match="timeout"):
-        cudaevents._wait.check_timeout("soon")
+        cudaevents._core.wait.check_timeout("soon")
     with pytest.raises(ValueError, match="timeout"):
-        cudaevents._wait.check_timeout(-0.5)
-    assert cudaevents._wait.check_timeout(2) == 2.0
+        cudaevents._core.wait.check_timeout(-0.5)
+    assert cudaevents._core.wait.check_timeout(2) == 2.0
     ev.close()
 
 
@@ -246,10 +246,10 @@ def test_wait_until_times_out_promptly():
 
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="thing did not complete within 0.05 s"):
-        cudaevents._wait.wait_until(lambda: False, 0.05, "thing")
+        cudaevents._core.wait.wait_until(lambda: False, 0.05, "thing")
     assert time.monotonic() - t0 < 0.05 + 0.05
     calls = iter([False, False, True])
-    cudaevents._wait.wait_until(lambda: next(calls), 5, "thing")
+    cudaevents._core.wait.wait_until(lambda: next(calls), 5, "thing")
 
 
 def test_public_names_have_docstrings():

@@ -15,7 +15,7 @@ import pytest
 
 import cudaevents
 from cudaevents import ClosedError, CpuStream, Worker
-from cudaevents import _worker
+from cudaevents._sync import worker as _worker
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 

@@ -6,12 +6,9 @@ streams that take part in the same synchronization, and the devices they run on.
 can be used.
 """
 
-from ._atomic import AtomicEvent, atomic_backend
-from ._bench import BenchmarkResult, benchmark
-from ._cells import BACKENDS as ATOMIC_BACKENDS
-from ._cpu_stream import CpuStream
-from ._device import Device, DeviceCapabilities, device_count, is_available
-from ._errors import (
+from ._core.cuda_event import CudaEvent
+from ._core.devices import Device, DeviceCapabilities, device_count, is_available
+from ._core.errors import (
     ClosedError,
     CudaError,
     CudaUnavailableError,
@@ -19,17 +16,20 @@ from ._errors import (
     NotReadyError,
     NotRecordedError,
 )
-from ._event import CudaEvent
-from ._fence import Fence
-from ._pool import EventPool, PoolStats, default_pool
-from ._profile import profile_timer
-from ._results import Results, Sample, Stats
-from ._stream import GpuStream, as_stream
-from ._timer import Timer
-from ._torch_layers import LayerTimer
-from ._value_event import Event
-from ._wait import WaitPolicy
-from ._worker import Worker
+from ._core.pool import EventPool, PoolStats, default_pool
+from ._core.streams import GpuStream, as_stream
+from ._core.wait import WaitPolicy
+from ._profiler.benchmark import BenchmarkResult, benchmark
+from ._profiler.profile import profile_timer
+from ._profiler.results import Results, Sample, Stats
+from ._profiler.timer import Timer
+from ._profiler.torch_layers import LayerTimer
+from ._sync.atomic_event import AtomicEvent, atomic_backend
+from ._sync.counter_storage import BACKENDS as ATOMIC_BACKENDS
+from ._sync.cpu_stream import CpuStream
+from ._sync.event import Event
+from ._sync.fence import Fence
+from ._sync.worker import Worker
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@ import math
 import threading
 
 import pytest
+from _subproc import run_python
 
 import cudaevents
 from cudaevents import (
@@ -32,8 +33,10 @@ from cudaevents import (
     Worker,
     as_stream,
 )
-from cudaevents import _atomic, _cells, _cuda, _event
-from _subproc import run_python
+from cudaevents._core import cuda_event as _event
+from cudaevents._core import driver
+from cudaevents._sync import atomic_event as _atomic
+from cudaevents._sync import counter_storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -515,9 +518,9 @@ def test_a_closed_counter_answers_from_its_value_at_close(monkeypatch):
     host wait for a value never signalled returned as if it had come (and a waiter blocked
     in it woke up "successfully"), and value/is_signaled read another counter's slot."""
     monkeypatch.setattr(_atomic, "resolve_device_index", lambda d: int(d))
-    monkeypatch.setattr(_cells, "choose_backend", lambda index: "fake")
-    monkeypatch.setattr(_cells, "make_cell", lambda backend, device: FakeGpuCell())
-    monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
+    monkeypatch.setattr(counter_storage, "choose_backend", lambda index: "fake")
+    monkeypatch.setattr(counter_storage, "make_cell", lambda backend, device: FakeGpuCell())
+    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
     monkeypatch.setattr(_event, "CudaEvent", _Fence)
     s = GpuStream._borrow(0x10, 0, None)
     a = AtomicEvent(0)

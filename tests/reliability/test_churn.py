@@ -19,7 +19,8 @@ import tracemalloc
 
 import pytest
 
-from cudaevents import CudaError, CudaEvent, EventPool, GpuStream, Timer, _cuda, device_count
+from cudaevents import CudaError, CudaEvent, EventPool, GpuStream, Timer, device_count
+from cudaevents._core import driver
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -323,11 +324,11 @@ def timer_churn(timer: Timer, stream, regions: int, work=None) -> tuple[int, int
 
 def test_timer_with_100000_regions_on_fake_gpu(fake, fake_pool, monkeypatch):
     drv = _FakeDriver()
-    monkeypatch.setattr(_cuda, "cuEventRecord", drv.record)
-    monkeypatch.setattr(_cuda, "cuEventElapsedTime", drv.elapsed)
-    monkeypatch.setattr(_cuda, "cuEventQuery", drv.query)
-    monkeypatch.setattr(_cuda, "NOT_READY", 600)
-    monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
+    monkeypatch.setattr(driver, "cuEventRecord", drv.record)
+    monkeypatch.setattr(driver, "cuEventElapsedTime", drv.elapsed)
+    monkeypatch.setattr(driver, "cuEventQuery", drv.query)
+    monkeypatch.setattr(driver, "NOT_READY", 600)
+    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
     stream = GpuStream._borrow(0x10, 0, None)
     timer = Timer(pool=fake_pool, nvtx=False)
     timer_churn(timer, stream, REGIONS)
@@ -445,11 +446,11 @@ def test_timer_with_100000_regions_on_gpu(pool):
     per-device reference event is live, after the Timer goes none is, and the memory grew by
     its samples only."""
     stream = GpuStream(0)
-    buf = _cuda.mem_alloc(0, 4096)
+    buf = driver.mem_alloc(0, 4096)
     try:
         timer = Timer(pool=pool, nvtx=False)
         timer_churn(timer, stream, REGIONS,
-                    work=lambda: _cuda.memset_d32_async(buf, 7, 16, stream._handle))
+                    work=lambda: driver.memset_d32_async(buf, 7, 16, stream._handle))
         s = pool.stats()
         assert s.live == 1, s  # the reference event only
         assert s.creates < REGIONS // 10, s  # recycled
@@ -459,6 +460,6 @@ def test_timer_with_100000_regions_on_gpu(pool):
         assert s.live == 0 and s.cached == s.creates - s.destroys, s
     finally:
         stream.synchronize(timeout=60)
-        _cuda.mem_free(buf)
+        driver.mem_free(buf)
         stream.close()
 

@@ -139,12 +139,12 @@ print("ready", flush=True)
 LATCH = r'''
 import ctypes, os
 from cuda.bindings import driver as _d
-from cudaevents import _cuda
+from cudaevents._core import driver
 
 _flags = _d.CU_MEMHOSTALLOC_PORTABLE | _d.CU_MEMHOSTALLOC_DEVICEMAP
-with _cuda.pushed(0):
-    _latch_host = _cuda.check(_d.cuMemHostAlloc(8, _flags), "cuMemHostAlloc")
-    _latch_dev = _cuda.check(_d.cuMemHostGetDevicePointer(_latch_host, 0), "cuMemHostGetDevicePointer")
+with driver.pushed(0):
+    _latch_host = driver.check(_d.cuMemHostAlloc(8, _flags), "cuMemHostAlloc")
+    _latch_dev = driver.check(_d.cuMemHostGetDevicePointer(_latch_host, 0), "cuMemHostGetDevicePointer")
 ctypes.c_uint32.from_address(int(_latch_host)).value = 0
 _release_seconds = int(os.environ.get("LATCH_RELEASE_SECONDS", "0"))
 _releaser = None
@@ -158,10 +158,10 @@ def block(stream):
         import cudaevents as ce
         _releaser = ce.GpuStream(0)
         libc_sleep = ctypes.cast(ctypes.CDLL(None).sleep, ctypes.c_void_p).value
-        _cuda.launch_host_func(_releaser._handle, libc_sleep, _release_seconds)
-        _cuda.check(_d.cuStreamWriteValue32(_releaser._handle, _latch_dev, 1, 0), "cuStreamWriteValue32")
+        driver.launch_host_func(_releaser._handle, libc_sleep, _release_seconds)
+        driver.check(_d.cuStreamWriteValue32(_releaser._handle, _latch_dev, 1, 0), "cuStreamWriteValue32")
     geq = _d.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ
-    _cuda.check(_d.cuStreamWaitValue32(stream._handle, _latch_dev, 1, geq), "cuStreamWaitValue32")
+    driver.check(_d.cuStreamWaitValue32(stream._handle, _latch_dev, 1, geq), "cuStreamWaitValue32")
 '''
 
 GPU_SCENARIOS = {
@@ -169,17 +169,17 @@ GPU_SCENARIOS = {
     # a Timer with regions not yet harvested on several streams, a GPU counter, real work.
     "gpu_events_and_timer": r'''
 import cudaevents as ce
-from cudaevents import _cuda
+from cudaevents._core import driver
 
-assert ce.is_available(), _cuda.unavailable_reason()
+assert ce.is_available(), driver.unavailable_reason()
 streams = [ce.GpuStream(0) for _ in range(4)]
-buf = _cuda.mem_alloc(0, 4 << 20)
+buf = driver.mem_alloc(0, 4 << 20)
 timer = ce.Timer()
 events = []
 for i in range(200):
     s = streams[i % 4]
     with timer.region(f"memset{i % 4}", s):
-        _cuda.memset_d32_async(buf, i, 1 << 20, s._handle)
+        driver.memset_d32_async(buf, i, 1 << 20, s._handle)
     events.append(ce.CudaEvent(timing=True).record(s))
 for e in events[:50]:
     e.close()
@@ -259,9 +259,9 @@ print("ready", flush=True)
     "gpu_cpu_streams_running": r'''
 import threading, time
 import cudaevents as ce
-from cudaevents import _cuda
+from cudaevents._core import driver
 
-buf = _cuda.mem_alloc(0, 1 << 20)
+buf = driver.mem_alloc(0, 1 << 20)
 started = threading.Barrier(4, timeout=30)
 
 def hammer(stream):
@@ -269,7 +269,7 @@ def hammer(stream):
     started.wait()
     i = 0
     while True:
-        _cuda.memset_d32_async(buf, i, 1 << 16, stream._handle)
+        driver.memset_d32_async(buf, i, 1 << 16, stream._handle)
         ev.record(stream)
         ev.query()
         stream.query()

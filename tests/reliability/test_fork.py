@@ -9,14 +9,13 @@ parent's counters (pinned memory) are never read or written by the child.
 
 Each scenario runs in a fresh interpreter (tests/reliability/_subproc.py) that forks; the
 parent waits for the child with a deadline and kills it if it hangs. The CI tests simulate an
-initialized driver (``_cuda._bind`` with a fake driver module that records every call); the
+initialized driver (``driver._bind`` with a fake driver module that records every call); the
 ``gpu`` tests do the same with the real driver.
 """
 
 from __future__ import annotations
 
 import pytest
-
 from _subproc import run_python
 
 TIMEOUT = 120.0
@@ -29,8 +28,8 @@ import gc, os, sys, time, traceback, warnings
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # fork() of a multi-threaded process
 
 import cudaevents as ce
-from cudaevents import _cuda
-from cudaevents._errors import CudaUnavailableError
+from cudaevents._core import driver
+from cudaevents._core.errors import CudaUnavailableError
 
 
 def expect_fork_error(what, fn, *args, **kwargs):
@@ -189,7 +188,7 @@ class FakeDriver:
 
 
 fake = FakeDriver()
-_cuda._bind(fake)
+driver._bind(fake)
 '''
 
 
@@ -224,12 +223,12 @@ idle = ce.CpuStream()
 
 def child():
     global live, timer
-    assert _cuda.state.forked and _cuda.state.exiting
+    assert driver.state.forked and driver.state.exiting
     assert not ce.is_available()
-    reason = _cuda.unavailable_reason()
+    reason = driver.unavailable_reason()
     assert "fork" in reason and "'spawn'" in reason, reason
     assert ce.device_count() == 0
-    expect_fork_error("driver()", _cuda.driver)
+    expect_fork_error("driver()", driver.bindings)
     expect_fork_error("GpuStream()", ce.GpuStream)
     expect_fork_error("GpuStream(0)", ce.GpuStream, 0)
     expect_fork_error("CudaEvent().record(s)", lambda: ce.CudaEvent().record(s))
@@ -246,10 +245,10 @@ def child():
     expect_fork_error("s.synchronize(timeout)", s.synchronize, timeout=5)
     expect_fork_error("as_stream(raw handle)", ce.as_stream, 1234, device=0)
     expect_fork_error("Device(0).synchronize()", ce.Device(0).synchronize)
-    expect_fork_error("stream memory operation", _cuda.stream_write_value, s._handle, 0, 1, 64)
-    expect_fork_error("host function", _cuda.launch_host_func, s._handle, 0, 0)
-    expect_fork_error("pushed(0)", lambda: _cuda.pushed(0).__enter__())
-    expect_fork_error("in_context(0)", _cuda.in_context, 0, print)
+    expect_fork_error("stream memory operation", driver.stream_write_value, s._handle, 0, 1, 64)
+    expect_fork_error("host function", driver.launch_host_func, s._handle, 0, 0)
+    expect_fork_error("pushed(0)", lambda: driver.pushed(0).__enter__())
+    expect_fork_error("in_context(0)", driver.in_context, 0, print)
     expect_fork_error("timer.region", lambda: timer.region("child", s).__enter__())
     expect_fork_error("timer.harvest()", timer.harvest)
     expect_fork_error("timer.results()", timer.results, timeout=5)
@@ -279,7 +278,7 @@ code = fork_and_wait(child)
 assert code == 0
 # the parent is unaffected
 assert fake.child_calls == []
-assert ce.is_available() and not _cuda.state.forked and not _cuda.state.exiting
+assert ce.is_available() and not driver.state.forked and not driver.state.exiting
 fake.gate.set()
 w.synchronize(timeout=30)
 assert ev.query()
@@ -313,8 +312,8 @@ def test_fork_before_cuda_init_child_may_use_cuda():
     (here: binds the simulated driver and uses it)."""
     out = run_python(PRELUDE + r'''
 def child():
-    assert not _cuda.state.forked and not _cuda.state.exiting
-    assert _cuda.cuEventRecord is None        # still unbound: nothing was refused
+    assert not driver.state.forked and not driver.state.exiting
+    assert driver.cuEventRecord is None        # still unbound: nothing was refused
 ''' + "\n".join("    " + line for line in FAKE_DRIVER.splitlines()) + r'''
     assert ce.is_available()
     s = ce.GpuStream(0)
@@ -337,12 +336,12 @@ print("parent: ok", flush=True)
 def test_fork_after_failed_init_keeps_the_original_reason():
     """A parent that looked for CUDA and found none: the child reports that, not fork."""
     out = run_python(PRELUDE + r'''
-_cuda._init_started = True
-_cuda._reason = "no CUDA driver (simulated)"
+driver._init_started = True
+driver._reason = "no CUDA driver (simulated)"
 assert not ce.is_available()
 def child():
-    assert not _cuda.state.forked
-    assert _cuda.unavailable_reason() == "no CUDA driver (simulated)"
+    assert not driver.state.forked
+    assert driver.unavailable_reason() == "no CUDA driver (simulated)"
     print("child: ok", flush=True)
 code = fork_and_wait(child)
 assert code == 0
@@ -355,11 +354,11 @@ def test_fork_while_init_in_progress_is_refused():
     so it is refused too, and the lock that thread held does not hang the child."""
     out = run_python(PRELUDE + r'''
 import threading
-_cuda._lock.acquire()           # as held by a thread inside _init()
-_cuda._init_started = True
+driver._lock.acquire()           # as held by a thread inside _init()
+driver._init_started = True
 def child():
-    assert _cuda.state.forked
-    expect_fork_error("driver()", _cuda.driver)
+    assert driver.state.forked
+    expect_fork_error("driver()", driver.bindings)
     assert not ce.is_available()
     print("child: ok", flush=True)
 code = fork_and_wait(child)
@@ -376,7 +375,7 @@ def test_cpu_parts_work_in_a_forked_child():
     out = run_python(PRELUDE + FAKE_DRIVER + r'''
 parent_idle = ce.CpuStream()
 def child():
-    assert _cuda.state.forked
+    assert driver.state.forked
     cs = ce.CpuStream()
     done = []
     for i in range(100):
@@ -452,7 +451,7 @@ def test_parent_threads_refused_in_child_of_any_fork():
     out = run_python(PRELUDE + r'''
 import threading
 from cudaevents import ClosedError
-assert not _cuda.state.forked
+assert not driver.state.forked
 gate = threading.Event()
 ran = []                                     # appended by the parent's tasks, in any process
 idle = ce.CpuStream()
@@ -473,7 +472,7 @@ before = list(ran)
 
 
 def child():
-    assert not _cuda.state.forked            # CUDA plays no part in this
+    assert not driver.state.forked            # CUDA plays no part in this
     for s in (idle, busy):
         assert s.closed
         expect_closed_by_fork("enqueue", s.enqueue, ran.append, "child")
@@ -547,11 +546,11 @@ def test_locks_held_by_parent_threads_at_fork_do_not_hang_the_child():
     fresh locks and no hang."""
     out = run_python(PRELUDE + r'''
 import threading
-from cudaevents import _cells
+from cudaevents._sync import counter_storage
 cs = ce.CpuStream()
 w = ce.Worker()
-_cells.slab_stats()                          # makes the slab (no memory without CUDA)
-locks = [cs._runner.cond, w._cond, _cells._slab_lock, _cells._slab._lock, _cells._quarantine._lock]
+counter_storage.slab_stats()                          # makes the slab (no memory without CUDA)
+locks = [cs._runner.cond, w._cond, counter_storage._slab_lock, counter_storage._slab._lock, counter_storage._quarantine._lock]
 holding, release = threading.Event(), threading.Event()
 
 
@@ -576,9 +575,9 @@ def child():
     expect_closed_by_fork("add_task", w.add_task, print)
     expect_closed_by_fork("synchronize", w.synchronize)
     w.close()
-    assert _cells.slab_stats()["bytes"] == 0
-    assert _cells._quarantine.reclaim() == 0
-    _cells._quarantine.add([], lambda: None)
+    assert counter_storage.slab_stats()["bytes"] == 0
+    assert counter_storage._quarantine.reclaim() == 0
+    counter_storage._quarantine.add([], lambda: None)
     print("child: ok", flush=True)
 
 
@@ -691,7 +690,7 @@ def test_fork_counter_cells_refused_and_parent_counter_untouched():
     does nothing, so the parent's memory is never written; the slab is gone, so a new device
     counter needs the driver and is refused; host counters made there work."""
     out = run_python(PRELUDE + FAKE_DRIVER + FAKE_PINNED + r'''
-from cudaevents import _cells
+from cudaevents._sync import counter_storage
 s = ce.GpuStream(0)
 a = ce.AtomicEvent(0)
 assert a.backend == "mem64", a.backend
@@ -699,7 +698,7 @@ a.signal(1, s)
 a.wait(1, timeout=30)
 b = ce.AtomicEvent(0)
 b.close()                                    # its slot goes back to the slab's free list
-assert _cells.slab_stats()["free"] > 0
+assert counter_storage.slab_stats()["free"] > 0
 dropped = ce.AtomicEvent(0)
 dropped.signal(7)
 os.environ["CUDAEVENTS_ATOMIC_BACKEND"] = "hostfn"
@@ -714,7 +713,7 @@ assert word.value == 1
 
 def child():
     global dropped
-    assert _cuda.state.forked and _cells._slab is None
+    assert driver.state.forked and counter_storage._slab is None
     cell = a._cell
     expect_fork_error("cell.read()", cell.read)
     expect_fork_error("cell.store()", cell.store, 5)
@@ -731,11 +730,11 @@ def child():
     expect_fork_error("h cell gpu_signal", h._cell.gpu_signal, s._handle, 9)
     h._cell.release_waiters()
     h._cell.retire([])
-    expect_fork_error("new mem64 cell", _cells.make_cell, "mem64", 0)
-    expect_fork_error("new mem32 cell", _cells.make_cell, "mem32", 0)
+    expect_fork_error("new mem64 cell", counter_storage.make_cell, "mem64", 0)
+    expect_fork_error("new mem32 cell", counter_storage.make_cell, "mem32", 0)
     expect_fork_error("AtomicEvent(0)", ce.AtomicEvent, 0)
-    assert _cells.slab_stats()["bytes"] == 0
-    assert _cells._quarantine.reclaim() == 0
+    assert counter_storage.slab_stats()["bytes"] == 0
+    assert counter_storage._quarantine.reclaim() == 0
     a.close()
     h.close()
     del dropped
@@ -769,7 +768,7 @@ print("parent: ok", flush=True)
 
 # -- the real driver ---------------------------------------------------------------------
 GPU_PARENT = r'''
-assert ce.is_available(), _cuda.unavailable_reason()
+assert ce.is_available(), driver.unavailable_reason()
 s = ce.GpuStream(0)
 ev = ce.CudaEvent(0, timing=True).record(s)
 ev.synchronize(timeout=30)
@@ -789,8 +788,8 @@ s.synchronize(timeout=30)
 
 GPU_FORK_CHILD = r'''
 def child():
-    assert not ce.is_available() and _cuda.state.forked
-    assert "'spawn'" in _cuda.unavailable_reason()
+    assert not ce.is_available() and driver.state.forked
+    assert "'spawn'" in driver.unavailable_reason()
     expect_fork_error("CudaEvent().record(GpuStream())", lambda: ce.CudaEvent().record(ce.GpuStream()))
     expect_fork_error("CudaEvent(0).record(s)", lambda: ce.CudaEvent(0).record(s))
     expect_fork_error("ev.query()", ev.query)

@@ -21,17 +21,17 @@ TASKS = 10_000
 SCENARIO = r'''
 import faulthandler, json, os, sys, time
 import cudaevents as ce
-from cudaevents import _cuda
+from cudaevents._core import driver
 
 SOAK = float(os.environ.get("CUDAEVENTS_SOAK_SECONDS", "120"))
 N = int(sys.argv[1])
 faulthandler.dump_traceback_later(SOAK + 45, exit=True)  # a stall shows every thread's stack
 
-assert ce.is_available(), _cuda.unavailable_reason()
+assert ce.is_available(), driver.unavailable_reason()
 STREAMS = 4
 WORDS = 1 << 14
 streams = [ce.GpuStream(0) for _ in range(STREAMS)]
-buf = _cuda.mem_alloc(0, STREAMS * WORDS * 4)
+buf = driver.mem_alloc(0, STREAMS * WORDS * 4)
 pool = ce.EventPool(max_cached=2)
 w = ce.Worker()
 ran = []
@@ -56,7 +56,7 @@ while True:
         break
     k = it % STREAMS
     s = streams[k]
-    _cuda.memset_d32_async(buf + k * WORDS * 4, it & 0xFFFF, WORDS, s._handle)
+    driver.memset_d32_async(buf + k * WORDS * 4, it & 0xFFFF, WORDS, s._handle)
     # commit the tasks spread over the soak (at least as fast as time passes)
     due = N if SOAK <= 0 else min(N, int(N * elapsed / SOAK) + 1)
     batch = min(due - committed, 16)
@@ -83,7 +83,7 @@ for s in streams:
     s.synchronize(timeout=60)
 errors = w.errors
 w.close(timeout=60)
-_cuda.mem_free(buf)
+driver.mem_free(buf)
 stats = pool.stats()
 print(json.dumps({"ran": len(ran), "in_order": ran == list(range(N)), "errors": [repr(e) for e in errors],
                   "iterations": it, "syncs": syncs, "creates": stats.creates, "destroys": stats.destroys,

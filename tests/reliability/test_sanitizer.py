@@ -14,7 +14,7 @@ from test_exit import LATCH, _sanitizer
 SCENARIO = LATCH + r'''
 import gc, os, time
 import cudaevents as ce
-from cudaevents import _cells
+from cudaevents._sync import counter_storage
 
 s = ce.GpuStream(0)
 timer = ce.Timer(harvest_every=16)
@@ -45,10 +45,10 @@ for backend in ("mem64", "mem32", "hostfn"):
     gc.collect()
     t.synchronize(timeout=30)
 deadline = time.monotonic() + 30
-while len(_cells._quarantine) and time.monotonic() < deadline:
-    _cells._quarantine.reclaim()
+while len(counter_storage._quarantine) and time.monotonic() < deadline:
+    counter_storage._quarantine.reclaim()
     time.sleep(0.01)
-assert len(_cells._quarantine) == 0, "quarantined resources never came back"
+assert len(counter_storage._quarantine) == 0, "quarantined resources never came back"
 print("ready", flush=True)
 '''
 

@@ -14,7 +14,6 @@ import time
 import pytest
 from _subproc import run_python
 
-
 SCENARIO = r"""
 import json, os, sys, threading, time
 import torch
@@ -142,8 +141,12 @@ class StuckGpuCell:
 
 
 def test_host_waits_notice_a_failed_stream_within_a_second(monkeypatch):
-    from cudaevents import AtomicEvent, CudaError, _atomic, _cells, _cuda, _event
-    from cudaevents._stream import GpuStream
+    from cudaevents import AtomicEvent, CudaError
+    from cudaevents._core import cuda_event as _event
+    from cudaevents._core import driver
+    from cudaevents._core.streams import GpuStream
+    from cudaevents._sync import atomic_event as _atomic
+    from cudaevents._sync import counter_storage
 
     class Fence:  # what close() records on the streams the counter was used on
         def __init__(self, device):
@@ -154,13 +157,13 @@ def test_host_waits_notice_a_failed_stream_within_a_second(monkeypatch):
 
     context_failed = threading.Event()
     monkeypatch.setattr(_atomic, "resolve_device_index", lambda d: int(d))
-    monkeypatch.setattr(_cells, "choose_backend", lambda index: "stuck")
-    monkeypatch.setattr(_cells, "make_cell", lambda backend, device: StuckGpuCell())
-    monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
+    monkeypatch.setattr(counter_storage, "choose_backend", lambda index: "stuck")
+    monkeypatch.setattr(counter_storage, "make_cell", lambda backend, device: StuckGpuCell())
+    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
     monkeypatch.setattr(_event, "CudaEvent", Fence)
-    monkeypatch.setattr(_cuda, "NOT_READY", 600)
+    monkeypatch.setattr(driver, "NOT_READY", 600)
     stream_error = [710]  # CUDA_ERROR_ASSERT: sticky
-    monkeypatch.setattr(_cuda, "cuStreamQuery", lambda h: (stream_error[0],) if context_failed.is_set() else (600,))
+    monkeypatch.setattr(driver, "cuStreamQuery", lambda h: (stream_error[0],) if context_failed.is_set() else (600,))
     s = GpuStream._borrow(0x10, 0, None)
     counter = AtomicEvent(0)
     counter.signal(1, s)

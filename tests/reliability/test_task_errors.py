@@ -28,8 +28,20 @@ import time
 import pytest
 
 import cudaevents
-from cudaevents import AtomicEvent, CpuStream, CudaEvent, Event, Fence, GpuStream, WaitPolicy, Worker
-from cudaevents import _atomic, _cells, _cuda, _event
+from cudaevents import (
+    AtomicEvent,
+    CpuStream,
+    CudaEvent,
+    Event,
+    Fence,
+    GpuStream,
+    WaitPolicy,
+    Worker,
+)
+from cudaevents._core import cuda_event as _event
+from cudaevents._core import driver
+from cudaevents._sync import atomic_event as _atomic
+from cudaevents._sync import counter_storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -355,9 +367,9 @@ def fake_gpu(monkeypatch):
     """AtomicEvent(0) gets a FakeGpuCell; fake_stream(h) is a GpuStream of device 0 that
     nothing on the driver side ever sees."""
     monkeypatch.setattr(_atomic, "resolve_device_index", lambda d: int(d))
-    monkeypatch.setattr(_cells, "choose_backend", lambda index: "fake")
-    monkeypatch.setattr(_cells, "make_cell", lambda backend, device: FakeGpuCell())
-    monkeypatch.setattr(_cuda, "as_stream_handle", lambda value: value)
+    monkeypatch.setattr(counter_storage, "choose_backend", lambda index: "fake")
+    monkeypatch.setattr(counter_storage, "make_cell", lambda backend, device: FakeGpuCell())
+    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
     monkeypatch.setattr(_event, "CudaEvent", _Fence)  # the fences close() records
 
     def fake_stream(handle):

@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from _subproc import run_python
 
 import cudaevents
 from cudaevents import (
@@ -31,8 +32,7 @@ from cudaevents import (
     WaitPolicy,
     Worker,
 )
-from cudaevents import _wait
-from _subproc import run_python
+from cudaevents._core import wait as _wait
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,12 +7,12 @@ import ctypes
 import statistics
 import time
 
-from . import _cuda
-from ._cpu_stream import CpuStream
-from ._device import Device
-from ._event import CudaEvent
-from ._pool import EventPool
-from ._stream import GpuStream
+from .._core import driver
+from .._core.cuda_event import CudaEvent
+from .._core.devices import Device
+from .._core.pool import EventPool
+from .._core.streams import GpuStream
+from .._sync.cpu_stream import CpuStream
 
 __all__ = ["run_demo"]
 
@@ -56,11 +56,11 @@ def _pass(streams, buffers, readback: int, pool: EventPool, iterations: int, in_
             pattern = (it * 131 + k * 7 + 1) & 0xFFFFFFFF
             t0 = time.perf_counter_ns()
             start = CudaEvent(timing=True, pool=pool).record(s)
-            _cuda.memset_d32_async(src, pattern, nwords, s._handle)
+            driver.memset_d32_async(src, pattern, nwords, s._handle)
             end = CudaEvent(timing=True, pool=pool).record(s)
             pending.append(("memset", start, end))
             start = CudaEvent(timing=True, pool=pool).record(s)
-            _cuda.memcpy_dtod_async(dst, src, nbytes, s._handle)
+            driver.memcpy_dtod_async(dst, src, nbytes, s._handle)
             end = CudaEvent(timing=True, pool=pool).record(s)
             pending.append(("copy d2d", start, end))
             host_ns += time.perf_counter_ns() - t0
@@ -70,7 +70,7 @@ def _pass(streams, buffers, readback: int, pool: EventPool, iterations: int, in_
                 # checks it once the event says it is there: CPU work ordered after GPU work
                 slot = readback + 4 * nchecks
                 nchecks += 1
-                _cuda.memcpy_dtoh_async(slot, dst, 4, s._handle)
+                driver.memcpy_dtoh_async(slot, dst, 4, s._handle)
                 done = CudaEvent(pool=pool).record(s)
                 checker.enqueue(_check_copy, done, slot, pattern, results)
         t0 = time.perf_counter_ns()
@@ -93,8 +93,8 @@ def _gpu_demo(out, iterations: int) -> None:
     nwords = 8 << 20  # 32 MiB per buffer
     out(f"Device 0: {device.name}, {nstreams} streams, 32 MiB memset + copy per region pair\n")
     streams = [GpuStream(device) for _ in range(nstreams)]
-    buffers = [(_cuda.mem_alloc(0, nwords * 4), _cuda.mem_alloc(0, nwords * 4), nwords) for _ in streams]
-    readback = _cuda.mem_host_alloc(4 * nstreams * (iterations // 16 + 2))
+    buffers = [(driver.mem_alloc(0, nwords * 4), driver.mem_alloc(0, nwords * 4), nwords) for _ in streams]
+    readback = driver.mem_host_alloc(4 * nstreams * (iterations // 16 + 2))
     checker = CpuStream(name="cudaevents-demo-checker")
     try:
         rows = []
@@ -125,9 +125,9 @@ def _gpu_demo(out, iterations: int) -> None:
             s.synchronize(timeout=60)
             s.close()
         for src, dst, _ in buffers:
-            _cuda.mem_free(src)
-            _cuda.mem_free(dst)
-        _cuda.mem_host_free(readback)
+            driver.mem_free(src)
+            driver.mem_free(dst)
+        driver.mem_host_free(readback)
 
 
 def _cpu_demo(out) -> None:
@@ -154,7 +154,7 @@ def _cpu_demo(out) -> None:
 
 def run_demo(out=print, iterations: int = 200) -> int:
     """Run the demo, writing lines with ``out``; returns the process exit code."""
-    reason = _cuda.unavailable_reason()
+    reason = driver.unavailable_reason()
     if reason is not None:
         out(f"No GPU here: {reason}")
         out("Recycled CUDA events need a GPU; showing the CPU side instead.\n")

@@ -9,9 +9,10 @@ import os
 import platform
 import sys
 
-from . import __version__, _cuda
-from ._device import Device, device_count
-from ._suite import SECTIONS
+from .. import __version__
+from .._comparison.suite import SECTIONS
+from .._core import driver
+from .._core.devices import Device, device_count
 
 __all__ = ["main"]
 
@@ -27,11 +28,11 @@ def _installed_version(dist: str) -> str | None:
 
 def _info(out) -> int:
     out(f"cudaevents {__version__} on Python {platform.python_version()} ({sys.platform})")
-    for name, version in _cuda.versions().items():
+    for name, version in driver.versions().items():
         out(f"  {name}: {version}")
     extras = [f"{d} {v}" for d in _OPTIONAL if (v := _installed_version(d))]
     out(f"  optional packages: {', '.join(extras) if extras else 'none installed'}")
-    reason = _cuda.unavailable_reason()
+    reason = driver.unavailable_reason()
     if reason is not None:
         out(f"CUDA unavailable: {reason}")
         out(f"AtomicEvent backend: {_counter_backend(None)}")
@@ -50,7 +51,7 @@ def _info(out) -> int:
 
 
 def _counter_backend(device: int | None) -> str:
-    from ._cells import choose_backend
+    from .._sync.counter_storage import choose_backend
 
     try:
         return choose_backend(device)
@@ -59,12 +60,12 @@ def _counter_backend(device: int | None) -> str:
 
 
 def _bench(args) -> int:
-    from ._suite import plot, run_suite, to_json, to_markdown
+    from .._comparison.suite import plot, run_suite, to_json, to_markdown
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    reason = _cuda.unavailable_reason()
+    reason = driver.unavailable_reason()
     if reason is not None:
         say(f"cudaevents bench needs a CUDA GPU, but CUDA is unusable here: {reason}")
         return 1
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _info(out)
             if args.command == "bench":
                 return _bench(args)
-            from ._demo import run_demo
+            from .demo import run_demo
 
             return run_demo(out, iterations=args.iterations)
         except BrokenPipeError:  # e.g. `cudaevents info | head`: stop quietly, as coreutils do
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             profile.error("--progress must be a number of seconds >= 0")
         if not 0 < args.timeout < float("inf"):
             profile.error("--timeout must be a number of seconds > 0")
-        from ._profile import run_profile
+        from .._profiler.profile import run_profile
 
         return run_profile(args.argv[0], args.argv[1:], json_path=args.json, trace_path=args.trace,
                            layers=not args.no_layers, backward=args.backward, progress=args.progress,

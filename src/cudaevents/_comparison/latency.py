@@ -41,10 +41,10 @@ import os
 import threading
 import time
 
-from . import _cuda
-from ._atomic import AtomicEvent, atomic_backend
-from ._stream import GpuStream
-from ._worker import Worker
+from .._core import driver
+from .._core.streams import GpuStream
+from .._sync.atomic_event import AtomicEvent, atomic_backend
+from .._sync.worker import Worker
 
 __all__ = ["describe_error", "round_trip", "summarize", "worker_wakeup"]
 
@@ -82,7 +82,7 @@ def summarize(ns: list[int]) -> dict:
 
 def _check(err, call: str) -> None:
     if err:
-        _cuda.raise_error(err, call)
+        driver.raise_error(err, call)
 
 
 def _interleave(methods: list, samples: int, warmup: int, block: int, errors: dict) -> dict[str, list[int]]:
@@ -170,10 +170,10 @@ class _RawRoundTrip:
 
     def __init__(self, device: int, settle_us: float):
         self.settle_us = settle_us
-        self.d = _cuda.driver()
+        self.d = driver.bindings()
         self.stream = GpuStream(device)
-        self.h = _cuda.as_stream_handle(self.stream.handle)
-        self.host, self.dev = _cuda.mem_host_alloc_mapped(16)
+        self.h = driver.as_stream_handle(self.stream.handle)
+        self.host, self.dev = driver.mem_host_alloc_mapped(16)
         self.ping = ctypes.c_uint64.from_address(self.host)
         self.pong = ctypes.c_uint64.from_address(self.host + 8)
         self.ping.value = self.pong.value = 0
@@ -204,7 +204,7 @@ class _RawRoundTrip:
         self.ping.value = 1 << 62  # satisfies any wait still enqueued
         self.stream.synchronize(timeout=_WAIT_S)  # raises (and leaks the memory) if stuck
         self.stream.close()
-        _cuda.mem_host_free(self.host)
+        driver.mem_host_free(self.host)
 
 
 class _AtomicRoundTrip:
@@ -305,8 +305,8 @@ class _Gate:
     def __init__(self, d):
         self.d = d
         flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
-        self.host = _cuda.check(d.cuMemHostAlloc(8, flags), "cuMemHostAlloc")
-        self.dptr = _cuda.check(d.cuMemHostGetDevicePointer(self.host, 0), "cuMemHostGetDevicePointer")
+        self.host = driver.check(d.cuMemHostAlloc(8, flags), "cuMemHostAlloc")
+        self.dptr = driver.check(d.cuMemHostGetDevicePointer(self.host, 0), "cuMemHostGetDevicePointer")
         self.word = ctypes.c_uint32.from_address(int(self.host))
         self.word.value = 0
         self.flag = ctypes.c_uint32.from_address(int(self.host) + 4)  # for the spin reference
@@ -321,7 +321,7 @@ class _Gate:
 
     def close(self) -> None:
         self.word.value = 1
-        _cuda.check(self.d.cuMemFreeHost(self.host), "cuMemFreeHost")
+        driver.check(self.d.cuMemFreeHost(self.host), "cuMemFreeHost")
 
 
 class _SpinReference:
@@ -370,7 +370,7 @@ class _BlockedThread:
         self.d = d
         self.stream = stream
         flags = d.CUevent_flags.CU_EVENT_BLOCKING_SYNC | d.CUevent_flags.CU_EVENT_DISABLE_TIMING
-        self.event = _cuda.check(d.cuEventCreate(flags), "cuEventCreate")
+        self.event = driver.check(d.cuEventCreate(flags), "cuEventCreate")
         self.go = threading.Semaphore(0)
         self.done = threading.Event()
         self.t1 = 0
@@ -401,7 +401,7 @@ class _BlockedThread:
         self.stop = True
         self.go.release()
         self.thread.join(_WAIT_S)
-        _cuda.check(self.d.cuEventDestroy(self.event), "cuEventDestroy")
+        driver.check(self.d.cuEventDestroy(self.event), "cuEventDestroy")
         if self.error is not None:
             raise RuntimeError(f"cuEventSynchronize failed: {self.error}")
 
@@ -441,7 +441,7 @@ def _launch_via_bindings(d):
 
 
 def _launch_via_ctypes(d):
-    return _cuda.launch_host_func  # straight into libcuda through ctypes: no trampoline, no GIL
+    return driver.launch_host_func  # straight into libcuda through ctypes: no trampoline, no GIL
 
 
 class _HostFuncWakeup:
@@ -559,7 +559,7 @@ def worker_wakeup(samples: int = 1000, warmup: int = 100, block: int = 100, sett
     Returns:
         A suite section, as :func:`round_trip` returns.
     """
-    d = _cuda.driver()
+    d = driver.bindings()
     errors: dict[str, str] = {}
     skipped: dict[str, str] = {}
     notes = [(f"{samples} samples per method after {warmup} warm-up, interleaved in blocks of {block}; "
@@ -567,10 +567,10 @@ def worker_wakeup(samples: int = 1000, warmup: int = 100, block: int = 100, sett
     info: dict = {"samples": samples, "warmup": warmup, "block": block, "settle_ms": settle_ms, "device": device}
     samplers: list[_Sampler] = []
     got: dict[str, list[int]] = {}
-    with _cuda.pushed(device):
+    with driver.pushed(device):
         gate = _Gate(d)
         gpu_stream = GpuStream(device)
-        raw = _cuda.as_stream_handle(gpu_stream.handle)
+        raw = driver.as_stream_handle(gpu_stream.handle)
         settle = settle_ms / 1e3
 
         def add(make, key: str) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import _cuda
-from ._device import resolve_device_index
-from ._errors import ClosedError, DeviceMismatchError
-from ._wait import check_timeout, wait_until
+from . import driver
+from .devices import resolve_device_index
+from .errors import ClosedError, DeviceMismatchError
+from .wait import check_timeout, wait_until
 
 __all__ = ["GpuStream", "as_stream", "stream_identity"]
 
@@ -40,14 +40,14 @@ class GpuStream:
         index = resolve_device_index(device)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise TypeError(f"priority must be an int, got {type(priority).__name__}")
-        greatest, least = _cuda.stream_priority_range(index)
+        greatest, least = driver.stream_priority_range(index)
         if not greatest <= priority <= least:
             raise ValueError(
                 f"priority {priority} is outside device {index}'s range {greatest}..{least} "
                 "(lower numbers are higher priority)"
             )
         flags = 0 if blocking else _STREAM_NON_BLOCKING
-        self._handle = _cuda.stream_create(index, flags, priority)
+        self._handle = driver.stream_create(index, flags, priority)
         self._id = int(self._handle)
         self._device = index
         self._owned = True
@@ -57,7 +57,7 @@ class GpuStream:
     @classmethod
     def _borrow(cls, handle: int, device: int, owner) -> "GpuStream":
         self = object.__new__(cls)
-        self._handle = _cuda.as_stream_handle(handle)
+        self._handle = driver.as_stream_handle(handle)
         self._id = handle
         self._device = device
         self._owned = False
@@ -69,7 +69,7 @@ class GpuStream:
     @property
     def device(self):
         """The :class:`Device` this stream belongs to."""
-        from ._device import Device
+        from .devices import Device
 
         return Device(self._device)
 
@@ -110,7 +110,7 @@ class GpuStream:
         """``fn(*args)``, a driver call on this stream, with the device's context current when
         the handle is one of the special ones that name a stream of the current context."""
         if self._special:
-            return _cuda.in_context(self._device, fn, *args)
+            return driver.in_context(self._device, fn, *args)
         return fn(*args)
 
     def _record(self, event_handle) -> None:
@@ -119,20 +119,20 @@ class GpuStream:
         if sh is None:
             self._live()
         if self._special:
-            (err,) = _cuda.in_context(self._device, _cuda.cuEventRecord, event_handle, sh)
+            (err,) = driver.in_context(self._device, driver.cuEventRecord, event_handle, sh)
         else:
-            (err,) = _cuda.cuEventRecord(event_handle, sh)
+            (err,) = driver.cuEventRecord(event_handle, sh)
         if err:
-            _cuda.raise_error(err, "cuEventRecord")
+            driver.raise_error(err, "cuEventRecord")
 
     def query(self) -> bool:
         """True when all work enqueued so far has finished (never blocks)."""
-        (err,) = self._call(_cuda.cuStreamQuery, self._live())
+        (err,) = self._call(driver.cuStreamQuery, self._live())
         if not err:
             return True
-        if err == _cuda.NOT_READY:
+        if err == driver.NOT_READY:
             return False
-        _cuda.raise_error(err, "cuStreamQuery")
+        driver.raise_error(err, "cuStreamQuery")
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Block the host until all enqueued work has finished.
@@ -145,9 +145,9 @@ class GpuStream:
         if timeout is not None:
             wait_until(self.query, timeout, "GpuStream.synchronize()")
             return
-        (err,) = self._call(_cuda.cuStreamSynchronize, h)
+        (err,) = self._call(driver.cuStreamSynchronize, h)
         if err:
-            _cuda.raise_error(err, "cuStreamSynchronize")
+            driver.raise_error(err, "cuStreamSynchronize")
 
     def close(self) -> None:
         """Destroy an owned stream (enqueued work still completes) or drop a borrowed one.
@@ -159,8 +159,8 @@ class GpuStream:
             return
         self._handle = None
         self._owner = None
-        if self._owned and not _cuda.state.exiting:
-            _cuda.stream_destroy(h)
+        if self._owned and not driver.state.exiting:
+            driver.stream_destroy(h)
 
     def __enter__(self) -> "GpuStream":
         self._live()
@@ -315,12 +315,12 @@ def as_stream(obj, device=None) -> GpuStream:
         return GpuStream._borrow(handle, stated, obj)
     if handle in _SPECIAL_HANDLES:
         return GpuStream._borrow(handle, resolve_device_index(None), obj)
-    return GpuStream._borrow(handle, _cuda.stream_device(handle), obj)
+    return GpuStream._borrow(handle, driver.stream_device(handle), obj)
 
 
 def _borrow_checked(handle: int, device: int, owner) -> GpuStream:
     if handle not in _SPECIAL_HANDLES:
-        actual = _cuda.stream_device(handle)
+        actual = driver.stream_device(handle)
         if actual != device:
             raise DeviceMismatchError(f"the stream belongs to device {actual}, not device {device}; "
                                       f"pass device={actual}, or leave device= out")

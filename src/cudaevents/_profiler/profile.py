@@ -11,7 +11,7 @@ import time
 import traceback
 import warnings
 
-from ._timer import Timer
+from .timer import Timer
 
 __all__ = ["profile_timer", "run_profile"]
 
@@ -176,7 +176,7 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
     hooks = []
 
     def on_torch(torch):
-        from ._torch_layers import GlobalLayerHooks
+        from .torch_layers import GlobalLayerHooks
 
         if backward:  # what PyTorch says about the hooks' semantics is not the script's business
             for message in ("Full backward hook is firing when gradients are computed with respect to module outputs",

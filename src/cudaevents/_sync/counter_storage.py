@@ -27,8 +27,8 @@ import os
 import threading
 import weakref
 
-from . import _cuda, _env
-from ._errors import CudaUnavailableError
+from .._core import driver, env
+from .._core.errors import CudaUnavailableError
 
 __all__ = ["BACKENDS", "HostCell", "MemCell", "HostFnCell", "choose_backend", "slab_stats", "Quarantine"]
 
@@ -93,7 +93,7 @@ class _Slab:
             _quarantine.reclaim()
         with self._lock:
             if not self._free:
-                host, dev = _cuda.mem_host_alloc_mapped(self.CHUNK)
+                host, dev = driver.mem_host_alloc_mapped(self.CHUNK)
                 self._chunks.append(host)
                 self._free.extend((host + off, dev + off) for off in range(self.CHUNK - 8, -8, -8))
             self.in_use += 1
@@ -173,10 +173,10 @@ class MemCell:
         self._word.value = value
 
     def gpu_signal(self, stream, value: int) -> None:
-        _cuda.stream_write_value(stream, self._dev, value, self._bits)
+        driver.stream_write_value(stream, self._dev, value, self._bits)
 
     def gpu_wait(self, stream, value: int) -> None:
-        _cuda.stream_wait_value(stream, self._dev, value, self._bits)
+        driver.stream_wait_value(stream, self._dev, value, self._bits)
 
     def release_waiters(self) -> None:
         """Let every GPU wait on this cell pass (used when the event fails or closes)."""
@@ -278,7 +278,7 @@ class HostFnCell:
             self._keep = still
 
     def gpu_signal(self, stream, value: int) -> None:
-        from ._event import HeldEvent
+        from .._core.cuda_event import HeldEvent
 
         with self._lock:
             if any(target <= value for target, _ in self._waiters):
@@ -292,7 +292,7 @@ class HostFnCell:
             self._pending.append((value, ev))
 
     def gpu_wait(self, stream, value: int) -> None:
-        from ._event import HeldEvent
+        from .._core.cuda_event import HeldEvent
 
         with self._lock:  # held so that read() cannot close the event under us
             covering = next((ev for promised, ev in self._pending if promised >= value), None)
@@ -300,7 +300,7 @@ class HostFnCell:
                 covering.wait(stream)
                 return
         sem = self._libc.new_semaphore()
-        _cuda.launch_host_func(stream, self._libc.wait_address, ctypes.addressof(sem))
+        driver.launch_host_func(stream, self._libc.wait_address, ctypes.addressof(sem))
         after = HeldEvent(self._device).record(stream)
         with self._lock:
             self._waiters.append((value, sem))
@@ -327,7 +327,7 @@ _inherited: list = []  # what a forked child keeps from its parent, untouched, u
 
 
 def _refuse_forked(*args, **kwargs):
-    raise CudaUnavailableError(_cuda._FORK_REASON)
+    raise CudaUnavailableError(driver._FORK_REASON)
 
 
 def _do_nothing(*args, **kwargs) -> None:
@@ -349,7 +349,7 @@ def _after_fork_in_child() -> None:
     global _slab, _slab_lock
     _slab_lock = threading.Lock()
     _quarantine._lock = threading.Lock()
-    if not _cuda.state.forked:
+    if not driver.state.forked:
         if _slab is not None:  # made by slab_stats(); without CUDA it holds no memory
             _slab._lock = threading.Lock()
         return  # the parent never initialized CUDA: it had no GPU cells
@@ -370,14 +370,14 @@ if hasattr(os, "register_at_fork"):
 def choose_backend(device: int | None) -> str:
     """The backend for a counter on ``device``: forced by ``CUDAEVENTS_ATOMIC_BACKEND`` or
     picked from the device's capabilities (``host`` where there is no GPU)."""
-    forced = _env.atomic_backend()
+    forced = env.atomic_backend()
     if device is None:
         if forced not in (None, "host"):
             raise CudaUnavailableError(
                 f"CUDAEVENTS_ATOMIC_BACKEND={forced} needs a GPU, but none is usable here; unset it or use 'host'"
             )
         return "host"
-    from ._device import Device
+    from .._core.devices import Device
 
     caps = Device(device).capabilities
     usable = {

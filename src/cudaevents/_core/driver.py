@@ -29,7 +29,7 @@ import ctypes
 import os
 import threading
 
-from ._errors import CudaError, CudaUnavailableError
+from .errors import CudaError, CudaUnavailableError
 
 __all__ = [
     "state",
@@ -76,7 +76,7 @@ cuEventRecord = cuEventQuery = cuEventSynchronize = cuStreamWaitEvent = None
 cuEventElapsedTime = cuStreamQuery = cuStreamSynchronize = None
 
 
-def driver():
+def bindings():
     """Return ``cuda.bindings.driver`` after ``cuInit``; raise :class:`CudaUnavailableError`."""
     d = _d
     if d is not None:
@@ -136,7 +136,7 @@ def unavailable_reason() -> str | None:
     """Why CUDA cannot be used here, or ``None`` when it can."""
     global _usable
     try:
-        driver()
+        bindings()
         if device_count() == 0:
             _usable = False
             return "the CUDA driver reports 0 devices"
@@ -185,7 +185,7 @@ def check(result, call: str):
 
 def device_count() -> int:
     """Number of CUDA devices the driver sees (raises when CUDA is unavailable)."""
-    d = driver()
+    d = bindings()
     return check(d.cuDeviceGetCount(), "cuDeviceGetCount")
 
 
@@ -194,7 +194,7 @@ def primary_context(index: int):
     ctx = _contexts.get(index)
     if ctx is not None:
         return ctx
-    d = driver()
+    d = bindings()
     with _lock:
         ctx = _contexts.get(index)
         if ctx is None:
@@ -207,7 +207,7 @@ def primary_context(index: int):
 
 def current_device_index() -> int | None:
     """Device of the calling thread's current context, or ``None`` when it has none."""
-    d = driver()
+    d = bindings()
     ctx = check(d.cuCtxGetCurrent(), "cuCtxGetCurrent")
     if ctx is None or int(ctx) == 0:
         return None
@@ -230,7 +230,7 @@ def _context_to_push(index: int):
 @contextlib.contextmanager
 def pushed(index: int):
     """Make device ``index``'s primary context current for the block, then restore."""
-    driver()
+    bindings()
     ctx = _context_to_push(index)
     if ctx is None:
         yield
@@ -266,7 +266,7 @@ def versions() -> dict[str, str]:
     except ImportError:
         out["cuda-bindings"] = "not installed"
     try:
-        d = driver()
+        d = bindings()
         v = check(d.cuDriverGetVersion(), "cuDriverGetVersion")
         out["driver CUDA version"] = f"{v // 1000}.{(v % 1000) // 10}"
     except CudaUnavailableError:
@@ -276,31 +276,31 @@ def versions() -> dict[str, str]:
 
 def event_create(index: int, flags: int):
     """Create a native event with ``flags`` in device ``index``'s primary context."""
-    d = driver()
+    d = bindings()
     with pushed(index):
         return check(d.cuEventCreate(flags), "cuEventCreate")
 
 
 def event_destroy(handle) -> None:
     """Destroy a native event (legal while work recorded on it is pending)."""
-    check(driver().cuEventDestroy(handle), "cuEventDestroy")
+    check(bindings().cuEventDestroy(handle), "cuEventDestroy")
 
 
 def stream_create(index: int, flags: int, priority: int):
     """Create a native stream in device ``index``'s primary context."""
-    d = driver()
+    d = bindings()
     with pushed(index):
         return check(d.cuStreamCreateWithPriority(flags, priority), "cuStreamCreateWithPriority")
 
 
 def stream_destroy(handle) -> None:
     """Destroy a native stream; work already enqueued still completes."""
-    check(driver().cuStreamDestroy(handle), "cuStreamDestroy")
+    check(bindings().cuStreamDestroy(handle), "cuStreamDestroy")
 
 
 def stream_priority_range(index: int) -> tuple[int, int]:
     """``(greatest, least)`` stream priority of device ``index`` (numerically low, high)."""
-    d = driver()
+    d = bindings()
     with pushed(index):
         least, greatest = check(d.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange")
     return int(greatest), int(least)
@@ -308,14 +308,14 @@ def stream_priority_range(index: int) -> tuple[int, int]:
 
 def stream_device(handle) -> int:
     """Device ordinal of a (non-special) stream handle."""
-    d = driver()
+    d = bindings()
     dev = check(d.cuStreamGetDevice(handle), "cuStreamGetDevice")
     return int(dev)
 
 
 def device_attribute(index: int, name: str) -> int:
     """``cuDeviceGetAttribute`` by attribute name, e.g. ``"CAN_MAP_HOST_MEMORY"``."""
-    d = driver()
+    d = bindings()
     attr = getattr(d.CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_" + name)
     dev = check(d.cuDeviceGet(index), "cuDeviceGet")
     return int(check(d.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
@@ -323,7 +323,7 @@ def device_attribute(index: int, name: str) -> int:
 
 def device_name(index: int) -> str:
     """The marketing name of device ``index``."""
-    d = driver()
+    d = bindings()
     dev = check(d.cuDeviceGet(index), "cuDeviceGet")
     raw = check(d.cuDeviceGetName(256, dev), "cuDeviceGetName")
     return raw.split(b"\0", 1)[0].decode(errors="replace")
@@ -331,69 +331,69 @@ def device_name(index: int) -> str:
 
 def device_total_memory(index: int) -> int:
     """Total memory of device ``index`` in bytes."""
-    d = driver()
+    d = bindings()
     dev = check(d.cuDeviceGet(index), "cuDeviceGet")
     return int(check(d.cuDeviceTotalMem(dev), "cuDeviceTotalMem"))
 
 
 def driver_version() -> int:
     """The CUDA version the driver supports, as 1000*major + 10*minor."""
-    return int(check(driver().cuDriverGetVersion(), "cuDriverGetVersion"))
+    return int(check(bindings().cuDriverGetVersion(), "cuDriverGetVersion"))
 
 
 def as_stream_handle(value: int):
     """Wrap an integer stream handle as a ``CUstream`` the bindings accept quickly."""
-    return driver().CUstream(value)
+    return bindings().CUstream(value)
 
 
 # -- memory, for the demo and tests: plain device allocations (never managed memory) ---------
 def mem_alloc(index: int, nbytes: int) -> int:
     """Allocate ``nbytes`` of device memory on device ``index``; returns the pointer."""
-    d = driver()
+    d = bindings()
     with pushed(index):
         return int(check(d.cuMemAlloc(nbytes), "cuMemAlloc"))
 
 
 def mem_free(ptr: int) -> None:
     """Free memory from :func:`mem_alloc`."""
-    check(driver().cuMemFree(ptr), "cuMemFree")
+    check(bindings().cuMemFree(ptr), "cuMemFree")
 
 
 def memset_d32_async(ptr: int, value: int, count: int, stream) -> None:
     """Fill ``count`` 32-bit words at ``ptr`` with ``value`` in stream order."""
-    check(driver().cuMemsetD32Async(ptr, value, count, stream), "cuMemsetD32Async")
+    check(bindings().cuMemsetD32Async(ptr, value, count, stream), "cuMemsetD32Async")
 
 
 def memcpy_dtod_async(dst: int, src: int, nbytes: int, stream) -> None:
     """Copy device memory in stream order."""
-    check(driver().cuMemcpyDtoDAsync(dst, src, nbytes, stream), "cuMemcpyDtoDAsync")
+    check(bindings().cuMemcpyDtoDAsync(dst, src, nbytes, stream), "cuMemcpyDtoDAsync")
 
 
 def mem_host_alloc(nbytes: int) -> int:
     """Allocate ``nbytes`` of pinned host memory usable from every context; returns its address."""
-    d = driver()
+    d = bindings()
     with pushed(0):
         return int(check(d.cuMemHostAlloc(nbytes, d.CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc"))
 
 
 def mem_host_free(address: int) -> None:
     """Free memory from :func:`mem_host_alloc`."""
-    check(driver().cuMemFreeHost(address), "cuMemFreeHost")
+    check(bindings().cuMemFreeHost(address), "cuMemFreeHost")
 
 
 def memcpy_dtoh_async(host_address: int, src: int, nbytes: int, stream) -> None:
     """Copy device memory to pinned host memory in stream order."""
-    check(driver().cuMemcpyDtoHAsync(host_address, src, nbytes, stream), "cuMemcpyDtoHAsync")
+    check(bindings().cuMemcpyDtoHAsync(host_address, src, nbytes, stream), "cuMemcpyDtoHAsync")
 
 
 def memcpy_htod_async(dst: int, host_address: int, nbytes: int, stream) -> None:
     """Copy pinned host memory to device memory in stream order."""
-    check(driver().cuMemcpyHtoDAsync(dst, host_address, nbytes, stream), "cuMemcpyHtoDAsync")
+    check(bindings().cuMemcpyHtoDAsync(dst, host_address, nbytes, stream), "cuMemcpyHtoDAsync")
 
 
 def memcpy_dtoh(index: int, host_address: int, src: int, nbytes: int) -> None:
     """Copy device memory of device ``index`` to host memory at ``host_address`` (synchronous)."""
-    d = driver()
+    d = bindings()
     with pushed(index):
         check(d.cuMemcpyDtoH(host_address, src, nbytes), "cuMemcpyDtoH")
 
@@ -407,7 +407,7 @@ def mem_host_alloc_mapped(nbytes: int) -> tuple[int, int]:
 
     Returns ``(host_address, device_address)``; with unified addressing they are equal.
     """
-    d = driver()
+    d = bindings()
     flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
     with pushed(0):
         host = int(check(d.cuMemHostAlloc(nbytes, flags), "cuMemHostAlloc"))
@@ -456,7 +456,7 @@ def launch_host_func(stream, function_address: int, argument: int) -> None:
     global _cu_launch_host_func
     fn = _cu_launch_host_func
     if fn is None:
-        driver()
+        bindings()
         fn = ctypes.CDLL("libcuda.so.1").cuLaunchHostFunc  # already loaded by cuInit
         fn.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
         fn.restype = ctypes.c_int

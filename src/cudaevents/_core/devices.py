@@ -6,21 +6,21 @@ import dataclasses
 import functools
 import threading
 
-from . import _cuda
-from ._errors import CudaUnavailableError
+from . import driver
+from .errors import CudaUnavailableError
 
 __all__ = ["Device", "DeviceCapabilities", "device_count", "is_available"]
 
 
 def is_available() -> bool:
     """True when a CUDA driver and at least one GPU can be used; never raises."""
-    return _cuda.is_usable()
+    return driver.is_usable()
 
 
 def device_count() -> int:
     """Number of visible CUDA devices; 0 when CUDA is unavailable (never raises)."""
     try:
-        return _cuda.device_count()
+        return driver.device_count()
     except CudaUnavailableError:
         return 0
 
@@ -71,7 +71,7 @@ class Device:
             return dev
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"Device() takes an integer ordinal, got {type(index).__name__}")
-        count = _cuda.device_count()
+        count = driver.device_count()
         if not 0 <= index < count:
             valid = "there are no devices" if count == 0 else f"valid ordinals are 0..{count - 1}"
             raise ValueError(f"Device({index}) does not exist: {valid}")
@@ -103,28 +103,28 @@ class Device:
     @functools.cached_property
     def name(self) -> str:
         """Name reported by the driver, e.g. ``"NVIDIA H100 80GB HBM3"``."""
-        return _cuda.device_name(self._index)
+        return driver.device_name(self._index)
 
     @functools.cached_property
     def compute_capability(self) -> tuple[int, int]:
         """``(major, minor)``."""
         return (
-            _cuda.device_attribute(self._index, "COMPUTE_CAPABILITY_MAJOR"),
-            _cuda.device_attribute(self._index, "COMPUTE_CAPABILITY_MINOR"),
+            driver.device_attribute(self._index, "COMPUTE_CAPABILITY_MAJOR"),
+            driver.device_attribute(self._index, "COMPUTE_CAPABILITY_MINOR"),
         )
 
     @functools.cached_property
     def total_memory(self) -> int:
         """Total device memory in bytes."""
-        return _cuda.device_total_memory(self._index)
+        return driver.device_total_memory(self._index)
 
     @functools.cached_property
     def capabilities(self) -> DeviceCapabilities:
         """The device's :class:`DeviceCapabilities`, read from the driver once."""
-        attr = functools.partial(_cuda.device_attribute, self._index)
+        attr = functools.partial(driver.device_attribute, self._index)
         return DeviceCapabilities(
             # Since CUDA 12.0 the 32-bit operations are always enabled; the old attribute is gone.
-            stream_mem_ops_32=_cuda.driver_version() >= 12000,
+            stream_mem_ops_32=driver.driver_version() >= 12000,
             stream_mem_ops_64=bool(attr("CAN_USE_64_BIT_STREAM_MEM_OPS")),
             stream_wait_value_nor=bool(attr("CAN_USE_STREAM_WAIT_VALUE_NOR")),
             concurrent_managed_access=bool(attr("CONCURRENT_MANAGED_ACCESS")),
@@ -136,21 +136,21 @@ class Device:
     def make_current(self) -> "Device":
         """Make this device's primary context current on the calling thread (as
         ``cudaSetDevice`` does); returns ``self``."""
-        d = _cuda.driver()
-        _cuda.check(d.cuCtxSetCurrent(_cuda.primary_context(self._index)), "cuCtxSetCurrent")
+        d = driver.bindings()
+        driver.check(d.cuCtxSetCurrent(driver.primary_context(self._index)), "cuCtxSetCurrent")
         return self
 
     def synchronize(self) -> None:
         """Wait on the host until all work on this device has finished."""
-        d = _cuda.driver()
-        with _cuda.pushed(self._index):
-            _cuda.check(d.cuCtxSynchronize(), "cuCtxSynchronize")
+        d = driver.bindings()
+        with driver.pushed(self._index):
+            driver.check(d.cuCtxSynchronize(), "cuCtxSynchronize")
 
 
 def resolve_device_index(device) -> int:
     """Ordinal for ``device`` (a :class:`Device`, an int, or ``None`` for the current one)."""
     if device is None:
-        current = _cuda.current_device_index()
+        current = driver.current_device_index()
         return 0 if current is None else current
     if type(device) is Device:
         return device._index

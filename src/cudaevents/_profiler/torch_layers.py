@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 import weakref
 
-from ._cpu_stream import CpuStream
-from ._stream import as_stream
-from ._timer import Timer
+from .._core.streams import as_stream
+from .._sync.cpu_stream import CpuStream
+from .timer import Timer
 
 __all__ = ["LayerTimer"]
 

@@ -7,7 +7,7 @@ import os
 import threading
 import weakref
 
-from . import _cuda, _env
+from . import driver, env
 
 __all__ = ["EventPool", "PoolStats", "default_pool"]
 
@@ -75,13 +75,13 @@ class EventPool:
         if (create is None) != (destroy is None):
             raise TypeError("give both create= and destroy=, or neither")
         self._max_cached = max_cached
-        self._create = create or _cuda.event_create
-        self._destroy = destroy or _cuda.event_destroy
+        self._create = create or driver.event_create
+        self._destroy = destroy or driver.event_destroy
         self._lock = threading.Lock()
         self._keys: dict[tuple[int, int], _Key] = {}
         self._counts: dict[int, _Counts] = {}  # per device
         self._total = _Counts()  # live/high over all devices
-        self._state = _cuda.state  # bound early: read by releases during interpreter exit
+        self._state = driver.state  # bound early: read by releases during interpreter exit
         _pools.add(self)
 
     @property
@@ -305,6 +305,6 @@ def default_pool() -> EventPool:
     if pool is None:
         with _default_lock:
             if _default is None:
-                _default = EventPool(_env.pool_max_cached())
+                _default = EventPool(env.pool_max_cached())
             pool = _default
     return pool

@@ -8,12 +8,12 @@ import sys
 import time
 import warnings
 
-from . import _cuda
-from ._event import CudaEvent
-from ._pool import EventPool, default_pool
-from ._results import Stats, stats_of
-from ._stream import GpuStream, as_stream
-from ._wait import check_timeout
+from .._core import driver
+from .._core.cuda_event import CudaEvent
+from .._core.pool import EventPool, default_pool
+from .._core.streams import GpuStream, as_stream
+from .._core.wait import check_timeout
+from .results import Stats, stats_of
 
 __all__ = ["BenchmarkResult", "benchmark"]
 
@@ -146,26 +146,26 @@ class _Flusher:
 
     def __init__(self, s: GpuStream):
         try:
-            l2 = _cuda.device_attribute(s._device, "L2_CACHE_SIZE")
+            l2 = driver.device_attribute(s._device, "L2_CACHE_SIZE")
         except Exception:
             l2 = 0
         nbytes = max(2 * l2, _MIN_FLUSH_BYTES) if l2 > 0 else _FALLBACK_FLUSH_BYTES
         self.nbytes = (nbytes + 3) // 4 * 4
         self._words = self.nbytes // 4
         self._stream = s
-        self._ptr = _cuda.mem_alloc(s._device, self.nbytes)
+        self._ptr = driver.mem_alloc(s._device, self.nbytes)
         self._value = 0
 
     def __call__(self) -> None:
         s = self._stream
         self._value = (self._value + 1) & 0xFFFFFFFF
-        s._call(_cuda.memset_d32_async, self._ptr, self._value, self._words, s._live())
+        s._call(driver.memset_d32_async, self._ptr, self._value, self._words, s._live())
 
     def free(self, idle: bool) -> None:
         """Free the buffer; ``idle`` says the stream has finished with it (else it leaks)."""
         ptr, self._ptr = self._ptr, None
         if ptr is not None and idle:
-            _cuda.mem_free(ptr)
+            driver.mem_free(ptr)
 
 
 def _capture(torch, fn):

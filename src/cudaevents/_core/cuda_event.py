@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from . import _cuda
-from ._device import Device, resolve_device_index
-from ._errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError
-from ._pool import default_pool
-from ._stream import GpuStream, as_stream
-from ._wait import check_timeout, wait_until
+from . import driver
+from .devices import Device, resolve_device_index
+from .errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError
+from .pool import default_pool
+from .streams import GpuStream, as_stream
+from .wait import check_timeout, wait_until
 
 __all__ = ["CudaEvent", "HeldEvent", "query_handle", "synchronize_handle"]
 
@@ -21,12 +21,12 @@ _INTERPROCESS = 0x4
 
 def query_handle(handle) -> bool:
     """Whether the work before the native event ``handle`` has finished (never blocks)."""
-    (err,) = _cuda.cuEventQuery(handle)
+    (err,) = driver.cuEventQuery(handle)
     if not err:
         return True
-    if err == _cuda.NOT_READY:
+    if err == driver.NOT_READY:
         return False
-    _cuda.raise_error(err, "cuEventQuery")
+    driver.raise_error(err, "cuEventQuery")
 
 
 def synchronize_handle(handle, timeout: float | None, what: str) -> None:
@@ -35,9 +35,9 @@ def synchronize_handle(handle, timeout: float | None, what: str) -> None:
     if timeout is not None:
         wait_until(lambda: query_handle(handle), timeout, what)
         return
-    (err,) = _cuda.cuEventSynchronize(handle)
+    (err,) = driver.cuEventSynchronize(handle)
     if err:
-        _cuda.raise_error(err, "cuEventSynchronize")
+        driver.raise_error(err, "cuEventSynchronize")
 
 
 class CudaEvent:
@@ -186,9 +186,9 @@ class CudaEvent:
         """
         h = self._recorded_handle("wait()")
         s = stream if type(stream) is GpuStream else self._stream(stream)
-        (err,) = s._call(_cuda.cuStreamWaitEvent, s._live(), h, 0)
+        (err,) = s._call(driver.cuStreamWaitEvent, s._live(), h, 0)
         if err:
-            _cuda.raise_error(err, "cuStreamWaitEvent")
+            driver.raise_error(err, "cuStreamWaitEvent")
 
     def query(self) -> bool:
         """True when the recorded work has finished, False while it is pending (never blocks).
@@ -236,13 +236,13 @@ class CudaEvent:
                 f"cannot time between events of device {self._device} and device {end._device}; "
                 "record both on streams of one device"
             )
-        err, ms = _cuda.cuEventElapsedTime(self._handle, end._handle)
+        err, ms = driver.cuEventElapsedTime(self._handle, end._handle)
         if err:
-            if err == _cuda.NOT_READY:
+            if err == driver.NOT_READY:
                 raise NotReadyError(
                     "the events have not both completed; call end.synchronize() before elapsed_time()"
                 )
-            _cuda.raise_error(err, "cuEventElapsedTime")
+            driver.raise_error(err, "cuEventElapsedTime")
         return ms
 
     def close(self) -> None:

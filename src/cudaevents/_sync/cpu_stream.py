@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 
-from ._errors import ClosedError
-from ._runner import Runner
-from ._wait import check_timeout
+from .._core.errors import ClosedError
+from .._core.wait import check_timeout
+from .runner import Runner
 
 __all__ = ["CpuStream"]
 

@@ -9,13 +9,13 @@ import threading
 import time
 import weakref
 
-from . import _cuda
-from ._cpu_stream import CpuStream
-from ._event import TIMING_FLAGS, CudaEvent, query_handle, synchronize_handle
-from ._pool import default_pool
-from ._results import Results, Sample
-from ._stream import GpuStream, as_stream, stream_identity
-from ._wait import check_timeout
+from .._core import driver
+from .._core.cuda_event import TIMING_FLAGS, CudaEvent, query_handle, synchronize_handle
+from .._core.pool import default_pool
+from .._core.streams import GpuStream, as_stream, stream_identity
+from .._core.wait import check_timeout
+from .._sync.cpu_stream import CpuStream
+from .results import Results, Sample
 
 __all__ = ["Timer"]
 
@@ -327,7 +327,7 @@ class Timer:
                     return 0
                 self._ref_done.add(device)
         finished = _finished(queue)
-        elapsed = _cuda.cuEventElapsedTime
+        elapsed = driver.cuEventElapsedTime
         append, new_sample = self._samples.append, _new_sample
         done = []
         try:
@@ -339,9 +339,9 @@ class Timer:
                 else:
                     err, at = elapsed(ref, start)
                 if err:
-                    if err == _cuda.NOT_READY:  # threads ended regions out of stream order
+                    if err == driver.NOT_READY:  # threads ended regions out of stream order
                         break
-                    _cuda.raise_error(err, "cuEventElapsedTime")
+                    driver.raise_error(err, "cuEventElapsedTime")
                 queue.popleft()
                 append(new_sample((name, device, stream, at, ms)))
                 done.append(start)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from ._atomic import AtomicEvent
-from ._errors import ClosedError
+from .._core.errors import ClosedError
+from .atomic_event import AtomicEvent
 
 __all__ = ["Fence"]
 

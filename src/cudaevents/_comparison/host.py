@@ -23,15 +23,15 @@ import statistics
 import threading
 import time
 
-from . import _cuda
-from ._atomic import AtomicEvent, atomic_backend
-from ._cells import slab_stats
-from ._device import device_count
-from ._event import CudaEvent
-from ._pool import EventPool
-from ._stream import GpuStream
-from ._suite_latency import describe_error
-from ._timer import Timer
+from .._core import driver
+from .._core.cuda_event import CudaEvent
+from .._core.devices import device_count
+from .._core.pool import EventPool
+from .._core.streams import GpuStream
+from .._profiler.timer import Timer
+from .._sync.atomic_event import AtomicEvent, atomic_backend
+from .._sync.counter_storage import slab_stats
+from .latency import describe_error
 
 __all__ = [
     "Cleanup",
@@ -208,7 +208,7 @@ def _add_peer(ctx: Context, peer: str, build, methods: list, errors: dict, clean
 
 def _raise_on(err, call: str) -> None:
     if err:
-        _cuda.raise_error(err, call)
+        driver.raise_error(err, call)
 
 
 def _core_timing_options(core):
@@ -281,16 +281,16 @@ def _core_new_event(core, device, cleanup):
 def create_record(ctx: Context) -> dict:
     """New event + record (+ release) for ours, raw cuda-bindings and each peer; and the
     floor, a raw ``cuEventRecord`` of one pre-created event."""
-    d, dev, cfg = _cuda.driver(), ctx.device, ctx.config
+    d, dev, cfg = driver.bindings(), ctx.device, ctx.config
     errors: dict[str, str] = {}
     with Cleanup(errors) as cleanup:
         pool = EventPool()
         cleanup.add(pool.clear)
         stream = cleanup.stream(dev)
-        sh = _cuda.as_stream_handle(stream.handle)
+        sh = driver.as_stream_handle(stream.handle)
         record = d.cuEventRecord
-        floor_event = _cuda.event_create(dev, _NO_TIMING)
-        cleanup.add(_cuda.event_destroy, floor_event)
+        floor_event = driver.event_create(dev, _NO_TIMING)
+        cleanup.add(driver.event_destroy, floor_event)
 
         def ours_event(n):
             for _ in range(n):
@@ -302,7 +302,7 @@ def create_record(ctx: Context) -> dict:
                 h = acquire(dev, _NO_TIMING)
                 (err,) = record(h, sh)
                 if err:
-                    _cuda.raise_error(err, "cuEventRecord")
+                    driver.raise_error(err, "cuEventRecord")
                 release(dev, _NO_TIMING, h)
 
         def raw_record(n):
@@ -310,21 +310,21 @@ def create_record(ctx: Context) -> dict:
             for _ in range(n):
                 (err,) = record(h, sh)
                 if err:
-                    _cuda.raise_error(err, "cuEventRecord")
+                    driver.raise_error(err, "cuEventRecord")
 
         def raw_create(n):
             create, destroy = d.cuEventCreate, d.cuEventDestroy
-            with _cuda.pushed(dev):
+            with driver.pushed(dev):
                 for _ in range(n):
                     err, h = create(_NO_TIMING)
                     if err:
-                        _cuda.raise_error(err, "cuEventCreate")
+                        driver.raise_error(err, "cuEventCreate")
                     (err,) = record(h, sh)
                     if err:
-                        _cuda.raise_error(err, "cuEventRecord")
+                        driver.raise_error(err, "cuEventRecord")
                     (err,) = destroy(h)
                     if err:
-                        _cuda.raise_error(err, "cuEventDestroy")
+                        driver.raise_error(err, "cuEventDestroy")
 
         def settle():
             stream.synchronize(timeout=SYNC_S)
@@ -443,16 +443,16 @@ def _core_pairs(core, device, cleanup):
 def timing_pairs(ctx: Context) -> dict:
     """Timing pairs amortized over many regions: ``Timer`` regions against raw pooled
     bindings and each peer's usual pattern (two events per region, elapsed time at the end)."""
-    d, dev, cfg = _cuda.driver(), ctx.device, ctx.config
+    d, dev, cfg = driver.bindings(), ctx.device, ctx.config
     n_regions = cfg.pair_regions
     errors: dict[str, str] = {}
     with Cleanup(errors) as cleanup:
         pool = EventPool()
         cleanup.add(pool.clear)
         stream = cleanup.stream(dev)
-        sh = _cuda.as_stream_handle(stream.handle)
-        free = [_cuda.event_create(dev, 0) for _ in range(2 * n_regions)]  # flags 0: timing on
-        cleanup.add(lambda: [_cuda.event_destroy(h) for h in free])
+        sh = driver.as_stream_handle(stream.handle)
+        free = [driver.event_create(dev, 0) for _ in range(2 * n_regions)]  # flags 0: timing on
+        cleanup.add(lambda: [driver.event_destroy(h) for h in free])
 
         def ours_timer(n, timeline=True):
             def enqueue(n):
@@ -474,10 +474,10 @@ def timing_pairs(ctx: Context) -> dict:
                 start, end = pop(), pop()
                 (err,) = record(start, sh)
                 if err:
-                    _cuda.raise_error(err, "cuEventRecord")
+                    driver.raise_error(err, "cuEventRecord")
                 (err,) = record(end, sh)
                 if err:
-                    _cuda.raise_error(err, "cuEventRecord")
+                    driver.raise_error(err, "cuEventRecord")
                 pending.append((start, end))
             return pending
 
@@ -487,7 +487,7 @@ def timing_pairs(ctx: Context) -> dict:
             for start, end in pending:
                 err, ms = elapsed(start, end)  # NOT_READY until both completed: the completion check too
                 if err:
-                    _cuda.raise_error(err, "cuEventElapsedTime")
+                    driver.raise_error(err, "cuEventElapsedTime")
                 times.append(ms)
                 push(start)
                 push(end)
@@ -635,7 +635,7 @@ def _phases(t0: int, t1: int, t2: int, t3: int, rss0, rss1) -> dict:
 def atomic_alloc(ctx: Context) -> dict:
     """AtomicEvent creation and close time and memory per event, against one raw pinned,
     device-mapped allocation per event."""
-    d, dev, cfg = _cuda.driver(), ctx.device, ctx.config
+    d, dev, cfg = driver.bindings(), ctx.device, ctx.config
     n = cfg.alloc_ops
     backend = atomic_backend(dev)
     flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
@@ -670,7 +670,7 @@ def atomic_alloc(ctx: Context) -> dict:
             _raise_on(err, "cuMemFreeHost")
 
     def raw(n):
-        with _cuda.pushed(dev):
+        with driver.pushed(dev):
             rss0 = _rss()
             t0 = perf_ns()
             hosts = allocate(n)
@@ -695,7 +695,7 @@ def atomic_alloc(ctx: Context) -> dict:
         pinned["ours"] = slab["bytes"] / slab["in_use"] if backend.startswith("mem") and slab["in_use"] else 0.0
         for ev in events:
             ev.close()
-        with _cuda.pushed(dev):
+        with driver.pushed(dev):
             hosts = allocate(n)
             addresses = sorted(int(h) for h in hosts)
             release(hosts)

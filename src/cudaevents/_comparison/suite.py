@@ -30,11 +30,11 @@ import platform
 import time
 import types
 
-from . import _cuda
-from . import _suite_host as _host
-from ._device import Device, device_count
-from ._errors import CudaUnavailableError
-from ._suite_latency import describe_error, round_trip, worker_wakeup
+from .._core import driver
+from .._core.devices import Device, device_count
+from .._core.errors import CudaUnavailableError
+from . import host as _host
+from .latency import describe_error, round_trip, worker_wakeup
 
 __all__ = [
     "FULL",
@@ -227,11 +227,11 @@ def _selected(only) -> list[str]:
 
 
 def _header(device: int, cfg: SuiteConfig, quick: bool, peers: dict) -> dict:
-    from . import __version__
+    from .. import __version__
 
     dev = Device(device)
     major, minor = dev.compute_capability
-    versions = {"cudaevents": __version__, **_cuda.versions(), "python": platform.python_version()}
+    versions = {"cudaevents": __version__, **driver.versions(), "python": platform.python_version()}
     for name, info in peers.items():
         if info.get("version"):
             versions[name] = info["version"]
@@ -276,13 +276,13 @@ def run_suite(quick: bool = False, only=None, progress=None, device: int = 0) ->
         ValueError: an unknown name in ``only``.
     """
     names = _selected(only)
-    reason = _cuda.unavailable_reason()
+    reason = driver.unavailable_reason()
     if reason is not None:
         raise CudaUnavailableError(reason)
     say = progress or (lambda line: None)
     cfg = QUICK if quick else FULL
     t_start = time.perf_counter()
-    with _cuda.pushed(Device(device).index):
+    with driver.pushed(Device(device).index):
         if any(name in _PEER_SECTIONS for name in names):
             modules, peers = _load_peers(device, say)
         else:
@@ -563,7 +563,7 @@ def latency_script(argv, description: str, measure, *, samples: int, warmup: int
     settle_value = getattr(args, settle.replace("-", "_"))
     if args.samples < 1 or args.warmup < 0 or args.block < 1 or settle_value < 0:
         ap.error(f"--samples and --block must be >= 1, --warmup and --{settle} >= 0")
-    reason = _cuda.unavailable_reason()
+    reason = driver.unavailable_reason()
     if reason is not None:
         print(f"this benchmark needs a CUDA GPU, but CUDA is unusable here: {reason}", file=sys.stderr)
         return 1

@@ -8,12 +8,13 @@ import threading
 import time
 import weakref
 
-from . import _cuda, _cells
-from ._cpu_stream import CpuStream
-from ._device import resolve_device_index
-from ._errors import ClosedError, CudaError, DeviceMismatchError
-from ._stream import GpuStream, as_stream
-from ._wait import check_timeout, resolve_policy, wait_until
+from .._core import driver
+from .._core.devices import resolve_device_index
+from .._core.errors import ClosedError, CudaError, DeviceMismatchError
+from .._core.streams import GpuStream, as_stream
+from .._core.wait import check_timeout, resolve_policy, wait_until
+from . import counter_storage
+from .cpu_stream import CpuStream
 
 __all__ = ["AtomicEvent", "atomic_backend"]
 
@@ -30,8 +31,8 @@ _log = logging.getLogger("cudaevents")
 def atomic_backend(device=None) -> str:
     """The counter backend :class:`AtomicEvent` uses on ``device`` (``None``: the current
     device, or ``"host"`` without a GPU): ``mem64``, ``mem32``, ``hostfn`` or ``host``."""
-    index = None if device is None and not _cuda.is_usable() else resolve_device_index(device)
-    return _cells.choose_backend(index)
+    index = None if device is None and not driver.is_usable() else resolve_device_index(device)
+    return counter_storage.choose_backend(index)
 
 
 def _check_value(value, limit: int, backend: str) -> int:
@@ -90,9 +91,9 @@ class AtomicEvent:
         self._closed = True  # until fully built, so a failed __init__ leaves nothing to close
         self._final = 0  # the value at close(): the cell may be released or recycled after it
         self._policy = resolve_policy(policy)
-        index = None if device is None and not _cuda.is_usable() else resolve_device_index(device)
-        backend = _cells.choose_backend(index)
-        self._cell = _cells.make_cell(backend, -1 if index is None else index)
+        index = None if device is None and not driver.is_usable() else resolve_device_index(device)
+        backend = counter_storage.choose_backend(index)
+        self._cell = counter_storage.make_cell(backend, -1 if index is None else index)
         self._device = -1 if index is None else index
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -116,7 +117,7 @@ class AtomicEvent:
     @property
     def device(self):
         """The :class:`Device` whose streams may use the counter, or ``None`` (host only)."""
-        from ._device import Device
+        from .._core.devices import Device
 
         return None if self._device < 0 else Device(self._device)
 
@@ -285,7 +286,7 @@ class AtomicEvent:
                 try:
                     s.query()
                 except CudaError as exc:
-                    if exc.code not in _cuda.STICKY_ERRORS:  # e.g. a stream its owner destroyed:
+                    if exc.code not in driver.STICKY_ERRORS:  # e.g. a stream its owner destroyed:
                         continue  # the work enqueued there still runs; only a dead context is final
                     self._poison(exc)
                     return True
@@ -398,7 +399,7 @@ class AtomicEvent:
             if self._closed:
                 return
             cell = self._cell
-            if cell.gpu and _cuda.state.forked:  # the parent's pinned memory: touch nothing
+            if cell.gpu and driver.state.forked:  # the parent's pinned memory: touch nothing
                 self._final, self._closed, self._touched = 0, True, {}
                 self._cond.notify_all()
                 return
@@ -407,16 +408,16 @@ class AtomicEvent:
             # (a failure released them already, unless a GPU signal enqueued before it landed
             # afterwards and lowered the value again: release them then too)
             if cell.gpu and self._gpu_wait_max > self._final:
-                if not _cuda.state.exiting:  # at exit the process is going anyway: say nothing
+                if not driver.state.exiting:  # at exit the process is going anyway: say nothing
                     _log.warning("AtomicEvent closed at %d with GPU waits for up to %d pending; released them",
                                  self._final, self._gpu_wait_max)
                 cell.release_waiters()
             self._cond.notify_all()
             touched, self._touched = self._touched, {}
-        if _cuda.state.exiting:
+        if driver.state.exiting:
             return
         fences = []
-        from ._event import CudaEvent
+        from .._core.cuda_event import CudaEvent
 
         for s in touched.values():
             if s._handle is None:  # destroyed: its pending work cannot be fenced; never reuse

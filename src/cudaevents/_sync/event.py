@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
-from ._atomic import AtomicEvent
-from ._cpu_stream import CpuStream
-from ._errors import ClosedError, NotRecordedError
-from ._event import CudaEvent
-from ._stream import GpuStream, as_stream
-from ._wait import check_timeout, resolve_policy, wait_until
+from .._core.cuda_event import CudaEvent
+from .._core.errors import ClosedError, NotRecordedError
+from .._core.streams import GpuStream, as_stream
+from .._core.wait import check_timeout, resolve_policy, wait_until
+from .atomic_event import AtomicEvent
+from .cpu_stream import CpuStream
 
 __all__ = ["Event"]
 

@@ -14,14 +14,16 @@ import os
 import threading
 import time
 import weakref
-from threading import Event as _Marker  # a name of our own, so tests can stand in a failing wait
+from threading import (
+    Event as _Marker,  # a name of our own, so tests can stand in a failing wait
+)
 
-from ._cpu_stream import CpuStream
-from ._errors import ClosedError
-from ._event import CudaEvent
-from ._runner import Runner
-from ._stream import as_stream
-from ._wait import check_timeout
+from .._core.cuda_event import CudaEvent
+from .._core.errors import ClosedError
+from .._core.streams import as_stream
+from .._core.wait import check_timeout
+from .cpu_stream import CpuStream
+from .runner import Runner
 
 __all__ = ["Worker"]
 
