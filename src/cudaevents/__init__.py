@@ -25,7 +25,7 @@ from ._profiler.results import Results, Sample, Stats
 from ._profiler.timer import Timer
 from ._profiler.torch_layers import LayerTimer
 from ._sync.atomic_event import AtomicEvent, atomic_backend
-from ._sync.counter_storage import BACKENDS as ATOMIC_BACKENDS
+from ._sync.counter_storage import ATOMIC_BACKENDS
 from ._sync.cpu_stream import CpuStream
 from ._sync.event import Event
 from ._sync.fence import Fence

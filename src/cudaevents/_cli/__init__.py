@@ -1,0 +1,1 @@
+"""The ``cudaevents`` command line: ``main`` (info, demo, bench, profile) and ``demo``."""

@@ -9,35 +9,33 @@ from .pool import default_pool
 from .streams import GpuStream, as_stream
 from .wait import check_timeout, wait_until
 
-__all__ = ["CudaEvent", "HeldEvent", "query_handle", "synchronize_handle"]
+__all__ = ["CudaEvent", "HeldEvent", "event_flags", "synchronize_handle"]
 
+# CUevent_flags, the pool's keys besides the device
+BLOCKING_SYNC = 0x1
+DISABLE_TIMING = 0x2
+INTERPROCESS = 0x4
 TIMING_FLAGS = 0  # the flags of an event created with timing=True (and nothing else)
 
-# CUevent_flags
-_BLOCKING_SYNC = 0x1
-_DISABLE_TIMING = 0x2
-_INTERPROCESS = 0x4
 
-
-def query_handle(handle) -> bool:
-    """Whether the work before the native event ``handle`` has finished (never blocks)."""
-    (err,) = driver.cuEventQuery(handle)
-    if not err:
-        return True
-    if err == driver.NOT_READY:
-        return False
-    driver.raise_error(err, "cuEventQuery")
+def event_flags(*, timing: bool = False, blocking_sync: bool = False, interprocess: bool = False) -> int:
+    """The ``CUevent_flags`` of a :class:`CudaEvent` made with these arguments."""
+    if interprocess and timing:
+        raise ValueError(
+            "an interprocess event cannot record timing (CUDA requires timing disabled on "
+            "interprocess events); pass timing=False"
+        )
+    return ((0 if timing else DISABLE_TIMING) | (BLOCKING_SYNC if blocking_sync else 0)
+            | (INTERPROCESS if interprocess else 0))
 
 
 def synchronize_handle(handle, timeout: float | None, what: str) -> None:
     """Wait on the host for the native event ``handle``: in the driver with the GIL released
     when ``timeout`` is None, else polling until ``timeout`` seconds (``TimeoutError``)."""
     if timeout is not None:
-        wait_until(lambda: query_handle(handle), timeout, what)
+        wait_until(lambda: driver.event_query(handle), timeout, what)
         return
-    (err,) = driver.cuEventSynchronize(handle)
-    if err:
-        driver.raise_error(err, "cuEventSynchronize")
+    driver.event_synchronize(handle)
 
 
 class CudaEvent:
@@ -66,17 +64,7 @@ class CudaEvent:
         self._handle = None
         self._closed = False
         self._recorded = False
-        flags = 0 if timing else _DISABLE_TIMING
-        if blocking_sync:
-            flags |= _BLOCKING_SYNC
-        if interprocess:
-            if timing:
-                raise ValueError(
-                    "an interprocess event cannot record timing (CUDA requires timing disabled on "
-                    "interprocess events); pass timing=False"
-                )
-            flags |= _INTERPROCESS
-        self._flags = flags
+        flags = self._flags = event_flags(timing=timing, blocking_sync=blocking_sync, interprocess=interprocess)
         self._pool = default_pool() if pool is None else pool
         if device is None:
             self._device = -1
@@ -100,17 +88,17 @@ class CudaEvent:
     @property
     def timing(self) -> bool:
         """True when the event records timestamps for :meth:`elapsed_time`."""
-        return not self._flags & _DISABLE_TIMING
+        return not self._flags & DISABLE_TIMING
 
     @property
     def blocking_sync(self) -> bool:
         """True when host waits block instead of spinning."""
-        return bool(self._flags & _BLOCKING_SYNC)
+        return bool(self._flags & BLOCKING_SYNC)
 
     @property
     def interprocess(self) -> bool:
         """True for an interprocess event."""
-        return bool(self._flags & _INTERPROCESS)
+        return bool(self._flags & INTERPROCESS)
 
     @property
     def recorded(self) -> bool:
@@ -186,9 +174,7 @@ class CudaEvent:
         """
         h = self._recorded_handle("wait()")
         s = stream if type(stream) is GpuStream else self._stream(stream)
-        (err,) = s._call(driver.cuStreamWaitEvent, s._live(), h, 0)
-        if err:
-            driver.raise_error(err, "cuStreamWaitEvent")
+        s._call(driver.stream_wait_event, s._live(), h)
 
     def query(self) -> bool:
         """True when the recorded work has finished, False while it is pending (never blocks).
@@ -197,7 +183,7 @@ class CudaEvent:
             NotRecordedError: the event was never recorded.
             CudaError: any failure other than "not ready", e.g. a sticky error of the context.
         """
-        return query_handle(self._recorded_handle("query()"))
+        return driver.event_query(self._recorded_handle("query()"))
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Block the host until the recorded work has finished.
@@ -224,7 +210,7 @@ class CudaEvent:
         for ev, role in pair:
             if ev._closed:
                 raise ClosedError(f"the {role} event was closed; time with events that are still open")
-            if ev._flags & _DISABLE_TIMING:
+            if ev._flags & DISABLE_TIMING:
                 raise ValueError(
                     f"the {role} event was created without timing; create both events with timing=True"
                 )
@@ -236,13 +222,9 @@ class CudaEvent:
                 f"cannot time between events of device {self._device} and device {end._device}; "
                 "record both on streams of one device"
             )
-        err, ms = driver.cuEventElapsedTime(self._handle, end._handle)
-        if err:
-            if err == driver.NOT_READY:
-                raise NotReadyError(
-                    "the events have not both completed; call end.synchronize() before elapsed_time()"
-                )
-            driver.raise_error(err, "cuEventElapsedTime")
+        ms = driver.event_elapsed_ms(self._handle, end._handle)
+        if ms is None:
+            raise NotReadyError("the events have not both completed; call end.synchronize() before elapsed_time()")
         return ms
 
     def close(self) -> None:

@@ -136,15 +136,12 @@ class Device:
     def make_current(self) -> "Device":
         """Make this device's primary context current on the calling thread (as
         ``cudaSetDevice`` does); returns ``self``."""
-        d = driver.bindings()
-        driver.check(d.cuCtxSetCurrent(driver.primary_context(self._index)), "cuCtxSetCurrent")
+        driver.make_current(self._index)
         return self
 
     def synchronize(self) -> None:
         """Wait on the host until all work on this device has finished."""
-        d = driver.bindings()
-        with driver.pushed(self._index):
-            driver.check(d.cuCtxSynchronize(), "cuCtxSynchronize")
+        driver.device_synchronize(self._index)
 
 
 def resolve_device_index(device) -> int:

@@ -23,45 +23,12 @@ host backend there, as ``is_usable()`` is False).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
-import os
 import threading
 
 from .errors import CudaError, CudaUnavailableError
-
-__all__ = [
-    "state",
-    "driver",
-    "unavailable_reason",
-    "check",
-    "raise_error",
-    "primary_context",
-    "current_device_index",
-    "pushed",
-    "in_context",
-    "device_count",
-    "versions",
-]
-
-class _State:
-    """Process-wide flags that finalizers read; bound early so they survive teardown."""
-
-    exiting = False  # set at interpreter exit: from then on handles are leaked, never destroyed
-    # (set in a forked child of a CUDA-initialized parent too: the handles are the parent's)
-    forked = False  # this process was forked after its parent initialized CUDA: no driver calls
-
-
-state = _State()
-
-
-@atexit.register
-def _mark_exiting() -> None:
-    # At exit the driver may already be unloading (other libraries' atexit hooks run in any
-    # order), so we stop destroying handles; the process's exit frees them.
-    state.exiting = True
-
+from .lifetime import after_fork_in_child, state
 
 _lock = threading.Lock()
 _d = None  # cuda.bindings.driver once cuInit has succeeded
@@ -69,17 +36,16 @@ _init_started = False  # cuInit was called (it may still be running in another t
 _reason: str | None = None  # why CUDA is unavailable, once known
 _contexts: dict[int, object] = {}
 _context_ints: dict[int, int] = {}  # the same contexts as integers, for cheap comparisons
-
-# Driver entry points and constants bound at init, used on hot paths.
-NOT_READY = 600
-cuEventRecord = cuEventQuery = cuEventSynchronize = cuStreamWaitEvent = None
-cuEventElapsedTime = cuStreamQuery = cuStreamSynchronize = None
+NOT_READY = 600  # CUDA_ERROR_NOT_READY, rebound to the bindings' enum member at init
 
 
 def bindings():
-    """Return ``cuda.bindings.driver`` after ``cuInit``; raise :class:`CudaUnavailableError`."""
+    """``cuda.bindings.driver`` after ``cuInit``; raises :class:`CudaUnavailableError`.
+
+    For this module's wrappers and for tests that drive CUDA directly: the rest of the
+    package calls the named wrappers below, never the bindings."""
     d = _d
-    if d is not None:
+    if d is not None and not state.forked:
         return d
     return _init()
 
@@ -87,10 +53,10 @@ def bindings():
 def _init():
     global _reason, _init_started
     with _lock:
-        if _d is not None:
-            return _d
         if _reason is not None:
             raise CudaUnavailableError(_reason)
+        if _d is not None:
+            return _d
         try:
             from cuda.bindings import driver as d
         except ImportError as exc:  # a broken install; the package depends on it
@@ -113,19 +79,10 @@ def _init():
 
 
 def _bind(d) -> None:
-    """Bind the driver module ``d`` and its hot-path entry points (after a successful
-    ``cuInit``; tests also bind a simulated driver here)."""
+    """Bind the driver module ``d`` (after a successful ``cuInit``; tests also bind a
+    simulated driver here)."""
     global _d, NOT_READY
-    global cuEventRecord, cuEventQuery, cuEventSynchronize, cuStreamWaitEvent
-    global cuEventElapsedTime, cuStreamQuery, cuStreamSynchronize
     NOT_READY = d.CUresult.CUDA_ERROR_NOT_READY
-    cuEventRecord = d.cuEventRecord
-    cuEventQuery = d.cuEventQuery
-    cuEventSynchronize = d.cuEventSynchronize
-    cuStreamWaitEvent = d.cuStreamWaitEvent
-    cuEventElapsedTime = d.cuEventElapsedTime
-    cuStreamQuery = d.cuStreamQuery
-    cuStreamSynchronize = d.cuStreamSynchronize
     _d = d
 
 
@@ -170,11 +127,16 @@ def raise_error(err, call: str, detail: str | None = None):
     raise CudaError(call, code, name, detail)
 
 
-def check(result, call: str):
-    """Check a ``cuda.bindings`` result tuple; return its value(s) or ``None``."""
+def call(name: str, *args):
+    """``cuda.bindings.driver.<name>(*args)``, checked: a failure raises :class:`CudaError`
+    naming the call; returns the call's value (a tuple for several, ``None`` for none).
+
+    The one generic path to the driver, for the wrappers below (and tests); the hot wrappers
+    call their bound entry point directly, which saves the lookup by name."""
+    result = getattr(bindings(), name)(*args)
     err = result[0]
     if err:
-        raise_error(err, call)
+        raise_error(err, name)
     n = len(result)
     if n == 1:
         return None
@@ -183,10 +145,10 @@ def check(result, call: str):
     return result[1:]
 
 
+# -- devices and contexts -------------------------------------------------------------
 def device_count() -> int:
     """Number of CUDA devices the driver sees (raises when CUDA is unavailable)."""
-    d = bindings()
-    return check(d.cuDeviceGetCount(), "cuDeviceGetCount")
+    return call("cuDeviceGetCount")
 
 
 def primary_context(index: int):
@@ -194,12 +156,11 @@ def primary_context(index: int):
     ctx = _contexts.get(index)
     if ctx is not None:
         return ctx
-    d = bindings()
+    bindings()
     with _lock:
         ctx = _contexts.get(index)
         if ctx is None:
-            dev = check(d.cuDeviceGet(index), "cuDeviceGet")
-            ctx = check(d.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+            ctx = call("cuDevicePrimaryCtxRetain", call("cuDeviceGet", index))
             _context_ints[index] = int(ctx)
             _contexts[index] = ctx
     return ctx
@@ -207,11 +168,21 @@ def primary_context(index: int):
 
 def current_device_index() -> int | None:
     """Device of the calling thread's current context, or ``None`` when it has none."""
-    d = bindings()
-    ctx = check(d.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    ctx = call("cuCtxGetCurrent")
     if ctx is None or int(ctx) == 0:
         return None
-    return int(check(d.cuCtxGetDevice(), "cuCtxGetDevice"))
+    return int(call("cuCtxGetDevice"))
+
+
+def make_current(index: int) -> None:
+    """Make device ``index``'s primary context current on the calling thread."""
+    call("cuCtxSetCurrent", primary_context(index))
+
+
+def device_synchronize(index: int) -> None:
+    """Wait on the host until all work on device ``index`` has finished."""
+    with pushed(index):
+        call("cuCtxSynchronize")
 
 
 def _context_to_push(index: int):
@@ -235,11 +206,11 @@ def pushed(index: int):
     if ctx is None:
         yield
         return
-    check(_d.cuCtxPushCurrent(ctx), "cuCtxPushCurrent")
+    call("cuCtxPushCurrent", ctx)
     try:
         yield
     finally:
-        check(_d.cuCtxPopCurrent(), "cuCtxPopCurrent")
+        call("cuCtxPopCurrent")
 
 
 def in_context(index: int, fn, *args):
@@ -249,11 +220,11 @@ def in_context(index: int, fn, *args):
     ctx = _context_to_push(index)
     if ctx is None:
         return fn(*args)
-    check(_d.cuCtxPushCurrent(ctx), "cuCtxPushCurrent")
+    call("cuCtxPushCurrent", ctx)
     try:
         return fn(*args)
     finally:
-        check(_d.cuCtxPopCurrent(), "cuCtxPopCurrent")
+        call("cuCtxPopCurrent")
 
 
 def versions() -> dict[str, str]:
@@ -266,79 +237,103 @@ def versions() -> dict[str, str]:
     except ImportError:
         out["cuda-bindings"] = "not installed"
     try:
-        d = bindings()
-        v = check(d.cuDriverGetVersion(), "cuDriverGetVersion")
+        v = driver_version()
         out["driver CUDA version"] = f"{v // 1000}.{(v % 1000) // 10}"
     except CudaUnavailableError:
         out["driver CUDA version"] = "unavailable"
     return out
 
 
-def event_create(index: int, flags: int):
-    """Create a native event with ``flags`` in device ``index``'s primary context."""
-    d = bindings()
-    with pushed(index):
-        return check(d.cuEventCreate(flags), "cuEventCreate")
-
-
-def event_destroy(handle) -> None:
-    """Destroy a native event (legal while work recorded on it is pending)."""
-    check(bindings().cuEventDestroy(handle), "cuEventDestroy")
-
-
-def stream_create(index: int, flags: int, priority: int):
-    """Create a native stream in device ``index``'s primary context."""
-    d = bindings()
-    with pushed(index):
-        return check(d.cuStreamCreateWithPriority(flags, priority), "cuStreamCreateWithPriority")
-
-
-def stream_destroy(handle) -> None:
-    """Destroy a native stream; work already enqueued still completes."""
-    check(bindings().cuStreamDestroy(handle), "cuStreamDestroy")
-
-
-def stream_priority_range(index: int) -> tuple[int, int]:
-    """``(greatest, least)`` stream priority of device ``index`` (numerically low, high)."""
-    d = bindings()
-    with pushed(index):
-        least, greatest = check(d.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange")
-    return int(greatest), int(least)
-
-
-def stream_device(handle) -> int:
-    """Device ordinal of a (non-special) stream handle."""
-    d = bindings()
-    dev = check(d.cuStreamGetDevice(handle), "cuStreamGetDevice")
-    return int(dev)
-
-
 def device_attribute(index: int, name: str) -> int:
     """``cuDeviceGetAttribute`` by attribute name, e.g. ``"CAN_MAP_HOST_MEMORY"``."""
-    d = bindings()
-    attr = getattr(d.CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_" + name)
-    dev = check(d.cuDeviceGet(index), "cuDeviceGet")
-    return int(check(d.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
+    attr = getattr(bindings().CUdevice_attribute, "CU_DEVICE_ATTRIBUTE_" + name)
+    return int(call("cuDeviceGetAttribute", attr, call("cuDeviceGet", index)))
 
 
 def device_name(index: int) -> str:
     """The marketing name of device ``index``."""
-    d = bindings()
-    dev = check(d.cuDeviceGet(index), "cuDeviceGet")
-    raw = check(d.cuDeviceGetName(256, dev), "cuDeviceGetName")
+    raw = call("cuDeviceGetName", 256, call("cuDeviceGet", index))
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def device_total_memory(index: int) -> int:
     """Total memory of device ``index`` in bytes."""
-    d = bindings()
-    dev = check(d.cuDeviceGet(index), "cuDeviceGet")
-    return int(check(d.cuDeviceTotalMem(dev), "cuDeviceTotalMem"))
+    return int(call("cuDeviceTotalMem", call("cuDeviceGet", index)))
 
 
 def driver_version() -> int:
     """The CUDA version the driver supports, as 1000*major + 10*minor."""
-    return int(check(bindings().cuDriverGetVersion(), "cuDriverGetVersion"))
+    return int(call("cuDriverGetVersion"))
+
+
+# -- events: the hot wrappers call their entry point directly -----------------------------
+def event_create(index: int, flags: int):
+    """Create a native event with ``flags`` in device ``index``'s primary context."""
+    with pushed(index):
+        return call("cuEventCreate", flags)
+
+
+def event_destroy(handle) -> None:
+    """Destroy a native event (legal while work recorded on it is pending)."""
+    call("cuEventDestroy", handle)
+
+
+def event_record(event, stream) -> None:
+    """Record ``event`` on ``stream``: it captures the work enqueued there so far."""
+    (err,) = _d.cuEventRecord(event, stream)
+    if err:
+        raise_error(err, "cuEventRecord")
+
+
+def event_query(event) -> bool:
+    """Whether the work before ``event`` has finished (never blocks; NOT_READY is False)."""
+    (err,) = _d.cuEventQuery(event)
+    if not err:
+        return True
+    if err == NOT_READY:
+        return False
+    raise_error(err, "cuEventQuery")
+
+
+def event_synchronize(event) -> None:
+    """Wait on the host, in the driver with the GIL released, until ``event`` completes."""
+    (err,) = _d.cuEventSynchronize(event)
+    if err:
+        raise_error(err, "cuEventSynchronize")
+
+
+def event_elapsed_ms(start, end) -> float | None:
+    """Milliseconds from ``start`` to ``end``, or ``None`` while either is still pending."""
+    err, ms = _d.cuEventElapsedTime(start, end)
+    if not err:
+        return ms
+    if err == NOT_READY:
+        return None
+    raise_error(err, "cuEventElapsedTime")
+
+
+# -- streams -------------------------------------------------------------------------------
+def stream_create(index: int, flags: int, priority: int):
+    """Create a native stream in device ``index``'s primary context."""
+    with pushed(index):
+        return call("cuStreamCreateWithPriority", flags, priority)
+
+
+def stream_destroy(handle) -> None:
+    """Destroy a native stream; work already enqueued still completes."""
+    call("cuStreamDestroy", handle)
+
+
+def stream_priority_range(index: int) -> tuple[int, int]:
+    """``(greatest, least)`` stream priority of device ``index`` (numerically low, high)."""
+    with pushed(index):
+        least, greatest = call("cuCtxGetStreamPriorityRange")
+    return int(greatest), int(least)
+
+
+def stream_device(handle) -> int:
+    """Device ordinal of a (non-special) stream handle."""
+    return int(call("cuStreamGetDevice", handle))
 
 
 def as_stream_handle(value: int):
@@ -346,99 +341,104 @@ def as_stream_handle(value: int):
     return bindings().CUstream(value)
 
 
-# -- memory, for the demo and tests: plain device allocations (never managed memory) ---------
+def stream_wait_event(stream, event) -> None:
+    """Make ``stream`` wait on the device for ``event`` (across devices too)."""
+    (err,) = _d.cuStreamWaitEvent(stream, event, 0)
+    if err:
+        raise_error(err, "cuStreamWaitEvent")
+
+
+def stream_query(stream) -> bool:
+    """Whether all work enqueued on ``stream`` has finished (never blocks)."""
+    (err,) = _d.cuStreamQuery(stream)
+    if not err:
+        return True
+    if err == NOT_READY:
+        return False
+    raise_error(err, "cuStreamQuery")
+
+
+def stream_synchronize(stream) -> None:
+    """Wait on the host, in the driver with the GIL released, for all work on ``stream``."""
+    (err,) = _d.cuStreamSynchronize(stream)
+    if err:
+        raise_error(err, "cuStreamSynchronize")
+
+
+# -- memory, for the demo, benchmark() and tests: plain device allocations (never managed) --
 def mem_alloc(index: int, nbytes: int) -> int:
     """Allocate ``nbytes`` of device memory on device ``index``; returns the pointer."""
-    d = bindings()
     with pushed(index):
-        return int(check(d.cuMemAlloc(nbytes), "cuMemAlloc"))
+        return int(call("cuMemAlloc", nbytes))
 
 
 def mem_free(ptr: int) -> None:
     """Free memory from :func:`mem_alloc`."""
-    check(bindings().cuMemFree(ptr), "cuMemFree")
+    call("cuMemFree", ptr)
 
 
 def memset_d32_async(ptr: int, value: int, count: int, stream) -> None:
     """Fill ``count`` 32-bit words at ``ptr`` with ``value`` in stream order."""
-    check(bindings().cuMemsetD32Async(ptr, value, count, stream), "cuMemsetD32Async")
+    call("cuMemsetD32Async", ptr, value, count, stream)
 
 
 def memcpy_dtod_async(dst: int, src: int, nbytes: int, stream) -> None:
     """Copy device memory in stream order."""
-    check(bindings().cuMemcpyDtoDAsync(dst, src, nbytes, stream), "cuMemcpyDtoDAsync")
+    call("cuMemcpyDtoDAsync", dst, src, nbytes, stream)
 
 
-def mem_host_alloc(nbytes: int) -> int:
-    """Allocate ``nbytes`` of pinned host memory usable from every context; returns its address."""
+def mem_host_alloc(nbytes: int, *, mapped: bool = False):
+    """Pinned host memory of ``nbytes`` usable from every context (portable); returns its
+    address, or with ``mapped=True`` ``(host_address, device_address)`` of memory mapped into
+    every device's address space (with unified addressing the two are equal)."""
     d = bindings()
+    flags = d.CU_MEMHOSTALLOC_PORTABLE | (d.CU_MEMHOSTALLOC_DEVICEMAP if mapped else 0)
     with pushed(0):
-        return int(check(d.cuMemHostAlloc(nbytes, d.CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc"))
+        host = int(call("cuMemHostAlloc", nbytes, flags))
+        if not mapped:
+            return host
+        return host, int(call("cuMemHostGetDevicePointer", host, 0))
 
 
 def mem_host_free(address: int) -> None:
     """Free memory from :func:`mem_host_alloc`."""
-    check(bindings().cuMemFreeHost(address), "cuMemFreeHost")
+    call("cuMemFreeHost", address)
 
 
 def memcpy_dtoh_async(host_address: int, src: int, nbytes: int, stream) -> None:
     """Copy device memory to pinned host memory in stream order."""
-    check(bindings().cuMemcpyDtoHAsync(host_address, src, nbytes, stream), "cuMemcpyDtoHAsync")
+    call("cuMemcpyDtoHAsync", host_address, src, nbytes, stream)
 
 
 def memcpy_htod_async(dst: int, host_address: int, nbytes: int, stream) -> None:
     """Copy pinned host memory to device memory in stream order."""
-    check(bindings().cuMemcpyHtoDAsync(dst, host_address, nbytes, stream), "cuMemcpyHtoDAsync")
+    call("cuMemcpyHtoDAsync", dst, host_address, nbytes, stream)
 
 
 def memcpy_dtoh(index: int, host_address: int, src: int, nbytes: int) -> None:
     """Copy device memory of device ``index`` to host memory at ``host_address`` (synchronous)."""
-    d = bindings()
     with pushed(index):
-        check(d.cuMemcpyDtoH(host_address, src, nbytes), "cuMemcpyDtoH")
+        call("cuMemcpyDtoH", host_address, src, nbytes)
 
 
 # -- stream memory operations and host functions, for counter events ----------------------
 _GEQ = 0  # CU_STREAM_WAIT_VALUE_GEQ
 
 
-def mem_host_alloc_mapped(nbytes: int) -> tuple[int, int]:
-    """Pinned host memory mapped into every device's address space (portable + device-mapped).
-
-    Returns ``(host_address, device_address)``; with unified addressing they are equal.
-    """
-    d = bindings()
-    flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
-    with pushed(0):
-        host = int(check(d.cuMemHostAlloc(nbytes, flags), "cuMemHostAlloc"))
-        dev = int(check(d.cuMemHostGetDevicePointer(host, 0), "cuMemHostGetDevicePointer"))
-    return host, dev
-
-
 def stream_write_value(stream, address: int, value: int, bits: int) -> None:
     """Enqueue a store of ``value`` at device address ``address`` (32 or 64 bits)."""
-    d = _d
-    if bits == 64:
-        (err,) = d.cuStreamWriteValue64(stream, address, value, 0)
-        if err:
-            raise_error(err, "cuStreamWriteValue64")
-    else:
-        (err,) = d.cuStreamWriteValue32(stream, address, value, 0)
-        if err:
-            raise_error(err, "cuStreamWriteValue32")
+    name = "cuStreamWriteValue64" if bits == 64 else "cuStreamWriteValue32"
+    (err,) = getattr(_d, name)(stream, address, value, 0)
+    if err:
+        raise_error(err, name)
 
 
 def stream_wait_value(stream, address: int, value: int, bits: int) -> None:
     """Enqueue a wait until the word at ``address`` is >= ``value`` (32 or 64 bits)."""
-    d = _d
-    if bits == 64:
-        (err,) = d.cuStreamWaitValue64(stream, address, value, _GEQ)
-        if err:
-            raise_error(err, "cuStreamWaitValue64")
-    else:
-        (err,) = d.cuStreamWaitValue32(stream, address, value, _GEQ)
-        if err:
-            raise_error(err, "cuStreamWaitValue32")
+    name = "cuStreamWaitValue64" if bits == 64 else "cuStreamWaitValue32"
+    (err,) = getattr(_d, name)(stream, address, value, _GEQ)
+    if err:
+        raise_error(err, name)
 
 
 _cu_launch_host_func = None
@@ -467,7 +467,7 @@ def launch_host_func(stream, function_address: int, argument: int) -> None:
 
 
 # -- fork: CUDA does not survive it -------------------------------------------------------
-_FORK_REASON = (
+FORK_REASON = (
     "CUDA cannot be used in this process: it was forked (os.fork(), or multiprocessing's 'fork' "
     "start method) after its parent had initialized CUDA, and CUDA does not survive fork: the "
     "child inherits the parent's driver state, events, streams and pinned memory but cannot use "
@@ -478,39 +478,37 @@ _FORK_REASON = (
 )
 
 
-def _refuse_forked(*args, **kwargs):
-    """Stands in for every driver entry point in a child forked from a CUDA-initialized parent."""
-    raise CudaUnavailableError(_FORK_REASON)
+def refuse_forked(*args, **kwargs):
+    """Stands in for every driver use in a child forked from a CUDA-initialized parent."""
+    raise CudaUnavailableError(FORK_REASON)
 
 
+class _Forked:
+    """The driver module as a forked child sees it: every entry point refuses."""
+
+    def __getattr__(self, name):
+        return refuse_forked
+
+
+@after_fork_in_child
 def _after_fork_in_child() -> None:
-    """Runs in the child of every ``fork()`` (``os.register_at_fork``).
+    """The first fork hook (this module is imported before every other that registers one).
 
     If the parent had initialized the driver (or was initializing it), nothing in this
-    process may call it again: the driver module and its bound entry points are replaced by
-    :func:`_refuse_forked`, :func:`driver` raises, :func:`is_usable` is False, and
-    ``state.exiting`` makes finalizers leak the parent's handles instead of destroying them.
-    Otherwise the child may initialize CUDA itself, as any fresh process does.
+    process may call it again: every wrapper refuses, :func:`bindings` raises,
+    :func:`is_usable` is False, and ``state.exiting`` makes finalizers leak the parent's
+    handles instead of destroying them. Otherwise the child may initialize CUDA itself, as
+    any fresh process does.
     """
     global _lock, _d, _reason, _usable, _cu_launch_host_func
-    global cuEventRecord, cuEventQuery, cuEventSynchronize, cuStreamWaitEvent
-    global cuEventElapsedTime, cuStreamQuery, cuStreamSynchronize
-    global stream_write_value, stream_wait_value
     _lock = threading.Lock()  # another parent thread may have held it; only this thread survives
     if _d is None and not (_init_started and _reason is None):
         return  # the parent never initialized CUDA (or found none): the child starts afresh
     state.forked = True
     state.exiting = True
-    _d = None
-    _reason = _FORK_REASON
+    _d = _Forked()
+    _reason = FORK_REASON
     _usable = False
     _contexts.clear()
     _context_ints.clear()
-    _cu_launch_host_func = None
-    cuEventRecord = cuEventQuery = cuEventSynchronize = cuStreamWaitEvent = _refuse_forked
-    cuEventElapsedTime = cuStreamQuery = cuStreamSynchronize = _refuse_forked
-    stream_write_value = stream_wait_value = _refuse_forked
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _cu_launch_host_func = refuse_forked

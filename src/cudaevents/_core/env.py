@@ -28,18 +28,13 @@ def pool_max_cached() -> int | None:
     return _int_or_none("CUDAEVENTS_POOL_MAX_CACHED", minimum=0)
 
 
-_BACKENDS = ("mem64", "mem32", "hostfn", "host")
-
-
-def atomic_backend() -> str | None:
-    """``CUDAEVENTS_ATOMIC_BACKEND``: force the counter-event backend (``mem64``, ``mem32``,
-    ``hostfn``, ``host``); unset or ``auto`` lets cudaevents choose per device."""
+def atomic_backend(choices: tuple[str, ...]) -> str | None:
+    """``CUDAEVENTS_ATOMIC_BACKEND``: force the counter-event backend, one of ``choices`` (the
+    counter storage's names); unset or ``auto`` lets cudaevents choose per device."""
     raw = os.environ.get("CUDAEVENTS_ATOMIC_BACKEND")
     if raw is None or raw.strip() in ("", "auto"):
         return None
     value = raw.strip()
-    if value not in _BACKENDS:
-        raise ValueError(
-            f"CUDAEVENTS_ATOMIC_BACKEND={raw!r} is not one of auto, {', '.join(_BACKENDS)}"
-        )
+    if value not in choices:
+        raise ValueError(f"CUDAEVENTS_ATOMIC_BACKEND={raw!r} is not one of auto, {', '.join(choices)}")
     return value

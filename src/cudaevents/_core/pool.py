@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import weakref
 
 from . import driver, env
+from .lifetime import after_fork_in_child, state
 
 __all__ = ["EventPool", "PoolStats", "default_pool"]
 
@@ -38,6 +38,12 @@ class _Counts:
 
     def __init__(self):
         self.creates = self.reuses = self.destroys = self.live = self.high = 0
+
+    def hand_out(self, n: int) -> None:
+        """``n`` more handles live (the high-water mark follows)."""
+        live = self.live = self.live + n
+        if live > self.high:
+            self.high = live
 
 
 class _Key:
@@ -81,7 +87,7 @@ class EventPool:
         self._keys: dict[tuple[int, int], _Key] = {}
         self._counts: dict[int, _Counts] = {}  # per device
         self._total = _Counts()  # live/high over all devices
-        self._state = driver.state  # bound early: read by releases during interpreter exit
+        self._state = state  # bound early: read by releases during interpreter exit
         _pools.add(self)
 
     @property
@@ -102,13 +108,8 @@ class EventPool:
             if key is not None and key.free:
                 c = key.counts
                 c.reuses += 1
-                live = c.live = c.live + 1
-                if live > c.high:
-                    c.high = live
-                t = self._total
-                live = t.live = t.live + 1
-                if live > t.high:
-                    t.high = live
+                c.hand_out(1)
+                self._total.hand_out(1)
                 return key.free.pop()
         finally:
             lock.release()
@@ -127,13 +128,8 @@ class EventPool:
             if take:
                 c = key.counts
                 c.reuses += take
-                live = c.live = c.live + take
-                if live > c.high:
-                    c.high = live
-                t = self._total
-                live = t.live = t.live + take
-                if live > t.high:
-                    t.high = live
+                c.hand_out(take)
+                self._total.hand_out(take)
                 handles = free[-take:]
                 del free[-take:]
             else:
@@ -160,13 +156,8 @@ class EventPool:
             if (device, flags) not in self._keys:
                 self._keys[(device, flags)] = _Key(c)
             c.creates += 1
-            c.live += 1
-            if c.live > c.high:
-                c.high = c.live
-            t = self._total
-            t.live += 1
-            if t.live > t.high:
-                t.high = t.live
+            c.hand_out(1)
+            self._total.hand_out(1)
         return handle
 
     def release(self, device: int, flags: int, handle) -> None:
@@ -282,17 +273,16 @@ _default_lock = threading.Lock()
 _pools: weakref.WeakSet = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     # Another thread of the parent may have held a pool's lock at the fork; that thread does
     # not exist here, so the lock would never be released. (The handles are the parent's:
-    # _cuda marks a CUDA-initialized child as exiting, so they are leaked, never destroyed.)
+    # a CUDA-initialized child counts as exiting, so they are leaked, never destroyed.)
     global _default_lock
     _default_lock = threading.Lock()
     for pool in list(_pools):
         pool._lock = threading.Lock()
 
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_pool() -> EventPool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import driver
 from .devices import resolve_device_index
 from .errors import ClosedError, DeviceMismatchError
+from .lifetime import state
 from .wait import check_timeout, wait_until
 
 __all__ = ["GpuStream", "as_stream", "stream_identity"]
@@ -119,20 +120,13 @@ class GpuStream:
         if sh is None:
             self._live()
         if self._special:
-            (err,) = driver.in_context(self._device, driver.cuEventRecord, event_handle, sh)
+            driver.in_context(self._device, driver.event_record, event_handle, sh)
         else:
-            (err,) = driver.cuEventRecord(event_handle, sh)
-        if err:
-            driver.raise_error(err, "cuEventRecord")
+            driver.event_record(event_handle, sh)
 
     def query(self) -> bool:
         """True when all work enqueued so far has finished (never blocks)."""
-        (err,) = self._call(driver.cuStreamQuery, self._live())
-        if not err:
-            return True
-        if err == driver.NOT_READY:
-            return False
-        driver.raise_error(err, "cuStreamQuery")
+        return self._call(driver.stream_query, self._live())
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Block the host until all enqueued work has finished.
@@ -145,9 +139,7 @@ class GpuStream:
         if timeout is not None:
             wait_until(self.query, timeout, "GpuStream.synchronize()")
             return
-        (err,) = self._call(driver.cuStreamSynchronize, h)
-        if err:
-            driver.raise_error(err, "cuStreamSynchronize")
+        self._call(driver.stream_synchronize, h)
 
     def close(self) -> None:
         """Destroy an owned stream (enqueued work still completes) or drop a borrowed one.
@@ -159,7 +151,7 @@ class GpuStream:
             return
         self._handle = None
         self._owner = None
-        if self._owned and not driver.state.exiting:
+        if self._owned and not state.exiting:
             driver.stream_destroy(h)
 
     def __enter__(self) -> "GpuStream":

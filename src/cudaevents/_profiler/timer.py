@@ -10,7 +10,7 @@ import time
 import weakref
 
 from .._core import driver
-from .._core.cuda_event import TIMING_FLAGS, CudaEvent, query_handle, synchronize_handle
+from .._core.cuda_event import TIMING_FLAGS, CudaEvent, synchronize_handle
 from .._core.pool import default_pool
 from .._core.streams import GpuStream, as_stream, stream_identity
 from .._core.wait import check_timeout
@@ -32,11 +32,11 @@ def _finished(queue) -> int:
     if not queue:
         return 0
     lo, hi = 0, len(queue) - 1  # ends before lo have finished; the end at hi, maybe not
-    if query_handle(queue[hi][2]):
+    if driver.event_query(queue[hi][2]):
         return hi + 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if query_handle(queue[mid][2]):
+        if driver.event_query(queue[mid][2]):
             lo = mid + 1
         else:
             hi = mid
@@ -323,25 +323,20 @@ class Timer:
         if self._timeline:
             ref = self._refs[device]._handle
             if device not in self._ref_done:  # a reference on a lagging stream holds all back
-                if not query_handle(ref):
+                if not driver.event_query(ref):
                     return 0
                 self._ref_done.add(device)
         finished = _finished(queue)
-        elapsed = driver.cuEventElapsedTime
+        elapsed = driver.event_elapsed_ms
         append, new_sample = self._samples.append, _new_sample
         done = []
         try:
             for _ in range(finished):
                 name, start, end = queue[0]
-                err, ms = elapsed(start, end)
-                if err or ref is None:
-                    at = _NAN
-                else:
-                    err, at = elapsed(ref, start)
-                if err:
-                    if err == driver.NOT_READY:  # threads ended regions out of stream order
-                        break
-                    driver.raise_error(err, "cuEventElapsedTime")
+                ms = elapsed(start, end)
+                at = _NAN if ms is None or ref is None else elapsed(ref, start)
+                if ms is None or at is None:  # threads ended regions out of stream order
+                    break
                 queue.popleft()
                 append(new_sample((name, device, stream, at, ms)))
                 done.append(start)

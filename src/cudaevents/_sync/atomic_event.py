@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -11,6 +10,7 @@ import weakref
 from .._core import driver
 from .._core.devices import resolve_device_index
 from .._core.errors import ClosedError, CudaError, DeviceMismatchError
+from .._core.lifetime import after_fork_in_child, state
 from .._core.streams import GpuStream, as_stream
 from .._core.wait import check_timeout, resolve_policy, wait_until
 from . import counter_storage
@@ -399,7 +399,7 @@ class AtomicEvent:
             if self._closed:
                 return
             cell = self._cell
-            if cell.gpu and driver.state.forked:  # the parent's pinned memory: touch nothing
+            if cell.gpu and state.forked:  # the parent's pinned memory: touch nothing
                 self._final, self._closed, self._touched = 0, True, {}
                 self._cond.notify_all()
                 return
@@ -408,13 +408,13 @@ class AtomicEvent:
             # (a failure released them already, unless a GPU signal enqueued before it landed
             # afterwards and lowered the value again: release them then too)
             if cell.gpu and self._gpu_wait_max > self._final:
-                if not driver.state.exiting:  # at exit the process is going anyway: say nothing
+                if not state.exiting:  # at exit the process is going anyway: say nothing
                     _log.warning("AtomicEvent closed at %d with GPU waits for up to %d pending; released them",
                                  self._final, self._gpu_wait_max)
                 cell.release_waiters()
             self._cond.notify_all()
             touched, self._touched = self._touched, {}
-        if driver.state.exiting:
+        if state.exiting:
             return
         fences = []
         from .._core.cuda_event import CudaEvent
@@ -444,6 +444,7 @@ class AtomicEvent:
 _events: weakref.WeakSet = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     """In the child of a fork: renew every counter's lock (a parent thread may have held it),
     and fail the counters still expecting signals from CpuStreams, whose threads did not
@@ -458,7 +459,3 @@ def _after_fork_in_child() -> None:
                 "event and its streams in this process"
             )
             event._error_tb = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -23,55 +23,16 @@ forgotten, so a new GPU cell there needs the driver and is refused too. Host cel
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import weakref
 
 from .._core import driver, env
 from .._core.errors import CudaUnavailableError
+from .._core.lifetime import Quarantine, after_fork_in_child, state
 
-__all__ = ["BACKENDS", "HostCell", "MemCell", "HostFnCell", "choose_backend", "slab_stats", "Quarantine"]
+__all__ = ["ATOMIC_BACKENDS", "HostCell", "MemCell", "HostFnCell", "choose_backend", "slab_stats"]
 
-BACKENDS = ("mem64", "mem32", "hostfn", "host")
-
-
-class Quarantine:
-    """Resources that GPU work may still touch, released once fences (CUDA events recorded
-    after that work) have all completed."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._entries: list[tuple[list, object]] = []
-
-    def add(self, fences: list, on_done) -> None:
-        """Call ``on_done()`` once every event in ``fences`` has completed (now if none)."""
-        if not fences:
-            on_done()
-            return
-        with self._lock:
-            self._entries.append((fences, on_done))
-
-    def reclaim(self) -> int:
-        """Release what is safe now; returns how many entries were released."""
-        with self._lock:
-            entries, self._entries = self._entries, []
-        keep, done = [], []
-        for fences, on_done in entries:
-            try:
-                finished = all(ev.query() for ev in fences)
-            except Exception:  # a failed context: keep the resource forever rather than reuse it
-                finished = False
-            (done if finished else keep).append((fences, on_done))
-        with self._lock:
-            self._entries.extend(keep)
-        for fences, on_done in done:
-            for ev in fences:
-                ev.close()
-            on_done()
-        return len(done)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+ATOMIC_BACKENDS = ("mem64", "mem32", "hostfn", "host")
 
 
 _quarantine = Quarantine()
@@ -93,7 +54,7 @@ class _Slab:
             _quarantine.reclaim()
         with self._lock:
             if not self._free:
-                host, dev = driver.mem_host_alloc_mapped(self.CHUNK)
+                host, dev = driver.mem_host_alloc(self.CHUNK, mapped=True)
                 self._chunks.append(host)
                 self._free.extend((host + off, dev + off) for off in range(self.CHUNK - 8, -8, -8))
             self.in_use += 1
@@ -326,17 +287,13 @@ _gpu_cells: weakref.WeakSet = weakref.WeakSet()  # live MemCells and HostFnCells
 _inherited: list = []  # what a forked child keeps from its parent, untouched, until it exits
 
 
-def _refuse_forked(*args, **kwargs):
-    raise CudaUnavailableError(driver._FORK_REASON)
-
-
 def _do_nothing(*args, **kwargs) -> None:
     return None
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
-    """Runs in the child of every ``fork()``, after ``_cuda``'s handler (``_cuda`` is imported,
-    and registers its handler, first).
+    """Runs in the child of every ``fork()``, after the driver's hook.
 
     Locks get fresh objects (a thread of the parent may have held one). In a child of a
     CUDA-initialized parent, every GPU cell is disowned: its methods are replaced, on the
@@ -348,29 +305,24 @@ def _after_fork_in_child() -> None:
     """
     global _slab, _slab_lock
     _slab_lock = threading.Lock()
-    _quarantine._lock = threading.Lock()
-    if not driver.state.forked:
+    if not state.forked:
+        _quarantine._lock = threading.Lock()
         if _slab is not None:  # made by slab_stats(); without CUDA it holds no memory
             _slab._lock = threading.Lock()
         return  # the parent never initialized CUDA: it had no GPU cells
-    _inherited.append((_slab, _quarantine._entries))
-    _quarantine._entries = []
+    _inherited.append((_slab, _quarantine.disown()))
     _slab = None  # a new slab allocates through the driver, which refuses
     for cell in list(_gpu_cells):
-        cell.read = cell.store = cell.gpu_signal = cell.gpu_wait = _refuse_forked
+        cell.read = cell.store = cell.gpu_signal = cell.gpu_wait = driver.refuse_forked
         cell.release_waiters = cell.retire = _do_nothing
         if isinstance(cell, MemCell):
             cell._word = None  # the parent's pinned memory: no way to reach it from here
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def choose_backend(device: int | None) -> str:
     """The backend for a counter on ``device``: forced by ``CUDAEVENTS_ATOMIC_BACKEND`` or
     picked from the device's capabilities (``host`` where there is no GPU)."""
-    forced = env.atomic_backend()
+    forced = env.atomic_backend(ATOMIC_BACKENDS)
     if device is None:
         if forced not in (None, "host"):
             raise CudaUnavailableError(
@@ -393,7 +345,7 @@ def choose_backend(device: int | None) -> str:
                 "unset it to let cudaevents choose"
             )
         return forced
-    return next(name for name in BACKENDS if usable[name])
+    return next(name for name in ATOMIC_BACKENDS if usable[name])
 
 
 def make_cell(backend: str, device: int):

@@ -12,10 +12,11 @@ that never runs or wait for it forever. Runners made in the child work normally.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import weakref
+
+from .._core.lifetime import after_fork_in_child
 
 __all__ = ["Runner"]
 
@@ -121,6 +122,7 @@ class Runner:
 _runners: weakref.WeakSet = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     """Runs in the child of every ``fork()`` (``os.register_at_fork``).
 
@@ -135,7 +137,3 @@ def _after_fork_in_child() -> None:
         if not r.closed or r.done != r.submitted:
             r.orphaned = True
         r.closed = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -20,6 +19,7 @@ from threading import (
 
 from .._core.cuda_event import CudaEvent
 from .._core.errors import ClosedError
+from .._core.lifetime import after_fork_in_child
 from .._core.streams import as_stream
 from .._core.wait import check_timeout
 from .cpu_stream import CpuStream
@@ -355,6 +355,7 @@ class Worker:
 _workers: weakref.WeakSet = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     """Runs in the child of every ``fork()``, after the Runners' handler (``_runner`` is
     imported, and registers its handler, first): a thread of the parent may have held a
@@ -363,7 +364,3 @@ def _after_fork_in_child() -> None:
         w._cond = threading.Condition(threading.Lock())
         if w._runner.orphaned:
             w._closed = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,111 @@
+"""Lifetimes of native handles: interpreter exit, fork, and memory the GPU may still touch.
+
+The rules are written down in ``DESIGN.md`` at the top of the package; this module holds the
+mechanisms they rest on:
+
+- :data:`state`: process-wide flags that finalizers read. ``exiting`` is set at interpreter
+  exit (and in a child forked from a CUDA-initialized parent): from then on handles are
+  leaked, never destroyed, since the driver may already be unloading. ``forked`` is set in
+  such a child: nothing there may call the driver.
+- :func:`after_fork_in_child`: the one ``os.register_at_fork`` handler of the package runs
+  the hooks registered here in registration order. Modules register when imported, and a
+  module is imported after the layers below it, so the driver's hook (which decides
+  ``state.forked``) runs first and the Worker's last.
+- :class:`Quarantine`: resources (counter slots, semaphores) that GPU work enqueued earlier
+  may still touch, released only once CUDA events recorded after that work have completed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+
+__all__ = ["state", "after_fork_in_child", "Quarantine"]
+
+
+class _State:
+    """Process-wide flags that finalizers read; modules bind this object early, so it
+    survives the teardown of module globals at exit."""
+
+    exiting = False  # interpreter exit (or a forked child of a CUDA parent): leak, never destroy
+    forked = False  # forked after the parent initialized CUDA: no driver calls at all
+
+
+state = _State()
+
+
+@atexit.register
+def _mark_exiting() -> None:
+    # Other libraries' atexit hooks run in any order, so the driver may already be unloading:
+    # from here on handles are left to the process's exit.
+    state.exiting = True
+
+
+_fork_hooks: list = []
+
+
+def after_fork_in_child(hook):
+    """Register ``hook()`` to run in the child of every ``fork()``, after the hooks registered
+    before it (those of the layers below). Returns ``hook``, so it serves as a decorator.
+
+    A hook runs with only the forking thread alive: it renews locks that another thread of
+    the parent may have held and disowns what the parent's threads or driver state owned. It
+    must not drop objects whose finalizers would run inside the fork handler."""
+    _fork_hooks.append(hook)
+    return hook
+
+
+def _run_fork_hooks() -> None:
+    for hook in _fork_hooks:
+        hook()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_run_fork_hooks)
+
+
+class Quarantine:
+    """Resources that GPU work may still touch, released once fences (CUDA events recorded
+    after that work) have all completed."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: list[tuple[list, object]] = []
+
+    def add(self, fences: list, on_done) -> None:
+        """Call ``on_done()`` once every event in ``fences`` has completed (now if none)."""
+        if not fences:
+            on_done()
+            return
+        with self._lock:
+            self._entries.append((fences, on_done))
+
+    def reclaim(self) -> int:
+        """Release what is safe now; returns how many entries were released."""
+        with self._lock:
+            entries, self._entries = self._entries, []
+        keep, done = [], []
+        for fences, on_done in entries:
+            try:
+                finished = all(ev.query() for ev in fences)
+            except Exception:  # a failed context: keep the resource forever rather than reuse it
+                finished = False
+            (done if finished else keep).append((fences, on_done))
+        with self._lock:
+            self._entries.extend(keep)
+        for fences, on_done in done:
+            for ev in fences:
+                ev.close()
+            on_done()
+        return len(done)
+
+    def disown(self) -> list:
+        """In a forked child: set the parent's entries aside (returned, to be kept untouched)
+        and start empty with a fresh lock."""
+        self._lock = threading.Lock()
+        entries, self._entries = self._entries, []
+        return entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
