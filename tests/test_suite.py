@@ -1,6 +1,7 @@
 """The comparison suite without a GPU: ``cudaevents bench`` argument errors and its behaviour
-where CUDA is unusable, targets' pass/miss logic, markdown/JSON rendering and plotting on a
-synthetic result, and the timing plumbing on plain Python methods.
+where CUDA is unusable, that nothing but ``bench`` imports the suite, targets' pass/miss logic,
+markdown/JSON rendering and plotting on a synthetic result, and the timing plumbing (the one
+loop, rows, statistics, clean-up) on plain Python methods.
 
 CLI checks that must not reach a driver run in subprocesses with CUDA_VISIBLE_DEVICES="", so
 they hold on a GPU machine too.
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -20,8 +24,11 @@ from cudaevents import CudaUnavailableError
 from cudaevents._cli import main as _cli
 from cudaevents._comparison import host as _suite_host
 from cudaevents._comparison import latency as _suite_latency
+from cudaevents._comparison import plumbing as _plumbing
+from cudaevents._comparison import raw as _raw
 from cudaevents._comparison import suite as _suite
 from cudaevents._core import driver
+from cudaevents._profiler.results import stats_of
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 ROOT = os.path.dirname(SRC)
@@ -116,6 +123,42 @@ def test_bench_is_listed_in_the_usage():
     assert r.returncode == 0 and "bench" in r.stdout
 
 
+def test_bench_help_lists_the_suite_sections():
+    r = run_cli("-m", "cudaevents", "bench", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "run only these measurements: " + ", ".join(_suite.SECTIONS) in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("argv", [["info"], ["--version"], ["--help"], ["bench", "--json", "/nonexistent-dir/r.json"]])
+def test_other_commands_do_not_import_the_comparison_suite(argv):
+    code = (
+        "import sys\n"
+        "from cudaevents._cli.main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('suite modules:', sorted(m for m in sys.modules if m.startswith('cudaevents._comparison')))\n"
+    )
+    r = run_cli("-c", code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "suite modules: []"
+
+
+def test_only_the_bench_command_imports_the_suite():
+    src = pathlib.Path(SRC, "cudaevents")
+    imports = re.compile(r"^\s*(?:from|import)\s+[\w.]*_comparison\b", re.M)
+    users = sorted(path.relative_to(src).as_posix() for path in src.rglob("*.py")
+                   if path.parent.name != "_comparison" and imports.search(path.read_text()))
+    assert users == ["_cli/main.py"]
+
+
+def test_only_the_raw_baselines_take_the_bindings():
+    takes = re.compile(r"\bdriver\.bindings\(|^\s*(?:from|import)\s+cuda\.bindings\b", re.M)
+    folder = pathlib.Path(_suite.__file__).parent
+    assert sorted(path.name for path in folder.glob("*.py") if takes.search(path.read_text())) == ["raw.py"]
+
+
 def test_bench_writes_its_files_and_prints_the_report(monkeypatch, capsys, tmp_path):
     result = _suite._finite(synthetic())
     seen = {}
@@ -161,6 +204,64 @@ def test_bench_stops_quietly_when_its_pipe_closes(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141, err
     assert "Traceback" not in err
+
+
+# -- every measurement against the simulated driver -------------------------------------------------
+SIMULATED_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers.fake_driver import install
+
+fake = install(keeps_up=True)  # a GPU that completes every record at once
+fake.cuDeviceGetName = lambda n, dev: (0, b"Simulated GPU")
+fake.cuDeviceTotalMem = lambda dev: (0, 1 << 30)
+from cudaevents._comparison import suite
+from cudaevents._core import driver
+
+
+def no_host_functions(*args):
+    raise RuntimeError("no host functions on the simulated GPU")
+
+
+driver.launch_host_func = no_host_functions  # never into a real libcuda with simulated streams
+suite._installed = lambda module: False  # no peers: they would look for a real GPU
+print(suite.to_json(suite.run_suite(quick=True)))
+"""
+
+
+def test_every_measurement_runs_against_the_simulated_driver():
+    """The suite's GPU code paths (wrappers, raw baselines, latches, clean-up) on the simulated
+    driver of tests/helpers, in a process of its own: no GPU here, and none of its state may
+    reach the other tests. Its timings mean nothing; what runs and what comes out does."""
+    r = run_cli("-c", SIMULATED_RUN.format(tests=os.path.join(ROOT, "tests")), timeout=240)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    sections = result["sections"]
+    assert list(sections) == list(_suite.SECTIONS)
+    hostfn = {"atomic_hostfn_spin", "atomic_hostfn_sleep"}  # the simulation runs no host functions
+    for name, section in sections.items():
+        assert set(section["errors"]) <= hostfn, (name, section["errors"])
+    assert set(sections["worker"]["skipped"]) == {"hostfn_bindings", "hostfn_ctypes"}
+    keys = {name: [row["key"] for row in section["rows"]] for name, section in sections.items()}
+    assert keys == {
+        "create_record": ["ours_event", "ours_pool", "raw_create", "raw_record"],
+        "timing_pairs": ["ours", "ours_no_timeline", "raw_pooled"],
+        "creations": ["ours", "torch"],
+        "round_trip": ["floor", "atomic_mem64_spin", "atomic_mem64_sleep", "atomic_mem32_spin", "atomic_mem32_sleep"],
+        "worker": ["worker", "floor", "spin"],
+        "atomic_alloc": ["ours", "raw"],
+        "threads": [f"{family}_{k}" for family in ("pool", "event") for k in (1, 4, 16)],
+        "keys": ["keys_1_0", "keys_6_1"],
+    }
+    for name, section in sections.items():
+        fields = {field for field, _ in section["columns"]}
+        for row in section["rows"]:
+            assert fields <= set(row), (name, row)
+    assert [r["n"] for r in sections["round_trip"]["rows"]] == [_suite.QUICK.round_trip_samples] * 5
+    assert [r["n"] for r in sections["worker"]["rows"]] == [_suite.QUICK.worker_samples] * 3
+    ours = sections["creations"]["rows"][0]
+    assert ours["steady_creates"] == 0 and ours["creates"] <= 2 * ours["peak_in_flight"] + 1
+    assert {t["id"]: t["status"] for t in result["targets"]}["steady_creations"] == "pass"
 
 
 # -- run_suite before any measurement ---------------------------------------------------------------
@@ -312,7 +413,7 @@ def test_json_round_trip_is_strict_and_renders_the_same():
 
 
 def test_section_markdown_of_a_failed_section():
-    section = _suite_host.section("Worker wake-up", "", [], [], errors={"section": "CudaError: x"})
+    section = _plumbing.section("Worker wake-up", "", [], [], errors={"section": "CudaError: x"})
     assert _suite.section_markdown(section) == "## Worker wake-up\n\n- FAILED section: CudaError: x\n"
 
 
@@ -349,7 +450,7 @@ def test_measure_interleaves_warms_up_and_drops_failing_methods():
                 raise RuntimeError(f"{key} broke")
             return {"create": 10 * n, "free": 20 * n} if phases else None
 
-        return _suite_host.Method(key, key, run)
+        return _plumbing.Method(key, key, run)
 
     methods = [method("a"), method("b", fail_at=3), method("c", phases=True), method("d", fail_at=1)]
     errors = {}
@@ -367,20 +468,52 @@ def test_measure_keeps_the_garbage_collector_as_it_was():
     import gc
 
     seen = []
-    m = _suite_host.Method("x", "x", lambda n: seen.append(gc.isenabled()))
+    m = _plumbing.Method("x", "x", lambda n: seen.append(gc.isenabled()))
     assert gc.isenabled()
     _suite_host.measure([m], batches=2, ops=1, errors={})
     assert seen == [True, False, False] and gc.isenabled()
 
 
+def test_interleave_takes_blocks_of_samples_in_turns():
+    calls = []
+
+    def method(key):
+        def run(n):
+            calls.append((key, n))
+            return [len(calls)] * n
+
+        return _plumbing.Method(key, key, run)
+
+    blocks = _suite_latency._blocks(7, 3)
+    assert blocks == [3, 3, 1]
+    got = _plumbing.interleave([method("a"), method("b")], blocks, 2, errors={})
+    assert calls == [("a", 2), ("b", 2), ("a", 3), ("b", 3), ("b", 3), ("a", 3), ("a", 1), ("b", 1)]
+    assert [sum(len(part) for part in parts) for parts in got.values()] == [7, 7]
+    assert _plumbing.interleave([method("c")], [], 0, errors={}) == {"c": []}
+
+
 def test_timing_rows_report_medians_in_us_and_ratios():
-    methods = [_suite_host.Method("ours", "ours", None, ours=True), _suite_host.Method("peer", "peer", None,
-                                                                                         peer="torch")]
+    methods = [_plumbing.Method("ours", "ours", None, ours=True), _plumbing.Method("peer", "peer", None,
+                                                                                     peer="torch")]
     samples = {"ours": {"op": [1000.0, 3000.0, 2000.0]}, "peer": {"op": [8000.0, 6000.0, 7000.0]}}
     rows = _suite_host.timing_rows(methods, samples, "ours")
     assert [(r["key"], r["median_us"], r["min_us"], r["max_us"], r["x_ours"]) for r in rows] == [
         ("ours", 2.0, 1.0, 3.0, 1.0), ("peer", 7.0, 6.0, 8.0, 3.5)]
     assert rows[1]["peer"] == "torch" and rows[0]["ours"] is True
+
+
+def test_rows_carry_the_method_and_its_extra_fields():
+    m = _plumbing.Method("pool_4", "pool", None, ours=True, extra={"family": "pool", "threads": 4})
+    assert m.row(median_us=1.5) == {"key": "pool_4", "label": "pool", "ours": True, "peer": None, "family": "pool",
+                                    "threads": 4, "median_us": 1.5}
+
+
+def test_ratios_within_groups_and_without_a_reference():
+    rows = [{"key": f"{f}_{k}", "family": f, "threads": k, "median_us": v}
+            for f, k, v in (("pool", 1, 2.0), ("pool", 4, 3.0), ("event", 1, 0.0), ("event", 4, 5.0))]
+    _plumbing.add_ratio(rows, "x_one", lambda r: r["threads"] == 1, group="family")
+    assert [r["x_one"] for r in rows] == [1.0, 1.5, None, None]  # event_1's median is 0: no reference
+    assert [r["x"] for r in _plumbing.add_ratio(rows, "x", "nosuch")] == [None] * 4
 
 
 def test_crew_runs_every_thread_and_reports_their_errors():
@@ -411,7 +544,7 @@ def test_cleanup_runs_everything_in_reverse_and_records_failures():
     def boom():
         raise RuntimeError("stuck")
 
-    with _suite_host.Cleanup(errors) as cleanup:
+    with _plumbing.Cleanup(errors) as cleanup:
         cleanup.add(done.append, 1)
         cleanup.add(boom)
         cleanup.add(done.append, 3)
@@ -419,15 +552,21 @@ def test_cleanup_runs_everything_in_reverse_and_records_failures():
     assert errors == {"cleanup": "RuntimeError: stuck"}
 
 
-def test_summarize_uses_nearest_rank_percentiles():
-    s = _suite_latency.summarize(list(range(1000, 101_000, 1000)))  # 1..100 us
-    assert (s["n"], s["median_us"], s["p90_us"], s["p99_us"], s["min_us"]) == (100, 50.0, 90.0, 99.0, 1.0)
-    assert s["mean_us"] == pytest.approx(50.5)
+def test_statistics_follow_the_library_rule():
+    ns = [v * 1000 for v in (7, 1, 100, 3, 50, 2, 9, 4, 8, 6)]
+    s, lib = _plumbing.us_stats(ns), stats_of([v / 1e3 for v in ns])
+    assert (s["n"], s["median_us"], s["p99_us"], s["min_us"], s["max_us"], s["mean_us"]) == (
+        lib.count, lib.median_ms, lib.p99_ms, lib.min_ms, lib.max_ms, lib.mean_ms)
+    s = _plumbing.us_stats(list(range(1000, 101_000, 1000)))  # 1..100 us: linear interpolation, as numpy's default
+    assert (s["n"], s["min_us"], s["max_us"]) == (100, 1.0, 100.0)
+    assert (s["median_us"], s["p90_us"], s["p99_us"], s["mean_us"]) == pytest.approx((50.5, 90.1, 99.01, 50.5))
+    assert _plumbing.us_stats([2500])["p90_us"] == 2.5
+    assert _plumbing.median([3, 1, 2, 10]) == statistics.median([3, 1, 2, 10]) == 2.5
 
 
 def test_describe_error_is_one_line():
-    assert _suite_latency.describe_error(ValueError("first\nsecond")) == "ValueError: first"
-    assert _suite_latency.describe_error(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert _plumbing.describe_error(ValueError("first\nsecond")) == "ValueError: first"
+    assert _plumbing.describe_error(KeyboardInterrupt()) == "KeyboardInterrupt"
 
 
 def test_forced_backend_restores_the_environment(monkeypatch):
@@ -443,6 +582,6 @@ def test_forced_backend_restores_the_environment(monkeypatch):
 
 
 def test_public_names_have_docstrings():
-    for module in (_suite, _suite_host, _suite_latency):
+    for module in (_suite, _suite_host, _suite_latency, _plumbing, _raw):
         for name in module.__all__:
             assert getattr(module, name).__doc__, f"{module.__name__}.{name}"

@@ -10,7 +10,6 @@ import platform
 import sys
 
 from .. import __version__
-from .._comparison.suite import SECTIONS
 from .._core import driver
 from .._core.devices import Device, device_count
 
@@ -59,6 +58,39 @@ def _counter_backend(device: int | None) -> str:
         return f"unusable ({exc})"
 
 
+class _SuiteSections:
+    """The names ``bench --only`` takes, as argparse's ``choices``: the suite's ``SECTIONS``
+    (their one source), imported only when argparse checks a ``--only`` value, so that no
+    other command (``cudaevents info``) imports the comparison suite."""
+
+    @staticmethod
+    def _names() -> tuple[str, ...]:
+        from .._comparison.suite import SECTIONS
+
+        return SECTIONS
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+class _BenchHelp(argparse.Action):
+    """``bench -h``: the bench help, with the suite's section names added to the line of
+    ``--only`` (the action in :attr:`only`) only now, when the suite is imported anyway."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="show this help message and exit")
+        self.only = None
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.only.help = f"{self.only.help}: {', '.join(_SuiteSections())}"
+        parser.print_help()
+        parser.exit()
+
+
 def _bench(args) -> int:
     from .._comparison.suite import plot, run_suite, to_json, to_markdown
 
@@ -103,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--iterations", type=int, default=200, help="rounds of work per stream (default 200)")
     bench = sub.add_parser(
         "bench",
+        add_help=False,
         help="compare cudaevents' costs with raw cuda-bindings, PyTorch, CuPy and cuda.core (those installed)",
         description=(
             "Measure, side by side in one run, what cudaevents costs against raw cuda-bindings and every peer "
@@ -113,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             "stdout and progress to stderr. Needs a GPU."
         ),
     )
+    bench_help = bench.add_argument("-h", "--help", action=_BenchHelp)
     bench.add_argument("--quick", action="store_true",
                        help="far fewer repetitions: every measurement in seconds, rough numbers (a smoke test)")
-    bench.add_argument("--only", nargs="+", action="extend", choices=SECTIONS, metavar="NAME",
-                       help=f"run only these measurements: {', '.join(SECTIONS)}")
+    bench_help.only = bench.add_argument("--only", nargs="+", action="extend", choices=_SuiteSections(),
+                                         metavar="NAME", help="run only these measurements")
     bench.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
     bench.add_argument("--markdown", metavar="PATH", help="also write the report to a file")
     bench.add_argument("--plot", metavar="PATH", help="also plot the comparison as a PNG (needs matplotlib)")

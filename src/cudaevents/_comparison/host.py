@@ -1,197 +1,109 @@
-"""Host costs for the comparison suite (:mod:`cudaevents._suite`): cudaevents next to raw
-cuda-bindings and the peers installed (PyTorch, CuPy, cuda.core), one function per
+"""Host costs for the comparison suite (:mod:`cudaevents._comparison.suite`): cudaevents next to
+raw cuda-bindings and the peers installed (PyTorch, CuPy, cuda.core), one function per
 measurement, each returning a section of the suite's result (plain dicts and lists).
 
 Host time per operation comes from ``time.perf_counter_ns`` around batches of operations and
-is reported as the median over batches (:func:`measure`): every method first runs one
-untimed warm-up batch; then the methods of a section take turns batch by batch, starting
-from a different one each round, so drifts of the machine hit all alike; the garbage
-collector is off while a batch is timed (as in ``timeit``); the work a batch enqueued is
-waited for after its clock stops, outside it.
+is reported as the median over batches (:func:`measure`, on the suite's one loop,
+:func:`cudaevents._comparison.plumbing.interleave`): every method first runs one untimed
+warm-up batch; then the methods of a section take turns batch by batch, starting from a
+different one each round, so drifts of the machine hit all alike; the garbage collector is
+off while a batch is timed (as in ``timeit``); the work a batch enqueued is waited for after
+its clock stops, outside it.
 
-Every peer's rows are guarded: a peer whose setup or batch fails is reported in the
-section's ``errors`` and the other rows still come.
+cudaevents is measured through its public API (and, for ``pool.acquire + cuEventRecord``, the
+driver's named wrapper the library records with); the raw cuda-bindings rows come from
+:mod:`cudaevents._comparison.raw`. Every peer's rows are guarded: a peer whose setup or batch
+fails is reported in the section's ``errors`` and the other rows still come.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import itertools
 import os
-import statistics
 import threading
-import time
 
+from .. import AtomicEvent, CudaEvent, Timer, atomic_backend, device_count
 from .._core import driver
-from .._core.cuda_event import CudaEvent
-from .._core.devices import device_count
-from .._core.pool import EventPool
-from .._core.streams import GpuStream
-from .._profiler.timer import Timer
-from .._sync.atomic_event import AtomicEvent, atomic_backend
+from .._core.cuda_event import DISABLE_TIMING, TIMING_FLAGS, event_flags
 from .._sync.counter_storage import slab_stats
-from .latency import describe_error
+from . import raw
+from .plumbing import (
+    SYNC_S,
+    Cleanup,
+    Context,
+    Method,
+    add_ratio,
+    describe_error,
+    interleave,
+    median,
+    perf_ns,
+    section,
+    stat_rows,
+)
 
 __all__ = [
-    "Cleanup",
-    "Context",
     "Crew",
-    "Method",
     "atomic_alloc",
     "create_record",
     "creations",
     "keys",
     "measure",
-    "section",
     "threads",
     "timing_pairs",
     "timing_rows",
 ]
 
-perf_ns = time.perf_counter_ns
-SYNC_S = 60.0  # the longest any wait of the suite may take before it counts as a failure
-
-# CUevent_flags
-_BLOCKING_SYNC = 0x1
-_NO_TIMING = 0x2
-_INTERPROCESS = 0x4
-_FLAG_COMBINATIONS = (0, _BLOCKING_SYNC, _NO_TIMING, _NO_TIMING | _BLOCKING_SYNC, _NO_TIMING | _INTERPROCESS,
-                      _NO_TIMING | _INTERPROCESS | _BLOCKING_SYNC)  # interprocess needs timing off
+# every flags value a pool key can have: 0, 1, 2, 3, 6, 7 (interprocess events cannot time)
+_FLAG_COMBINATIONS = tuple(event_flags(timing=timing, blocking_sync=blocking, interprocess=ipc)
+                           for ipc in (False, True) for timing in (True, False) for blocking in (False, True)
+                           if not (ipc and timing))
 
 
-# -- plumbing -----------------------------------------------------------------------------------
-class Method:
-    """One way of doing a section's operation: ``run(n)`` does it ``n`` times and may return
-    its own per-phase totals; ``settle()`` (untimed) waits for the work a batch enqueued."""
-
-    __slots__ = ("extra", "key", "label", "ours", "peer", "run", "settle")
-
-    def __init__(self, key: str, label: str, run, settle=None, *, ours: bool = False, peer: str | None = None,
-                 extra: dict | None = None):
-        self.key, self.label, self.run = key, label, run
-        self.settle = settle or (lambda: None)
-        self.ours, self.peer, self.extra = ours, peer, extra or {}
+# -- measuring --------------------------------------------------------------------------------------
+def _timed_batch(m: Method, n: int) -> dict:
+    """One timed batch of ``m``: its totals per phase, or its wall time as phase ``"op"``;
+    the collector is off meanwhile, and ``settle()`` runs after the clock stops."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = perf_ns()
+        got = m.run(n)
+        elapsed = perf_ns() - t0
+        m.settle()
+    finally:
+        if collecting:
+            gc.enable()
+    return got if got is not None else {"op": elapsed}
 
 
 def measure(methods: list[Method], batches: int, ops: int, errors: dict) -> dict[str, dict[str, list[float]]]:
     """Per method and phase, the cost per operation (ns) of every timed batch.
 
-    Every method first runs one untimed warm-up batch. Then the methods take turns, one
-    batch each, starting from a different method every round. ``run`` may return totals per
-    phase for the batch (ns, or bytes); otherwise the batch's wall time is phase ``"op"``.
-    Totals are divided by ``ops``. A method that raises is dropped, its error kept in
-    ``errors``.
+    :func:`interleave` with one untimed warm-up batch and ``batches`` rounds of ``ops``
+    operations, each a :func:`_timed_batch`. ``run`` may return totals per phase for the
+    batch (ns, or bytes); otherwise the batch's wall time is phase ``"op"``. Totals are divided
+    by ``ops``. A method that raises is dropped, its error kept in ``errors``.
     """
-    live = []
-    for m in methods:
-        try:
-            m.run(ops)
-            m.settle()
-        except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
-            errors[m.key] = describe_error(exc)
-            continue
-        live.append(m)
-    out: dict[str, dict[str, list[float]]] = {m.key: {} for m in live}
-    for b in range(batches):
-        k = b % len(live) if live else 0
-        for m in live[k:] + live[:k]:
-            if m.key in errors:
-                continue
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
-                t0 = perf_ns()
-                got = m.run(ops)
-                elapsed = perf_ns() - t0
-                m.settle()
-            except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
-                errors[m.key] = describe_error(exc)
-                continue
-            finally:
-                if collecting:
-                    gc.enable()
-            for phase, total in (got if got is not None else {"op": elapsed}).items():
-                out[m.key].setdefault(phase, []).append(total / ops)
-    return {key: phases for key, phases in out.items() if key not in errors}
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, totals in interleave(methods, [ops] * batches, ops, errors, step=_timed_batch).items():
+        phases = out[key] = {}
+        for batch in totals:
+            for phase, total in batch.items():
+                phases.setdefault(phase, []).append(total / ops)
+    return out
 
 
-def timing_rows(methods: list[Method], samples: dict, ref_key: str | None, ratio: str = "x_ours") -> list[dict]:
-    """One row per measured method: median, min and max us per op, and the ratio of its
-    median to the row ``ref_key``'s."""
-    rows = []
-    for m in methods:
-        per_op = samples.get(m.key, {}).get("op")
-        if not per_op:
-            continue
-        rows.append({"key": m.key, "label": m.label, "ours": m.ours, "peer": m.peer,
-                     "median_us": statistics.median(per_op) / 1e3, "min_us": min(per_op) / 1e3,
-                     "max_us": max(per_op) / 1e3, **m.extra})
-    ref = next((r for r in rows if r["key"] == ref_key and r["median_us"] > 0), None)
-    for r in rows:
-        r[ratio] = r["median_us"] / ref["median_us"] if ref else None
-    return rows
+def timing_rows(methods: list[Method], samples: dict, reference, ratio: str = "x_ours",
+                group: str | None = None) -> list[dict]:
+    """One row per measured method: median, min and max us per op, and ``ratio``, its median
+    over the reference row's (:func:`add_ratio`: a key, or a predicate with ``group``)."""
+    per_op = {key: phases["op"] for key, phases in samples.items() if phases.get("op")}
+    return add_ratio(stat_rows(methods, per_op, ("median_us", "min_us", "max_us")), ratio, reference, group=group)
 
 
 _TIMING_COLUMNS = [["label", "method"], ["median_us", "median us/op"], ["min_us", "min"], ["max_us", "max"],
                    ["x_ours", "x ours"]]
-
-
-class Cleanup:
-    """Undo actions, run in reverse order when the block ends; a failing one is recorded in
-    ``errors["cleanup"]`` and the others still run."""
-
-    def __init__(self, errors: dict):
-        self._items: list = []
-        self._errors = errors
-
-    def add(self, fn, *args, **kwargs) -> None:
-        """Call ``fn(*args, **kwargs)`` when the block ends (after everything added later)."""
-        self._items.append((fn, args, kwargs))
-
-    def stream(self, device: int) -> GpuStream:
-        """A new GpuStream, synchronized and closed when the block ends."""
-        s = GpuStream(device)
-        self.add(s.close)
-        self.add(s.synchronize, timeout=SYNC_S)
-        return s
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        while self._items:
-            fn, args, kwargs = self._items.pop()
-            try:
-                fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - reported; the rest is still undone
-                self._errors.setdefault("cleanup", describe_error(e))
-
-
-@dataclasses.dataclass
-class Context:
-    """What every measurement gets.
-
-    Attributes:
-        config: a :class:`cudaevents._suite.SuiteConfig` (how much to measure).
-        device: the device ordinal.
-        modules: peer name -> imported module, only for the peers usable here.
-        peers: peer name -> ``{"status": ..., "version": ...}``, for every peer.
-    """
-
-    config: object
-    device: int
-    modules: dict
-    peers: dict
-
-
-def section(title: str, what: str, columns: list, rows: list, *, notes=(), skipped=None, errors=None,
-            **extra) -> dict:
-    """A section of the suite's result: ``columns`` are ``[field, header]`` pairs of the
-    ``rows``' dicts; ``what`` says how it was measured; ``skipped`` and ``errors`` map a row
-    or step to why it is missing."""
-    return {"title": title, "what": what, "columns": columns, "rows": rows, "notes": list(notes),
-            "skipped": dict(skipped or {}), "errors": dict(errors or {}), **extra}
 
 
 def _add_peer(ctx: Context, peer: str, build, methods: list, errors: dict, cleanup: Cleanup) -> None:
@@ -204,11 +116,6 @@ def _add_peer(ctx: Context, peer: str, build, methods: list, errors: dict, clean
         methods.extend(build(module, ctx.device, cleanup))
     except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
         errors[peer] = describe_error(exc)
-
-
-def _raise_on(err, call: str) -> None:
-    if err:
-        driver.raise_error(err, call)
 
 
 def _core_timing_options(core):
@@ -281,15 +188,13 @@ def _core_new_event(core, device, cleanup):
 def create_record(ctx: Context) -> dict:
     """New event + record (+ release) for ours, raw cuda-bindings and each peer; and the
     floor, a raw ``cuEventRecord`` of one pre-created event."""
-    d, dev, cfg = driver.bindings(), ctx.device, ctx.config
+    dev, cfg = ctx.device, ctx.config
     errors: dict[str, str] = {}
     with Cleanup(errors) as cleanup:
-        pool = EventPool()
-        cleanup.add(pool.clear)
+        pool = cleanup.pool()
         stream = cleanup.stream(dev)
         sh = driver.as_stream_handle(stream.handle)
-        record = d.cuEventRecord
-        floor_event = driver.event_create(dev, _NO_TIMING)
+        floor_event = driver.event_create(dev, DISABLE_TIMING)
         cleanup.add(driver.event_destroy, floor_event)
 
         def ours_event(n):
@@ -297,34 +202,11 @@ def create_record(ctx: Context) -> dict:
                 CudaEvent(pool=pool).record(stream).close()
 
         def ours_pool(n):
-            acquire, release = pool.acquire, pool.release
+            acquire, release, record = pool.acquire, pool.release, driver.event_record
             for _ in range(n):
-                h = acquire(dev, _NO_TIMING)
-                (err,) = record(h, sh)
-                if err:
-                    driver.raise_error(err, "cuEventRecord")
-                release(dev, _NO_TIMING, h)
-
-        def raw_record(n):
-            h = floor_event
-            for _ in range(n):
-                (err,) = record(h, sh)
-                if err:
-                    driver.raise_error(err, "cuEventRecord")
-
-        def raw_create(n):
-            create, destroy = d.cuEventCreate, d.cuEventDestroy
-            with driver.pushed(dev):
-                for _ in range(n):
-                    err, h = create(_NO_TIMING)
-                    if err:
-                        driver.raise_error(err, "cuEventCreate")
-                    (err,) = record(h, sh)
-                    if err:
-                        driver.raise_error(err, "cuEventRecord")
-                    (err,) = destroy(h)
-                    if err:
-                        driver.raise_error(err, "cuEventDestroy")
+                h = acquire(dev, DISABLE_TIMING)
+                record(h, sh)  # the wrapper CudaEvent.record ends in
+                release(dev, DISABLE_TIMING, h)
 
         def settle():
             stream.synchronize(timeout=SYNC_S)
@@ -333,13 +215,14 @@ def create_record(ctx: Context) -> dict:
             Method("ours_event", "cudaevents: CudaEvent(pool=pool).record(s).close()", ours_event, settle, ours=True),
             Method("ours_pool", "cudaevents: pool.acquire + cuEventRecord + pool.release", ours_pool, settle,
                    ours=True),
-            Method("raw_create", "raw cuda-bindings: cuEventCreate + cuEventRecord + cuEventDestroy", raw_create,
-                   settle),
+            Method("raw_create", "raw cuda-bindings: cuEventCreate + cuEventRecord + cuEventDestroy",
+                   raw.create_record_destroy(dev, DISABLE_TIMING, sh), settle),
         ]
         _add_peer(ctx, "torch", _torch_new_event, methods, errors, cleanup)
         _add_peer(ctx, "cupy", _cupy_new_event, methods, errors, cleanup)
         _add_peer(ctx, "cuda.core", _core_new_event, methods, errors, cleanup)
-        methods.append(Method("raw_record", "floor: raw cuEventRecord of one pre-created event", raw_record, settle))
+        methods.append(Method("raw_record", "floor: raw cuEventRecord of one pre-created event",
+                              raw.record_one(floor_event, sh), settle))
         samples = measure(methods, cfg.batches, cfg.ops, errors)
     return section(
         "New event + record (+ release), and record alone",
@@ -443,16 +326,16 @@ def _core_pairs(core, device, cleanup):
 def timing_pairs(ctx: Context) -> dict:
     """Timing pairs amortized over many regions: ``Timer`` regions against raw pooled
     bindings and each peer's usual pattern (two events per region, elapsed time at the end)."""
-    d, dev, cfg = driver.bindings(), ctx.device, ctx.config
+    dev, cfg = ctx.device, ctx.config
     n_regions = cfg.pair_regions
     errors: dict[str, str] = {}
     with Cleanup(errors) as cleanup:
-        pool = EventPool()
-        cleanup.add(pool.clear)
+        pool = cleanup.pool()
         stream = cleanup.stream(dev)
         sh = driver.as_stream_handle(stream.handle)
-        free = [driver.event_create(dev, 0) for _ in range(2 * n_regions)]  # flags 0: timing on
+        free: list = []  # the raw row's own pool: timing handles in a list
         cleanup.add(lambda: [driver.event_destroy(h) for h in free])
+        free.extend(driver.event_create(dev, TIMING_FLAGS) for _ in range(2 * n_regions))
 
         def ours_timer(n, timeline=True):
             def enqueue(n):
@@ -465,33 +348,7 @@ def timing_pairs(ctx: Context) -> dict:
 
             return _host_phases(n, enqueue, stream.synchronize, lambda timer: len(timer.results(timeout=SYNC_S)))
 
-        record, elapsed = d.cuEventRecord, d.cuEventElapsedTime
-
-        def raw_enqueue(n):
-            pop = free.pop
-            pending = []
-            for _ in range(n):
-                start, end = pop(), pop()
-                (err,) = record(start, sh)
-                if err:
-                    driver.raise_error(err, "cuEventRecord")
-                (err,) = record(end, sh)
-                if err:
-                    driver.raise_error(err, "cuEventRecord")
-                pending.append((start, end))
-            return pending
-
-        def raw_read(pending):
-            push = free.append
-            times = []
-            for start, end in pending:
-                err, ms = elapsed(start, end)  # NOT_READY until both completed: the completion check too
-                if err:
-                    driver.raise_error(err, "cuEventElapsedTime")
-                times.append(ms)
-                push(start)
-                push(end)
-            return len(times)
+        raw_enqueue, raw_read = raw.pooled_pairs(free, sh)
 
         def raw_pairs(n):
             return _host_phases(n, raw_enqueue, stream.synchronize, raw_read)
@@ -536,8 +393,7 @@ def creations(ctx: Context) -> dict:
     errors: dict[str, str] = {}
     rows = []
     with Cleanup(errors) as cleanup:
-        pool = EventPool()
-        cleanup.add(pool.clear)
+        pool = cleanup.pool()
         stream = cleanup.stream(dev)
         timer = Timer(pool=pool, nvtx=False)
         peak, creates_warm = 0, 0
@@ -554,10 +410,9 @@ def creations(ctx: Context) -> dict:
         if got != regions:
             raise RuntimeError(f"Timer collected {got} of {regions} regions")
         st = pool.stats()
-        rows.append({"key": "ours", "label": "cudaevents Timer on a fresh EventPool", "ours": True,
-                     "regions": regions, "creates": st.creates, "steady_creates": st.creates - creates_warm,
-                     "peak_in_flight": peak, "peak_live": st.high_water, "reference_events": 1,
-                     "host_us": host_us, "counted": "EventPool.stats().creates"})
+        rows.append(Method("ours", "cudaevents Timer on a fresh EventPool", ours=True).row(
+            regions=regions, creates=st.creates, steady_creates=st.creates - creates_warm, peak_in_flight=peak,
+            peak_live=st.high_water, reference_events=1, host_us=host_us, counted="EventPool.stats().creates"))
         rows.append(_torch_creations(ctx, regions, cap, warm, errors, cleanup))
     return section(
         "Native event creations",
@@ -576,8 +431,7 @@ def creations(ctx: Context) -> dict:
 def _torch_creations(ctx: Context, regions: int, cap: int, warm: int, errors: dict, cleanup: Cleanup) -> dict:
     """The same regions timed torch/triton style (a new torch.cuda.Event pair per region),
     counting the events recorded; analytic (2 per region) where torch is not usable."""
-    row = {"key": "torch", "label": "torch.cuda.Event pairs (torch/triton style)", "ours": False, "peer": "torch",
-           "regions": regions, "peak_in_flight": cap}
+    method = Method("torch", "torch.cuda.Event pairs (torch/triton style)", peer="torch")
     torch = ctx.modules.get("torch")
     if torch is not None:
         try:
@@ -605,14 +459,14 @@ def _torch_creations(ctx: Context, regions: int, cap: int, warm: int, errors: di
                 for a, b in pending:
                     a.elapsed_time(b)
             host_us = (perf_ns() - t0) / regions / 1e3
-            return {**row, "creates": created, "steady_creates": created - created_warm, "peak_in_flight": peak,
-                    "peak_live": 2 * peak, "host_us": host_us,
-                    "counted": "counted: torch.cuda.Event objects recorded (each makes its own native event)"}
+            return method.row(regions=regions, creates=created, steady_creates=created - created_warm,
+                              peak_in_flight=peak, peak_live=2 * peak, host_us=host_us,
+                              counted="counted: torch.cuda.Event objects recorded (each makes its own native event)")
         except Exception as exc:  # noqa: BLE001 - reported; fall back to the analytic count
             errors["torch"] = describe_error(exc)
     why = ctx.peers.get("torch", {}).get("status", "not used")
-    return {**row, "creates": 2 * regions, "steady_creates": 2 * (regions - warm), "peak_live": 2 * cap,
-            "host_us": None, "counted": f"analytic: 2 per region (torch {why})"}
+    return method.row(regions=regions, creates=2 * regions, steady_creates=2 * (regions - warm), peak_in_flight=cap,
+                      peak_live=2 * cap, host_us=None, counted=f"analytic: 2 per region (torch {why})")
 
 
 # -- AtomicEvent creation and memory ---------------------------------------------------------------
@@ -635,11 +489,11 @@ def _phases(t0: int, t1: int, t2: int, t3: int, rss0, rss1) -> dict:
 def atomic_alloc(ctx: Context) -> dict:
     """AtomicEvent creation and close time and memory per event, against one raw pinned,
     device-mapped allocation per event."""
-    d, dev, cfg = driver.bindings(), ctx.device, ctx.config
+    dev, cfg = ctx.device, ctx.config
     n = cfg.alloc_ops
     backend = atomic_backend(dev)
-    flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
     errors: dict[str, str] = {}
+    allocate, release = raw.mapped_allocations()
 
     def ours(n):
         rss0 = _rss()
@@ -652,24 +506,7 @@ def atomic_alloc(ctx: Context) -> dict:
             ev.close()
         return _phases(t0, t1, t2, perf_ns(), rss0, rss1)
 
-    def allocate(n) -> list[int]:
-        alloc, device_pointer = d.cuMemHostAlloc, d.cuMemHostGetDevicePointer
-        hosts = []
-        for _ in range(n):
-            err, host = alloc(8, flags)
-            _raise_on(err, "cuMemHostAlloc")
-            hosts.append(host)
-            err, _dptr = device_pointer(host, 0)
-            _raise_on(err, "cuMemHostGetDevicePointer")
-        return hosts
-
-    def release(hosts: list[int]) -> None:
-        free = d.cuMemFreeHost
-        for host in hosts:
-            (err,) = free(host)
-            _raise_on(err, "cuMemFreeHost")
-
-    def raw(n):
+    def raw_allocations(n):
         with driver.pushed(dev):
             rss0 = _rss()
             t0 = perf_ns()
@@ -684,7 +521,7 @@ def atomic_alloc(ctx: Context) -> dict:
     methods = [
         Method("ours", f"AtomicEvent({dev}), {backend} backend{how}", ours, ours=True),
         Method("raw", "raw cuda-bindings: cuMemHostAlloc(8, portable|devicemap) + cuMemHostGetDevicePointer "
-               "per event", raw),
+               "per event", raw_allocations),
     ]
     samples = measure(methods, cfg.batches, n, errors)
     pinned = {"ours": None, "raw": None}
@@ -700,7 +537,7 @@ def atomic_alloc(ctx: Context) -> dict:
             addresses = sorted(int(h) for h in hosts)
             release(hosts)
         gaps = [b - a for a, b in itertools.pairwise(addresses)]
-        pinned["raw"] = round(statistics.median(gaps)) if gaps else None
+        pinned["raw"] = round(median(gaps)) if gaps else None
     except Exception as exc:  # noqa: BLE001 - reported; the timings stand
         errors["memory"] = describe_error(exc)
     rows = []
@@ -709,10 +546,8 @@ def atomic_alloc(ctx: Context) -> dict:
         if not phases:
             continue
         rss = phases.get("rss")
-        rows.append({"key": m.key, "label": m.label, "ours": m.ours,
-                     "create_us": statistics.median(phases["create"]) / 1e3,
-                     "free_us": statistics.median(phases["free"]) / 1e3,
-                     "pinned_bytes": pinned[m.key], "rss_bytes": round(statistics.median(rss)) if rss else None})
+        rows.append(m.row(create_us=median(phases["create"]) / 1e3, free_us=median(phases["free"]) / 1e3,
+                          pinned_bytes=pinned[m.key], rss_bytes=round(median(rss)) if rss else None))
     notes = [(f"pinned bytes/event: for AtomicEvent, the slab's pinned bytes over the slots in use with {n:,} "
               "events alive; for raw allocations, the median distance between the addresses of consecutive "
               "allocations (the driver's granularity)"),
@@ -795,14 +630,13 @@ def threads(ctx: Context) -> dict:
     dev, cfg = ctx.device, ctx.config
     errors: dict[str, str] = {}
     with Cleanup(errors) as cleanup:
-        pool = EventPool()
-        cleanup.add(pool.clear)
+        pool = cleanup.pool()
         streams = [cleanup.stream(dev) for _ in range(max(cfg.threads))]
 
         def pool_work(i, n):
             acquire, release = pool.acquire, pool.release
             for _ in range(n):
-                release(dev, _NO_TIMING, acquire(dev, _NO_TIMING))
+                release(dev, DISABLE_TIMING, acquire(dev, DISABLE_TIMING))
 
         def event_work(i, n):
             s = streams[i]
@@ -823,10 +657,7 @@ def threads(ctx: Context) -> dict:
                 methods.append(Method(f"{family}_{k}", label, crew.run, settle, ours=True,
                                       extra={"family": family, "threads": k}))
         samples = measure(methods, cfg.batches, cfg.ops, errors)
-    rows = timing_rows(methods, samples, None, ratio="x_one_thread")
-    for r in rows:
-        one = next((o for o in rows if o["family"] == r["family"] and o["threads"] == 1 and o["median_us"] > 0), None)
-        r["x_one_thread"] = r["median_us"] / one["median_us"] if one else None
+    rows = timing_rows(methods, samples, lambda r: r["threads"] == 1, ratio="x_one_thread", group="family")
     return section(
         "Pool fast path with 1, 4, 16 threads",
         f"every thread does {cfg.ops:,} operations on one shared pool (events on a stream of its own); cost per "
@@ -845,8 +676,7 @@ def keys(ctx: Context) -> dict:
     skipped: dict[str, str] = {}
     ndev = device_count()
     with Cleanup(errors) as cleanup:
-        pool = EventPool()
-        cleanup.add(pool.clear)
+        pool = cleanup.pool()
         usable = []
         for key in [(i, f) for i in range(ndev) for f in _FLAG_COMBINATIONS]:
             try:  # one cached handle per key
@@ -854,7 +684,7 @@ def keys(ctx: Context) -> dict:
                 usable.append(key)
             except Exception as exc:  # noqa: BLE001 - e.g. no interprocess events here
                 skipped[f"device {key[0]} flags {key[1]}"] = describe_error(exc)
-        configs = [("1 key", [(dev, _NO_TIMING)])]
+        configs = [("1 key", [(dev, DISABLE_TIMING)])]
         local = [k for k in usable if k[0] == dev]
         configs.append((f"{len(local)} keys: every flag combination on device {dev}", local))
         if ndev > 1:

@@ -2,32 +2,37 @@
 and the wake-up of :class:`Worker` tasks after GPU work, each next to its raw floor.
 
 Both measure single events in microseconds, so they sample one event at a time and report
-percentiles rather than timing batches. Methods run in interleaved blocks after a warm-up,
-so drifts of the machine hit them alike. Each function returns a section of the suite's
-result (see :mod:`cudaevents._suite`): plain dicts and lists, ready for JSON.
+percentiles (the library's rule, :func:`cudaevents._comparison.plumbing.us_stats`) rather
+than timing batches. Methods take turns in blocks of samples after a warm-up, starting from a
+different one each round (the suite's one loop,
+:func:`cudaevents._comparison.plumbing.interleave`), so drifts of the machine hit them alike.
+Each function returns a section of the suite's result (see
+:mod:`cudaevents._comparison.suite`): plain dicts and lists, ready for JSON.
 
 Round trip (:func:`round_trip`): a GPU stream already waits (``cuStreamWaitValue64``) for the
 host's "ping" value and will then write a "pong" value; the clock runs from the host's ping
-store until the host sees the pong. The floor does exactly that with cuda-bindings and
-ctypes; ours does it with ``ping.signal(i)`` and ``pong.wait(i)`` on two AtomicEvents of
-one backend (enqueued the same way before the clock starts). ``settle_us`` busy-waits
-between enqueuing and the store, so that the GPU has fetched its wait before the clock
-starts; without it the host's store can beat the GPU's first look at the wait, and the
-floor measures a race rather than a latency.
+store until the host sees the pong. The floor does exactly that with the driver's stream
+memory operations on 16 bytes of its own pinned memory, read and written through ctypes;
+ours does it with ``ping.signal(i)`` and ``pong.wait(i)`` on two AtomicEvents of one backend
+(enqueued the same way before the clock starts). ``settle_us`` busy-waits between enqueuing
+and the store, so that the GPU has fetched its wait before the clock starts; without it the
+host's store can beat the GPU's first look at the wait, and the floor measures a race rather
+than a latency.
 
-Wake-up (:func:`worker_wakeup`): each sample holds a stream on a 32-bit word of pinned,
-device-mapped host memory (``cuStreamWaitValue32``, GEQ 1), puts the waiter behind that
-wait, lets the waiting thread fall asleep (``settle_ms``), then takes
+Wake-up (:func:`worker_wakeup`): each sample holds a stream on a latch, a 32-bit counter slot
+of pinned, device-mapped host memory (``MemCell``: ``cuStreamWaitValue32``, GEQ 1), puts the
+waiter behind that wait, lets the waiting thread fall asleep (``settle_ms``), then takes
 ``time.perf_counter_ns()`` immediately before the host store that releases the GPU. The
 woken side takes ``perf_counter_ns()`` first thing; the difference is the wake-up latency.
 Methods: (a) ``Worker.add_task`` + ``commit``; (b) the floor, a plain Python thread blocked
 in ``cuEventSynchronize`` on a ``CU_EVENT_BLOCKING_SYNC`` event recorded behind the wait;
 (c) ``cuLaunchHostFunc`` with libc's ``sem_post`` (no Python in the callback) and a thread
-blocked in ``sem_wait``, launched through cuda-bindings and, as (c'), through ctypes into
-libcuda. Before measuring (c) and (c'), a probe tells whether that path takes the GIL on the
-driver's callback thread: the main thread holds the GIL in ``sem_timedwait`` for 0.3 s after
-releasing the GPU, and a callback that needs the GIL cannot post in that time. (d) is a
-reference, not a wake-up: the GPU writes a second host word right after the wait and the
+blocked in ``sem_wait``, launched through cuda-bindings' own wrapper (a raw-bindings
+baseline, :mod:`cudaevents._comparison.raw`) and, as (c'), through ctypes into libcuda (the
+library's way). Before measuring (c) and (c'), a probe tells whether that path takes the GIL
+on the driver's callback thread: the main thread holds the GIL in ``sem_timedwait`` for 0.3 s
+after releasing the GPU, and a callback that needs the GIL cannot post in that time. (d) is a
+reference, not a wake-up: the GPU writes a second counter slot right after the wait and the
 main thread spins on it, the time for the GPU to see the release and report back with no
 thread asleep.
 """
@@ -36,17 +41,27 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
+import itertools
 import os
 import threading
 import time
 
+from .. import AtomicEvent, GpuStream, Worker, atomic_backend
 from .._core import driver
-from .._core.streams import GpuStream
-from .._sync.atomic_event import AtomicEvent, atomic_backend
-from .._sync.worker import Worker
+from .._core.cuda_event import BLOCKING_SYNC, DISABLE_TIMING
+from .._sync.counter_storage import MemCell
+from . import raw
+from .plumbing import (
+    Cleanup,
+    Method,
+    add_ratio,
+    describe_error,
+    interleave,
+    section,
+    stat_rows,
+)
 
-__all__ = ["describe_error", "round_trip", "summarize", "worker_wakeup"]
+__all__ = ["round_trip", "worker_wakeup"]
 
 perf_ns = time.perf_counter_ns
 _WAIT_S = 10.0  # every wait inside a sample gives up after this long
@@ -60,82 +75,28 @@ _LATENCY_COLUMNS = [
     ["min_us", "min us"],
     ["x_floor", "median / floor"],
 ]
+_LATENCY_FIELDS = ("n", "median_us", "p90_us", "p99_us", "min_us", "mean_us")
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line naming an exception, for the suite's ``errors`` and ``skipped`` entries."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def _blocks(samples: int, block: int) -> list[int]:
+    """The rounds of :func:`interleave` that take ``samples`` per method, ``block`` at a time."""
+    return [min(block, samples - taken) for taken in range(0, samples, block)]
 
 
-def summarize(ns: list[int]) -> dict:
-    """Nearest-rank percentiles of samples in nanoseconds, reported in microseconds."""
-    s = sorted(ns)
-    n = len(s)
-
-    def q(p):
-        return s[min(n - 1, max(0, math.ceil(p * n) - 1))]
-
-    return {"n": n, "median_us": q(0.5) / 1e3, "p90_us": q(0.9) / 1e3, "p99_us": q(0.99) / 1e3,
-            "min_us": s[0] / 1e3, "mean_us": sum(s) / n / 1e3}
+def _sample(methods: list[Method], samples: int, warmup: int, block: int, errors: dict) -> dict[str, list[int]]:
+    """Every method's samples (ns): ``warmup`` dropped first, then ``samples`` in blocks."""
+    got = interleave(methods, _blocks(samples, block), warmup, errors)
+    return {key: [ns for part in parts for ns in part] for key, parts in got.items()}
 
 
-def _check(err, call: str) -> None:
-    if err:
-        driver.raise_error(err, call)
-
-
-def _interleave(methods: list, samples: int, warmup: int, block: int, errors: dict) -> dict[str, list[int]]:
-    """Warm every method up, then take blocks of samples from each in turn until each has
-    ``samples``. A method that raises is dropped (its error kept in ``errors``)."""
-    out: dict[str, list[int]] = {}
-    live = []
-    for m in methods:
-        try:
-            m.run(warmup)
-        except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
-            errors[m.key] = describe_error(exc)
-            continue
-        out[m.key] = []
-        live.append(m)
-    while live:
-        for m in list(live):
-            got = out[m.key]
-            try:
-                got.extend(m.run(min(block, samples - len(got))))
-            except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
-                errors[m.key] = describe_error(exc)
-                live.remove(m)
-                del out[m.key]
-                continue
-            if len(got) >= samples:
-                live.remove(m)
-    return out
-
-
-def _rows(methods: list, samples: dict, floor_key: str, keep_samples: bool) -> list[dict]:
-    rows = []
-    for m in methods:
-        ns = samples.get(m.key)
-        if not ns:
-            continue
-        row = {"key": m.key, "label": m.label, "ours": m.ours, **summarize(ns)}
-        if keep_samples:
-            row["samples_ns"] = ns
-        rows.append(row)
-    floor = next((r for r in rows if r["key"] == floor_key and r["median_us"] > 0 and r["p90_us"] > 0), None)
-    for r in rows:
-        r["x_floor"] = r["median_us"] / floor["median_us"] if floor else None
-        r["p90_x_floor"] = r["p90_us"] / floor["p90_us"] if floor else None
-    return rows
-
-
-def _close_all(methods: list, errors: dict) -> None:
-    for m in reversed(methods):
-        try:
-            m.close()
-        except Exception as exc:  # noqa: BLE001 - reported; the others still close
-            errors.setdefault(m.key, f"close: {describe_error(exc)}")
+def _rows(methods: list[Method], samples: dict, keep_samples: bool) -> list[dict]:
+    """Median, p90, p99, min and mean per method (us), and both over the floor's."""
+    rows = stat_rows(methods, samples, _LATENCY_FIELDS)
+    if keep_samples:
+        for r in rows:
+            r["samples_ns"] = samples[r["key"]]
+    add_ratio(rows, "x_floor", "floor")
+    return add_ratio(rows, "p90_x_floor", "floor", field="p90_us")
 
 
 # -- CPU -> GPU -> CPU round trip -------------------------------------------------------------
@@ -161,89 +122,81 @@ def _forced_backend(backend: str):
             os.environ[name] = before
 
 
-class _RawRoundTrip:
-    """The floor: host store, cuStreamWaitValue64, cuStreamWriteValue64, host spin."""
+def _round_trips(settle_us: float, enqueue, answer):
+    """``run(n)`` of a round-trip method, ``n`` samples (ns): for each next value ``i``,
+    ``enqueue(i)`` puts on the GPU its wait for ping >= i and its store of pong = i (untimed),
+    ``settle_us`` passes, then the clock runs around ``answer(i)``, the host's ping store and
+    its wait for the pong."""
+    values = itertools.count(1)
 
-    key = "floor"
-    label = "raw floor: cuStreamWaitValue64 + cuStreamWriteValue64, host store and spin"
-    ours = False
-
-    def __init__(self, device: int, settle_us: float):
-        self.settle_us = settle_us
-        self.d = driver.bindings()
-        self.stream = GpuStream(device)
-        self.h = driver.as_stream_handle(self.stream.handle)
-        self.host, self.dev = driver.mem_host_alloc_mapped(16)
-        self.ping = ctypes.c_uint64.from_address(self.host)
-        self.pong = ctypes.c_uint64.from_address(self.host + 8)
-        self.ping.value = self.pong.value = 0
-        self.i = 0
-
-    def run(self, n: int) -> list[int]:
-        out, h, dev, ping, pong = [], self.h, self.dev, self.ping, self.pong
-        wait, write, settle_us = self.d.cuStreamWaitValue64, self.d.cuStreamWriteValue64, self.settle_us
-        for _ in range(n):
-            self.i += 1
-            i = self.i
-            (err,) = wait(h, dev, i, 0)  # flags 0: CU_STREAM_WAIT_VALUE_GEQ
-            _check(err, "cuStreamWaitValue64")
-            (err,) = write(h, dev + 8, i, 0)
-            _check(err, "cuStreamWriteValue64")
+    def run(n: int) -> list[int]:
+        out = []
+        for i in itertools.islice(values, n):
+            enqueue(i)
             _settle(settle_us)
             t0 = perf_ns()
-            ping.value = i
-            k = 0
-            while pong.value < i:
-                k += 1
-                if not k & 0xFFFF and perf_ns() - t0 > _WAIT_NS:
-                    raise TimeoutError(f"the GPU did not answer within {_WAIT_S:g} s")
+            answer(i)
             out.append(perf_ns() - t0)
         return out
 
-    def close(self) -> None:
-        self.ping.value = 1 << 62  # satisfies any wait still enqueued
-        self.stream.synchronize(timeout=_WAIT_S)  # raises (and leaks the memory) if stuck
-        self.stream.close()
-        driver.mem_host_free(self.host)
+    return run
 
 
-class _AtomicRoundTrip:
-    """The same round trip through two AtomicEvents of one backend."""
+def _raw_round_trip(device: int, settle_us: float, cleanup: Cleanup):
+    """``run(n)`` of the floor: cuStreamWaitValue64 and cuStreamWriteValue64 (the driver's
+    named wrappers: the enqueuing is not timed) on 16 bytes of pinned, device-mapped memory
+    of its own, a host store and a host spin."""
+    stream = GpuStream(device)
+    cleanup.add(stream.close)
+    h = driver.as_stream_handle(stream.handle)
+    host, dev = driver.mem_host_alloc(16, mapped=True)
+    ping = ctypes.c_uint64.from_address(host)
+    pong = ctypes.c_uint64.from_address(host + 8)
+    ping.value = pong.value = 0
 
-    ours = True
+    def release() -> None:
+        ping.value = 1 << 62  # satisfies any wait still enqueued
+        stream.synchronize(timeout=_WAIT_S)  # raises if stuck: then the memory is leaked, not freed in use
+        driver.mem_host_free(host)
 
-    def __init__(self, device: int, backend: str, policy: str, settle_us: float, default: bool):
-        self.key = f"atomic_{backend}_{policy}"
-        self.label = f"AtomicEvent {backend}{' (default)' if default else ''}, policy {policy}"
-        self.settle_us = settle_us
-        self.policy = policy
-        self.stream = GpuStream(device)
-        self.ping = self.pong = None
-        with _forced_backend(backend):
-            self.ping = AtomicEvent(device)
-            self.pong = AtomicEvent(device)
-        self.i = 0
+    cleanup.add(release)
 
-    def run(self, n: int) -> list[int]:
-        out, s, ping, pong, policy, settle_us = [], self.stream, self.ping, self.pong, self.policy, self.settle_us
-        for _ in range(n):
-            self.i += 1
-            i = self.i
-            ping.wait(i, s)
-            pong.signal(i, s)
-            _settle(settle_us)
-            t0 = perf_ns()
-            ping.signal(i)
-            pong.wait(i, timeout=_WAIT_S, policy=policy)
-            out.append(perf_ns() - t0)
-        return out
+    def enqueue(i: int) -> None:
+        driver.stream_wait_value(h, dev, i, 64)  # GEQ
+        driver.stream_write_value(h, dev + 8, i, 64)
 
-    def close(self) -> None:
-        for ev in (self.ping, self.pong):
-            if ev is not None:
-                ev.close()  # lets GPU waits still pending go
-        self.stream.synchronize(timeout=_WAIT_S)
-        self.stream.close()
+    def answer(i: int) -> None:
+        ping.value = i
+        start, k = perf_ns(), 0
+        while pong.value < i:
+            k += 1
+            if not k & 0xFFFF and perf_ns() - start > _WAIT_NS:
+                raise TimeoutError(f"the GPU did not answer within {_WAIT_S:g} s")
+
+    return _round_trips(settle_us, enqueue, answer)
+
+
+def _atomic_round_trip(device: int, backend: str, policy: str, settle_us: float, cleanup: Cleanup):
+    """``run(n)`` of the same round trip through two AtomicEvents of ``backend``, the host
+    waiting with ``policy``."""
+    stream = GpuStream(device)
+    cleanup.add(stream.close)
+    cleanup.add(stream.synchronize, timeout=_WAIT_S)
+    with _forced_backend(backend):
+        ping = AtomicEvent(device)
+        cleanup.add(ping.close)  # lets GPU waits still pending go
+        pong = AtomicEvent(device)
+        cleanup.add(pong.close)
+
+    def enqueue(i: int) -> None:
+        ping.wait(i, stream)
+        pong.signal(i, stream)
+
+    def answer(i: int) -> None:
+        ping.signal(i)
+        pong.wait(i, timeout=_WAIT_S, policy=policy)
+
+    return _round_trips(settle_us, enqueue, answer)
 
 
 def round_trip(samples: int = 2000, warmup: int = 200, block: int = 50, settle_us: float = 50.0,
@@ -262,78 +215,90 @@ def round_trip(samples: int = 2000, warmup: int = 200, block: int = 50, settle_u
         keep_samples: keep every sample (ns) in the rows as ``samples_ns``.
 
     Returns:
-        A suite section: ``title``, ``columns``, ``rows`` (one per method, with median, p90,
-        p99, min and mean in us and their ratios to the floor), ``notes``, ``skipped``,
-        ``errors``, ``info``.
+        A suite section: ``title``, ``what``, ``columns``, ``rows`` (one per method, with
+        median, p90, p99, min and mean in us and their ratios to the floor), ``notes``,
+        ``skipped``, ``errors``, ``info``.
     """
     default = atomic_backend(device)
     errors: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    methods: list = []
-    try:
+    methods: list[Method] = []
+    with Cleanup(errors) as cleanup:
         try:
-            methods.append(_RawRoundTrip(device, settle_us))
+            methods.append(Method("floor", "raw floor: cuStreamWaitValue64 + cuStreamWriteValue64, host store and spin",
+                                  _raw_round_trip(device, settle_us, cleanup)))
         except Exception as exc:  # noqa: BLE001 - reported; ours still runs
             errors["floor"] = describe_error(exc)
         for backend in backends or ("mem64", "mem32", "hostfn"):
             for policy in policies:
+                key = f"atomic_{backend}_{policy}"
+                label = f"AtomicEvent {backend}{' (default)' if backend == default else ''}, policy {policy}"
                 try:
-                    methods.append(_AtomicRoundTrip(device, backend, policy, settle_us, backend == default))
+                    methods.append(Method(key, label, _atomic_round_trip(device, backend, policy, settle_us, cleanup),
+                                          ours=True))
                 except Exception as exc:  # noqa: BLE001 - e.g. a backend this device cannot use
-                    skipped[f"atomic_{backend}_{policy}"] = describe_error(exc)
-        got = _interleave(methods, samples, warmup, block, errors)
-    finally:
-        _close_all(methods, errors)
-    return {
-        "title": "CPU -> GPU -> CPU round trip",
-        "columns": _LATENCY_COLUMNS,
-        "rows": _rows(methods, got, "floor", keep_samples),
-        "notes": [(f"{samples} samples per method after {warmup} warm-up, interleaved in blocks of {block}; "
-                   f"{settle_us:g} us settle between enqueuing and the host's store"),
-                  f"AtomicEvent's default backend on device {device}: {default}"],
-        "skipped": skipped,
-        "errors": errors,
-        "info": {"samples": samples, "warmup": warmup, "block": block, "settle_us": settle_us,
-                 "default_backend": default, "device": device},
-    }
+                    skipped[key] = describe_error(exc)
+        got = _sample(methods, samples, warmup, block, errors)
+    return section(
+        "CPU -> GPU -> CPU round trip",
+        ("time from the host's store of a value a GPU stream waits for, until the host sees the value that stream "
+         "writes next; single samples in us"),
+        _LATENCY_COLUMNS, _rows(methods, got, keep_samples),
+        notes=[(f"{samples} samples per method after {warmup} warm-up, interleaved in blocks of {block}; "
+                f"{settle_us:g} us settle between enqueuing and the host's store"),
+               f"AtomicEvent's default backend on device {device}: {default}"],
+        skipped=skipped, errors=errors,
+        info={"samples": samples, "warmup": warmup, "block": block, "settle_us": settle_us,
+              "default_backend": default, "device": device})
 
 
 # -- GPU completion -> Python wake-up ----------------------------------------------------------
 class _Gate:
-    """A 32-bit word in pinned, device-mapped host memory that streams wait on."""
+    """What the wake-up samples' stream waits on: a latch, a 32-bit counter slot
+    (:class:`MemCell`) that the GPU waits on until the host opens it, and a second slot the
+    GPU writes for the spin reference."""
 
-    def __init__(self, d):
-        self.d = d
-        flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
-        self.host = driver.check(d.cuMemHostAlloc(8, flags), "cuMemHostAlloc")
-        self.dptr = driver.check(d.cuMemHostGetDevicePointer(self.host, 0), "cuMemHostGetDevicePointer")
-        self.word = ctypes.c_uint32.from_address(int(self.host))
-        self.word.value = 0
-        self.flag = ctypes.c_uint32.from_address(int(self.host) + 4)  # for the spin reference
-        self.flag_dptr = int(self.dptr) + 4
-        self.geq = d.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ
+    def __init__(self, device: int):
+        self.latch = MemCell(device, 32)
+        self.flag = MemCell(device, 32)
 
     def hold(self, stream) -> None:
-        """Reset the word and make ``stream`` wait until the host stores 1."""
-        self.word.value = 0
-        (err,) = self.d.cuStreamWaitValue32(stream, self.dptr, 1, self.geq)
-        _check(err, "cuStreamWaitValue32")
+        """Close the latch and make ``stream`` wait until the host opens it."""
+        self.latch.store(0)
+        self.latch.gpu_wait(stream, 1)
 
-    def close(self) -> None:
-        self.word.value = 1
-        driver.check(self.d.cuMemFreeHost(self.host), "cuMemFreeHost")
+    def open(self) -> None:
+        """Let every wait on the latch go (the host store the samples time)."""
+        self.latch.store(1)
+
+    def retire(self) -> None:
+        """Give both slots back (only once no stream can still reach them)."""
+        self.latch.retire([])
+        self.flag.retire([])
+
+
+def _drain(gate: _Gate, stream: GpuStream) -> None:
+    """Let the GPU go and wait until the stream has finished everything it was given."""
+    gate.open()
+    stream.synchronize(timeout=_WAIT_S)
+
+
+def _free_when_idle(gate: _Gate, stream: GpuStream) -> None:
+    """Close the stream and give the gate's slots back, once the stream is idle."""
+    _drain(gate, stream)  # raises when the stream is stuck: then stream and slots are leaked, not freed in use
+    stream.close()
+    gate.retire()
 
 
 class _SpinReference:
     key, label, ours, spin = "spin", "(d) reference: host spins on a GPU-written word", False, True
 
-    def __init__(self, d, gate, stream):
-        self.d, self.gate, self.stream = d, gate, stream
+    def __init__(self, gate: _Gate, stream):
+        self.gate, self.stream = gate, stream
 
     def arm(self) -> None:
-        self.gate.flag.value = 0
-        (err,) = self.d.cuStreamWriteValue32(self.stream, self.gate.flag_dptr, 1, 0)
-        _check(err, "cuStreamWriteValue32")
+        self.gate.flag.store(0)
+        self.gate.flag.gpu_signal(self.stream, 1)
 
     def close(self) -> None:
         pass
@@ -366,11 +331,9 @@ class _WorkerWakeup:
 class _BlockedThread:
     key, label, ours, spin = "floor", "(b) floor: thread in cuEventSynchronize (blocking sync)", False, False
 
-    def __init__(self, d, stream):
-        self.d = d
+    def __init__(self, device: int, stream):
         self.stream = stream
-        flags = d.CUevent_flags.CU_EVENT_BLOCKING_SYNC | d.CUevent_flags.CU_EVENT_DISABLE_TIMING
-        self.event = driver.check(d.cuEventCreate(flags), "cuEventCreate")
+        self.event = driver.event_create(device, BLOCKING_SYNC | DISABLE_TIMING)
         self.go = threading.Semaphore(0)
         self.done = threading.Event()
         self.t1 = 0
@@ -380,30 +343,30 @@ class _BlockedThread:
         self.thread.start()
 
     def _loop(self) -> None:
-        sync, event = self.d.cuEventSynchronize, self.event
+        sync, event = driver.event_synchronize, self.event
         while True:
             self.go.acquire()
             if self.stop:
                 return
-            (err,) = sync(event)  # cuda-bindings releases the GIL for the call
+            try:
+                sync(event)  # the bindings release the GIL for the call
+            except Exception as exc:  # noqa: BLE001 - raised by close()
+                self.error = exc
             self.t1 = perf_ns()
-            if err:
-                self.error = err
             self.done.set()
 
     def arm(self) -> None:
         self.done.clear()
-        (err,) = self.d.cuEventRecord(self.event, self.stream)
-        _check(err, "cuEventRecord")
+        driver.event_record(self.event, self.stream)
         self.go.release()
 
     def close(self) -> None:
         self.stop = True
         self.go.release()
         self.thread.join(_WAIT_S)
-        driver.check(self.d.cuEventDestroy(self.event), "cuEventDestroy")
+        driver.event_destroy(self.event)
         if self.error is not None:
-            raise RuntimeError(f"cuEventSynchronize failed: {self.error}")
+            raise self.error
 
 
 class _Libc:
@@ -430,18 +393,6 @@ class _Libc:
 
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-def _launch_via_bindings(d):
-    def launch(stream, fn_address, user_address):
-        (err,) = d.cuLaunchHostFunc(stream, d.CUhostFn(fn_address), user_address)
-        _check(err, "cuLaunchHostFunc")
-
-    return launch
-
-
-def _launch_via_ctypes(d):
-    return driver.launch_host_func  # straight into libcuda through ctypes: no trampoline, no GIL
 
 
 class _HostFuncWakeup:
@@ -483,7 +434,7 @@ class _HostFuncWakeup:
         self.libc.cdll.sem_destroy(self.sem)
 
 
-def _callback_needs_gil(d, libc: _Libc, launch, gate: _Gate, stream, hold_s: float = 0.3) -> bool:
+def _callback_needs_gil(libc: _Libc, launch, gate: _Gate, stream, hold_s: float = 0.3) -> bool:
     """True when the host function launched by ``launch`` cannot run while another thread
     holds the GIL, i.e. the launch path wraps the C function in a GIL-taking trampoline."""
     sem = libc.new_semaphore()
@@ -493,7 +444,7 @@ def _callback_needs_gil(d, libc: _Libc, launch, gate: _Gate, stream, hold_s: flo
         time.sleep(0.002)
         deadline = time.time() + hold_s
         ts = _Timespec(int(deadline), int((deadline % 1) * 1e9))
-        gate.word.value = 1
+        gate.open()
         if libc.pydll.sem_timedwait(sem, ctypes.byref(ts)) == 0:  # holds the GIL all along
             return False
         deadline = time.time() + _WAIT_S
@@ -502,45 +453,40 @@ def _callback_needs_gil(d, libc: _Libc, launch, gate: _Gate, stream, hold_s: flo
             raise TimeoutError(f"the host function did not run within {_WAIT_S:g} s")
         return True
     finally:
-        gate.word.value = 1  # never leave the stream held, whatever failed
-        (err,) = d.cuStreamSynchronize(stream)
-        libc.cdll.sem_destroy(sem)
-        _check(err, "cuStreamSynchronize")
+        gate.open()  # never leave the stream held, whatever failed
+        try:
+            driver.stream_synchronize(stream)  # the host function has run: the semaphore may go
+        finally:
+            libc.cdll.sem_destroy(sem)
 
 
-class _Sampler:
-    """Takes wake-up samples of one method (``run(n)`` as :func:`_interleave` expects)."""
+def _sampler(waiter, gate: _Gate, stream, settle_s: float):
+    """``run(n)``: ``n`` wake-up samples (ns) of ``waiter`` (see the module doc)."""
 
-    def __init__(self, method, gate: _Gate, stream, settle_s: float):
-        self.method, self.gate, self.stream, self.settle_s = method, gate, stream, settle_s
-        self.key, self.label, self.ours = method.key, method.label, method.ours
-
-    def run(self, n: int) -> list[int]:
-        return [self._one() for _ in range(n)]
-
-    def _one(self) -> int:
-        m, gate = self.method, self.gate
-        gate.hold(self.stream)
-        m.arm()
-        time.sleep(self.settle_s)  # the waiter falls asleep in its wait
-        if m.spin:
-            flag = gate.flag
+    def one() -> int:
+        gate.hold(stream)
+        waiter.arm()
+        time.sleep(settle_s)  # the waiter falls asleep in its wait
+        if waiter.spin:
+            read = gate.flag.read
             t0 = perf_ns()
-            gate.word.value = 1
+            gate.open()
             k = 0
-            while not flag.value:
+            while not read():
                 k += 1
                 if not k & 0xFFFF and perf_ns() - t0 > _WAIT_NS:
-                    raise TimeoutError(f"{m.label}: the GPU did not write within {_WAIT_S:g} s")
+                    raise TimeoutError(f"{waiter.label}: the GPU did not write within {_WAIT_S:g} s")
             return perf_ns() - t0
         t0 = perf_ns()
-        gate.word.value = 1  # releases the GPU
-        if not m.done.wait(_WAIT_S):
-            raise TimeoutError(f"{m.label}: no wake-up within {_WAIT_S:g} s")
-        return m.t1 - t0
+        gate.open()  # releases the GPU
+        if not waiter.done.wait(_WAIT_S):
+            raise TimeoutError(f"{waiter.label}: no wake-up within {_WAIT_S:g} s")
+        return waiter.t1 - t0
 
-    def close(self) -> None:
-        self.method.close()
+    def run(n: int) -> list[int]:
+        return [one() for _ in range(n)]
+
+    return run
 
 
 def worker_wakeup(samples: int = 1000, warmup: int = 100, block: int = 100, settle_ms: float = 1.0,
@@ -559,74 +505,62 @@ def worker_wakeup(samples: int = 1000, warmup: int = 100, block: int = 100, sett
     Returns:
         A suite section, as :func:`round_trip` returns.
     """
-    d = driver.bindings()
     errors: dict[str, str] = {}
     skipped: dict[str, str] = {}
     notes = [(f"{samples} samples per method after {warmup} warm-up, interleaved in blocks of {block}; "
               f"the waiter sleeps {settle_ms:g} ms before the GPU is released")]
     info: dict = {"samples": samples, "warmup": warmup, "block": block, "settle_ms": settle_ms, "device": device}
-    samplers: list[_Sampler] = []
+    methods: list[Method] = []
     got: dict[str, list[int]] = {}
-    with driver.pushed(device):
-        gate = _Gate(d)
-        gpu_stream = GpuStream(device)
-        raw = driver.as_stream_handle(gpu_stream.handle)
+    with driver.pushed(device), Cleanup(errors) as cleanup:
+        gate = _Gate(device)
+        stream = GpuStream(device)
+        cleanup.add(_free_when_idle, gate, stream)  # last of all
+        raw_stream = driver.as_stream_handle(stream.handle)
         settle = settle_ms / 1e3
 
-        def add(make, key: str) -> None:
+        def add(key: str, make) -> None:
             try:
-                samplers.append(_Sampler(make(), gate, raw, settle))
+                waiter = make()
             except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
                 errors[key] = describe_error(exc)
+                return
+            cleanup.add(waiter.close)
+            methods.append(Method(waiter.key, waiter.label, _sampler(waiter, gate, raw_stream, settle),
+                                  ours=waiter.ours))
 
-        try:
-            add(lambda: _WorkerWakeup(gpu_stream), "worker")
-            add(lambda: _BlockedThread(d, raw), "floor")
-            libc = _Libc()
-            for key, label, make in (
-                ("hostfn_bindings", "(c) cuLaunchHostFunc(sem_post), cuda-bindings", _launch_via_bindings),
-                ("hostfn_ctypes", "(c') cuLaunchHostFunc(sem_post), ctypes -> libcuda", _launch_via_ctypes),
-            ):
-                try:
-                    launch = make(d)
-                    gil = _callback_needs_gil(d, libc, launch, gate, raw)
-                except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
-                    skipped[key] = describe_error(exc)
-                    continue
-                info[f"{key}_callback_takes_gil"] = gil
-                if gil:
-                    notes.append(f"{label}: the callback thread takes the GIL before calling the C function "
-                                 "(a trampoline in the bindings), so it also carries the GIL/driver-lock "
-                                 "deadlock risk")
-                    label += " [takes GIL]"
-                add(lambda libc=libc, launch=launch, key=key, label=label:
-                    _HostFuncWakeup(libc, launch, raw, key, label), key)
-            add(lambda: _SpinReference(d, gate, raw), "spin")
-            got = _interleave(samplers, samples, warmup, block, errors)
-        finally:
-            gate.word.value = 1
+        add("worker", lambda: _WorkerWakeup(stream))
+        add("floor", lambda: _BlockedThread(device, raw_stream))
+        for key, label, launcher in (
+            ("hostfn_bindings", "(c) cuLaunchHostFunc(sem_post), cuda-bindings", raw.host_func_launcher),
+            ("hostfn_ctypes", "(c') cuLaunchHostFunc(sem_post), ctypes -> libcuda", lambda: driver.launch_host_func),
+        ):  # the ctypes path is the library's own: straight into libcuda, no trampoline, no GIL
             try:
-                gpu_stream.synchronize(timeout=_WAIT_S)
-                idle = True
-            except Exception as exc:  # noqa: BLE001 - a stuck stream: leak rather than free memory in use
-                errors.setdefault("cleanup", describe_error(exc))
-                idle = False
-            _close_all(samplers, errors)
-            if idle:
-                gpu_stream.close()
-                gate.close()
-    rows = _rows(samplers, got, "floor", keep_samples)
+                libc = _Libc()
+                launch = launcher()
+                gil = _callback_needs_gil(libc, launch, gate, raw_stream)
+            except Exception as exc:  # noqa: BLE001 - reported; the other methods still run
+                skipped[key] = describe_error(exc)
+                continue
+            info[f"{key}_callback_takes_gil"] = gil
+            if gil:
+                notes.append(f"{label}: the callback thread takes the GIL before calling the C function "
+                             "(a trampoline in the bindings), so it also carries the GIL/driver-lock "
+                             "deadlock risk")
+                label += " [takes GIL]"
+            add(key, lambda libc=libc, launch=launch, key=key, label=label:
+                _HostFuncWakeup(libc, launch, raw_stream, key, label))
+        add("spin", lambda: _SpinReference(gate, raw_stream))
+        cleanup.add(_drain, gate, stream)  # first: the GPU goes before any waiter closes
+        got = _sample(methods, samples, warmup, block, errors)
+    rows = _rows(methods, got, keep_samples)
     spin = next((r for r in rows if r["key"] == "spin"), None)
     if spin is not None:
         notes.append("median wake-up cost beyond the spin reference: "
                      + ", ".join(f"{r['key']} {r['median_us'] - spin['median_us']:.1f} us"
                                  for r in rows if r["key"] != "spin"))
-    return {
-        "title": "GPU completion -> Python wake-up",
-        "columns": _LATENCY_COLUMNS,
-        "rows": rows,
-        "notes": notes,
-        "skipped": skipped,
-        "errors": errors,
-        "info": info,
-    }
+    return section(
+        "GPU completion -> Python wake-up",
+        ("time from the host store that lets the GPU finish a stream's work until Python code waiting for that work "
+         "runs; single samples in us"),
+        _LATENCY_COLUMNS, rows, notes=notes, skipped=skipped, errors=errors, info=info)

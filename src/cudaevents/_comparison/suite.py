@@ -3,9 +3,14 @@ cudaevents costs next to raw cuda-bindings and every peer installed (PyTorch, Cu
 cuda.core), measured side by side in one run, with pass/miss lines for the project's targets.
 
 This module runs the measurements and renders their result; the measurements themselves
-live in :mod:`cudaevents._suite_host` (host time per operation: medians of interleaved
-batches) and :mod:`cudaevents._suite_latency` (single-event latencies: percentiles of
-interleaved samples).
+live in :mod:`cudaevents._comparison.host` (host time per operation: medians of interleaved
+batches) and :mod:`cudaevents._comparison.latency` (single-event latencies: percentiles of
+interleaved samples), on the shared loop, rows and clean-up of
+:mod:`cudaevents._comparison.plumbing`; the raw cuda-bindings baselines, the only code here
+that calls the bindings directly, are in :mod:`cudaevents._comparison.raw`.
+
+The library does not import this subpackage: only the ``cudaevents bench`` command does, when
+it runs (and ``benchmarks/``).
 
 Peers are imported only when installed (``importlib.util.find_spec``) and only when a
 section that compares against them runs; a peer that is missing or fails is reported and the
@@ -30,11 +35,12 @@ import platform
 import time
 import types
 
+from .. import CudaUnavailableError, Device, device_count
 from .._core import driver
-from .._core.devices import Device, device_count
-from .._core.errors import CudaUnavailableError
 from . import host as _host
-from .latency import describe_error, round_trip, worker_wakeup
+from . import plumbing
+from .latency import round_trip, worker_wakeup
+from .plumbing import Context, describe_error
 
 __all__ = [
     "FULL",
@@ -184,22 +190,15 @@ def _load_peers(device: int, say) -> tuple[dict, dict]:
 
 
 # -- latencies ------------------------------------------------------------------------------------
-def _round_trip(ctx: _host.Context) -> dict:
+def _round_trip(ctx: Context) -> dict:
     cfg = ctx.config
-    section = round_trip(cfg.round_trip_samples, cfg.round_trip_warmup, cfg.round_trip_block,
-                         cfg.round_trip_settle_us, ctx.device)
-    section["what"] = ("time from the host's store of a value a GPU stream waits for, until the host sees the value "
-                       "that stream writes next; single samples in us")
-    return section
+    return round_trip(cfg.round_trip_samples, cfg.round_trip_warmup, cfg.round_trip_block, cfg.round_trip_settle_us,
+                      ctx.device)
 
 
-def _worker(ctx: _host.Context) -> dict:
+def _worker(ctx: Context) -> dict:
     cfg = ctx.config
-    section = worker_wakeup(cfg.worker_samples, cfg.worker_warmup, cfg.worker_block, cfg.worker_settle_ms,
-                            ctx.device)
-    section["what"] = ("time from the host store that lets the GPU finish a stream's work until Python code waiting "
-                       "for that work runs; single samples in us")
-    return section
+    return worker_wakeup(cfg.worker_samples, cfg.worker_warmup, cfg.worker_block, cfg.worker_settle_ms, ctx.device)
 
 
 _RUNNERS = {
@@ -288,7 +287,7 @@ def run_suite(quick: bool = False, only=None, progress=None, device: int = 0) ->
         else:
             modules, peers = {}, {}
         header = _header(device, cfg, quick, peers)
-        ctx = _host.Context(cfg, device, modules, peers)
+        ctx = Context(cfg, device, modules, peers)
         sections = {}
         for i, name in enumerate(names, 1):
             say(f"[{i}/{len(names)}] {_TITLES[name]} ...")
@@ -296,7 +295,7 @@ def run_suite(quick: bool = False, only=None, progress=None, device: int = 0) ->
             try:
                 section = _RUNNERS[name](ctx)
             except Exception as exc:  # noqa: BLE001 - reported; the other sections still run
-                section = _host.section(_TITLES[name], "", [], [], errors={"section": describe_error(exc)})
+                section = plumbing.section(_TITLES[name], "", [], [], errors={"section": describe_error(exc)})
             section["seconds"] = round(time.perf_counter() - t0, 3)
             for key, why in section["errors"].items():
                 say(f"      {key}: failed ({why})")
