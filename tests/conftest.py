@@ -1,10 +1,19 @@
-"""Shared fixtures: the ``gpu``/``multigpu`` markers skip cleanly where no GPU is present."""
+"""Shared fixtures, defined here once. The ``gpu``/``multigpu`` markers skip cleanly where no GPU
+is present. Helpers shared with subprocess scripts live in tests/helpers, the scripts in
+tests/scripts (neither is collected)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from helpers.fake_driver import FakeDriver, bind
+from helpers.fakes import FakeHandles
+from helpers.latch import Latch
 
 import cudaevents
+
+collect_ignore = ["helpers", "scripts"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -17,98 +26,93 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs 2 GPUs, {count} present"))
 
 
-class FakeHandles:
-    """A stand-in for native events: numbered handles, with a record of who holds what."""
-
-    def __init__(self):
-        import itertools
-        import threading
-
-        self._ids = itertools.count(1)
-        self.lock = threading.Lock()
-        self.created: list[tuple[int, int, int]] = []
-        self.destroyed: list[int] = []
-        self.fail_next_create = False
-
-    def create(self, device, flags):
-        with self.lock:
-            if self.fail_next_create:
-                self.fail_next_create = False
-                raise RuntimeError("create failed")
-            h = next(self._ids)
-            self.created.append((h, device, flags))
-            return h
-
-    def destroy(self, handle):
-        with self.lock:
-            self.destroyed.append(handle)
-
-
+# -- simulated pieces (no GPU needed) ------------------------------------------------------------
 @pytest.fixture
 def fake():
+    """Stand-in native event handles (helpers.fakes.FakeHandles)."""
     return FakeHandles()
 
 
 @pytest.fixture
 def fake_pool(fake):
+    """An EventPool whose handles come from ``fake``."""
     return cudaevents.EventPool(create=fake.create, destroy=fake.destroy)
 
 
-class Latch:
-    """Blocks GPU streams on a host-controlled word until :meth:`release`.
+@pytest.fixture
+def fake_driver(monkeypatch):
+    """The simulated driver (helpers.fake_driver.FakeDriver), bound for this test. Its GPU
+    runs only when told (``fake_driver.run(stream)``); set ``keeps_up = True`` for one that
+    completes every record at once."""
+    return bind(monkeypatch, FakeDriver())
 
-    A stream passed to :meth:`block` waits (``cuStreamWaitValue32``, GEQ 1) on a word of
-    pinned, device-mapped host memory; work enqueued behind it stays pending, which makes
-    "not ready" states deterministic. Keep the work enqueued behind a latch small: the
-    driver blocks the enqueuing thread once about a thousand operations queue up behind an
-    unsatisfied wait.
-    """
 
-    def __init__(self):
-        import ctypes
-
-        from cuda.bindings import driver as d
-
-        from cudaevents._core import driver
-
-        self._d = d
-        flags = d.CU_MEMHOSTALLOC_PORTABLE | d.CU_MEMHOSTALLOC_DEVICEMAP
-        with driver.pushed(0):
-            self._host = driver.check(d.cuMemHostAlloc(8, flags), "cuMemHostAlloc")
-            self._dptr = driver.check(d.cuMemHostGetDevicePointer(self._host, 0), "cuMemHostGetDevicePointer")
-        self._word = ctypes.c_uint32.from_address(int(self._host))
-        self._word.value = 0
-        self._blocked = []
-
-    def block(self, stream) -> None:
-        from cudaevents._core import driver
-
-        flags = self._d.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ
-        driver.check(self._d.cuStreamWaitValue32(stream._handle, self._dptr, 1, flags), "cuStreamWaitValue32")
-        self._blocked.append(stream)
-
-    def release(self) -> None:
-        self._word.value = 1
-
-    def close(self) -> None:
-        from cudaevents._core import driver
-
-        self.release()
-        for s in self._blocked:
-            if not s.closed:
-                s.synchronize(timeout=30)
-        driver.check(self._d.cuMemFreeHost(self._host), "cuMemFreeHost")
+# -- counter backends ----------------------------------------------------------------------------
+@pytest.fixture
+def host_backend(monkeypatch):
+    """Counters on the host backend (the CI path; also on a machine with a GPU)."""
+    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "host")
 
 
 @pytest.fixture
-def latch(stream):  # depends on `stream` so that it is released before that stream is synchronized
-    lt = Latch()
-    yield lt
-    lt.close()
+def gpu_backend(request, monkeypatch):
+    """Counters on the backend given by ``@pytest.mark.parametrize("gpu_backend", [...], indirect=True)``."""
+    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", request.param)
+    return request.param
 
 
+# -- CPU streams, gates, workers -------------------------------------------------------------------
+@pytest.fixture
+def cpu_streams():
+    """CpuStream factory: ``cpu_streams(n=1, name=None)`` makes a list of ``n`` (named ``name``,
+    or ``name-0``, ``name-1``, ... when there are several); all are closed at teardown (an
+    error of theirs reported)."""
+    made = []
+
+    def make(n=1, name=None):
+        names = [name] if n == 1 else [None if name is None else f"{name}-{i}" for i in range(n)]
+        new = [cudaevents.CpuStream(x) for x in names]
+        made.extend(new)
+        return new
+
+    yield make
+    for s in made:
+        s.close(timeout=10)
+
+
+@pytest.fixture
+def cpu(cpu_streams):
+    """CpuStream factory: ``cpu(name=None)`` makes one (closed at teardown)."""
+    return lambda name=None: cpu_streams(1, name)[0]
+
+
+@pytest.fixture
+def gates():
+    """threading.Events that hold CPU streams back; all are set at teardown, so no thread is
+    left blocked when a test fails."""
+    made = []
+
+    def make():
+        g = threading.Event()
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.set()
+
+
+@pytest.fixture
+def worker():
+    w = cudaevents.Worker()
+    yield w
+    w.close(timeout=60)
+
+
+# -- GPU ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def pool():
+    """A fresh EventPool of real events, cleared at teardown."""
     p = cudaevents.EventPool()
     yield p
     p.clear()
@@ -120,3 +124,47 @@ def stream():
     yield s
     s.synchronize(timeout=30)
     s.close()
+
+
+@pytest.fixture
+def gpu_streams():
+    """GpuStream factory: ``gpu_streams(n=1)`` makes a list of ``n`` on device 0; all are
+    synchronized and closed at teardown."""
+    made = []
+
+    def make(n=1):
+        new = [cudaevents.GpuStream(0) for _ in range(n)]
+        made.extend(new)
+        return new
+
+    yield make
+    for s in made:
+        s.synchronize(timeout=60)
+        s.close()
+
+
+@pytest.fixture
+def latch(stream):  # depends on `stream` so that it is released before that stream is synchronized
+    """A helpers.latch.Latch on device 0: ``latch.block(s)``, ``latch.release()``; released at
+    teardown, and its slot handed back once the streams it blocked have passed it."""
+    lt = Latch()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture
+def buffers():
+    """Device memory factory: ``buffers(nbytes, device=0)`` returns a pointer; all are freed at
+    teardown."""
+    from cudaevents._core import driver
+
+    allocated = []
+
+    def alloc(nbytes, device=0):
+        ptr = driver.mem_alloc(device, nbytes)
+        allocated.append(ptr)
+        return ptr
+
+    yield alloc
+    for ptr in allocated:
+        driver.mem_free(ptr)

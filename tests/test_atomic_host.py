@@ -3,13 +3,12 @@ ordering across CPU streams, error poisoning and bad input."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
+from helpers.subproc import NO_GPU, run_code, run_script
+from helpers.threads import join_all, spawn_waiters
 
 import cudaevents
 from cudaevents import (
@@ -28,11 +27,8 @@ POLICIES = ["spin", "yield", "sleep", "block", WaitPolicy(spin=0, yield_for=0, m
 
 
 @pytest.fixture
-def streams():
-    made = [CpuStream(name=f"test-{i}") for i in range(3)]
-    yield made
-    for s in made:
-        s.close(timeout=10)
+def streams(cpu_streams):
+    return cpu_streams(3, name="test")
 
 
 def test_host_backend_without_a_gpu():
@@ -121,20 +117,11 @@ def test_bad_policies_and_timeouts():
 def test_closed_event():
     a = AtomicEvent()
     a.signal(2)
-    waiter_error = []
-
-    def waiter():
-        try:
-            a.wait(5, timeout=10)
-        except ClosedError as exc:
-            waiter_error.append(exc)
-
-    t = threading.Thread(target=waiter)
-    t.start()
+    threads, outcomes = spawn_waiters([lambda: a.wait(5, timeout=10)])
     time.sleep(0.02)
     a.close()
-    t.join(timeout=10)
-    assert waiter_error and "will never reach 5" in str(waiter_error[0])
+    join_all(threads, timeout=10)
+    assert isinstance(outcomes[0], ClosedError) and "will never reach 5" in str(outcomes[0])
     a.close()
     a.wait(2, timeout=0)  # already reached: fine
     with pytest.raises(ClosedError, match="never reach 3"):
@@ -240,21 +227,12 @@ def test_a_failed_cpu_task_poisons_what_its_stream_signals_afterwards(streams):
 def test_waiters_blocked_before_the_failure_wake_with_it(streams):
     producer = streams[0]
     ev = AtomicEvent()
-    errors = []
-
-    def waiter():
-        try:
-            ev.wait(1, timeout=10)
-        except ZeroDivisionError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=waiter)
-    t.start()
+    threads, outcomes = spawn_waiters([lambda: ev.wait(1, timeout=10)])
     time.sleep(0.02)
     producer.enqueue(lambda: 1 / 0)
     ev.signal(1, producer)
-    t.join(timeout=10)
-    assert len(errors) == 1
+    join_all(threads, timeout=10)
+    assert isinstance(outcomes[0], ZeroDivisionError)
 
 
 def test_event_host_path(streams):
@@ -342,25 +320,15 @@ def test_fence_wait_times_out(streams):
     f.wait(timeout=10)
 
 
-def _run(code, **env):
-    full = dict(os.environ, CUDA_VISIBLE_DEVICES="", **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=full)
-
-
 def test_backend_variable_is_checked():
-    r = _run("import cudaevents as c; print(c.AtomicEvent().backend)", CUDAEVENTS_ATOMIC_BACKEND="host")
+    r = run_code("import cudaevents as c; print(c.AtomicEvent().backend)", env={**NO_GPU, "CUDAEVENTS_ATOMIC_BACKEND": "host"})
     assert r.returncode == 0 and r.stdout.strip() == "host"
-    r = _run("import cudaevents as c; c.AtomicEvent()", CUDAEVENTS_ATOMIC_BACKEND="fast")
+    r = run_code("import cudaevents as c; c.AtomicEvent()", env={**NO_GPU, "CUDAEVENTS_ATOMIC_BACKEND": "fast"})
     assert r.returncode == 1 and "CUDAEVENTS_ATOMIC_BACKEND='fast' is not one of auto" in r.stderr
-    r = _run("import cudaevents as c; c.AtomicEvent()", CUDAEVENTS_ATOMIC_BACKEND="mem64")
+    r = run_code("import cudaevents as c; c.AtomicEvent()", env={**NO_GPU, "CUDAEVENTS_ATOMIC_BACKEND": "mem64"})
     assert r.returncode == 1 and "needs a GPU" in r.stderr
 
 
 def test_exit_with_pending_counter_waits_is_silent():
-    code = (
-        "import cudaevents as c\n"
-        "a = c.AtomicEvent(); s = c.CpuStream(); a.wait(5, s)\n"
-        "f = c.Fence(); f.update(s)\n"
-    )
-    r = _run(code)
+    r = run_script("pending_counter_waits_exit.py", timeout=60, env=NO_GPU)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")

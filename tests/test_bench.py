@@ -4,11 +4,10 @@ BenchmarkResult built from plain lists."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
 import sys
 
 import pytest
+from helpers.subproc import NO_GPU, run_script
 
 import cudaevents
 from cudaevents import BenchmarkResult, EventPool, Stats, benchmark
@@ -82,15 +81,7 @@ def test_graph_mode_without_torch_says_what_it_needs(no_cuda, monkeypatch):
 
 
 def test_without_a_device_a_valid_call_raises_cuda_unavailable():
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    code = (
-        "import cudaevents as c\n"
-        "try:\n"
-        "    c.benchmark(lambda: None, repeat=3)\n"
-        "except c.CudaUnavailableError as e:\n"
-        "    print('unavailable')\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    r = run_script("benchmark_without_device.py", timeout=120, env=NO_GPU)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "unavailable"
 

@@ -18,10 +18,8 @@ TB_PER_S = 2e12  # rough memset bandwidth of a current data-center GPU (H100: ~2
 
 
 @pytest.fixture
-def buffer():
-    ptr = driver.mem_alloc(0, 1024 * MiB)
-    yield ptr
-    driver.mem_free(ptr)
+def buffer(buffers):
+    return buffers(1024 * MiB)
 
 
 def memset_of(ptr, nbytes, stream):

@@ -28,20 +28,6 @@ pytestmark = pytest.mark.gpu
 MiB = 1 << 20
 
 
-@pytest.fixture
-def buffers():
-    allocated = []
-
-    def alloc(nbytes, device=0):
-        ptr = driver.mem_alloc(device, nbytes)
-        allocated.append(ptr)
-        return ptr
-
-    yield alloc
-    for ptr in allocated:
-        driver.mem_free(ptr)
-
-
 def read_word(ptr, device=0) -> int:
     word = ctypes.c_uint32()
     driver.memcpy_dtoh(device, ctypes.addressof(word), ptr, 4)
@@ -77,7 +63,7 @@ def test_make_current_and_synchronize():
 
 def test_a_real_driver_failure_is_a_cuda_error():
     with pytest.raises(CudaError) as info:
-        driver.check(driver.bindings().cuDeviceGet(10_000), "cuDeviceGet")
+        driver.call("cuDeviceGet", 10_000)
     assert info.value.call == "cuDeviceGet"
     assert info.value.name == "CUDA_ERROR_INVALID_DEVICE"
     assert pickle.loads(pickle.dumps(info.value)).code == info.value.code
@@ -310,8 +296,7 @@ def test_unbound_event_in_threads_without_a_current_context(pool):
 
 
 def test_pushing_a_context_restores_the_callers(pool):
-    d = driver.bindings()
-    driver.check(d.cuCtxSetCurrent(None), "cuCtxSetCurrent")
+    driver.call("cuCtxSetCurrent", None)
     try:
         CudaEvent(0, pool=pool)
         GpuStream(0).close()

@@ -34,12 +34,8 @@ def backend(request, monkeypatch):
 
 
 @pytest.fixture
-def streams():
-    made = [GpuStream(0) for _ in range(3)]
-    yield made
-    for s in made:
-        s.synchronize(timeout=10)
-        s.close()
+def streams(gpu_streams):
+    return gpu_streams(3)
 
 
 def pending(stream) -> CudaEvent:

@@ -15,10 +15,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def buffer():
-    ptr = driver.mem_alloc(0, 64 * MiB)
-    yield ptr
-    driver.mem_free(ptr)
+def buffer(buffers):
+    return buffers(64 * MiB)
 
 
 def test_regions_on_several_streams(buffer, pool):

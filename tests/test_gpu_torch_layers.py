@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
+from helpers.subproc import SCRIPTS, run_cli
 
 from cudaevents import LayerTimer, Timer
 
 pytestmark = pytest.mark.gpu
 torch = pytest.importorskip("torch")
 nn = torch.nn
-
-SRC = str(pathlib.Path(__file__).resolve().parent.parent / "src")
 
 
 @pytest.fixture(autouse=True)
@@ -212,45 +206,11 @@ def test_models_under_cuda_graph_capture_are_not_timed():
     assert counts(layers.results(timeout=60)) == {name: 2 for name in ("Sequential", "0", "1", "2", "3")}
 
 
-TRAIN = textwrap.dedent("""\
-    import torch
-    from torch import nn
-    import cudaevents
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(64, 128)
-            self.act = nn.GELU()
-            self.norm = nn.LayerNorm(128)
-            self.fc2 = nn.Linear(128, 10)
-
-        def forward(self, x):
-            return self.fc2(self.norm(self.act(self.fc1(x))))
-
-    model = Net().cuda()
-    loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.randn(256, 64, device="cuda")
-    y = torch.randint(0, 10, (256,), device="cuda")
-    timer = cudaevents.profile_timer()
-    for step in range(4):
-        with timer.region("step", torch.cuda.current_stream()):
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-    print("final loss", float(loss))
-""")
-
-
 def test_cli_profiles_a_torch_training_script(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN)
+    script = SCRIPTS / "profiled" / "torch_train.py"
     out_json = tmp_path / "r.json"
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
-    r = subprocess.run([sys.executable, "-m", "cudaevents", "profile", "--backward", "--json", str(out_json),
-                        str(script)], capture_output=True, text=True, timeout=300, env=env)
+    env = {"COLUMNS": "200"}
+    r = run_cli("profile", "--backward", "--json", out_json, script, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert "final loss" in r.stdout
     for name in ("Net.fc1", "Net.norm", "Net.fc2", "CrossEntropyLoss", "step"):
@@ -263,7 +223,6 @@ def test_cli_profiles_a_torch_training_script(tmp_path):
     for name in ("Net.backward", "Net.fc1.backward", "Net.fc2.backward"):
         assert c[name] == 4, c
     # no-layers: only the script's own region
-    r = subprocess.run([sys.executable, "-m", "cudaevents", "profile", "--no-layers", "--json", str(out_json),
-                        str(script)], capture_output=True, text=True, timeout=300, env=env)
+    r = run_cli("profile", "--no-layers", "--json", out_json, script, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert set(json.loads(out_json.read_text())["summary"]) == {"step"}

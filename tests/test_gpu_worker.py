@@ -3,50 +3,21 @@ from other threads meanwhile, GPU and CPU streams mixed, and a silent exit."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
+from helpers.subproc import run_script
 
-from cudaevents import ClosedError, CpuStream, CudaEvent, GpuStream, Worker
+from cudaevents import ClosedError, CpuStream, CudaEvent, GpuStream
 from cudaevents._core import driver
 
 pytestmark = pytest.mark.gpu
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
 
 @pytest.fixture
-def worker():
-    w = Worker()
-    yield w
-    w.close(timeout=60)
-
-
-@pytest.fixture
-def gpu_streams():
-    made = []
-
-    def make(n):
-        new = [GpuStream(0) for _ in range(n)]
-        made.extend(new)
-        return new
-
-    yield make
-    for s in made:
-        s.synchronize(timeout=60)
-        s.close()
-
-
-@pytest.fixture
-def buffer():
-    ptr = driver.mem_alloc(0, 1 << 20)
-    yield ptr
-    driver.mem_free(ptr)
+def buffer(buffers):
+    return buffers(1 << 20)
 
 
 def test_tasks_wait_for_gpu_work(worker, stream, latch):
@@ -233,26 +204,7 @@ def test_events_go_back_to_the_pool(worker, stream):
     assert after.live == before.live
 
 
-BLOCKED_WORKER_SCRIPT = r"""
-import sys
-sys.path.insert(0, %r)
-from conftest import Latch
-import cudaevents as ce
-s = ce.GpuStream(0)
-latch = Latch()
-latch.block(s)
-w = ce.Worker()
-for i in range(20):
-    w.add_task(print, "never", i)
-    w.commit(s)
-w.add_task(print, "uncommitted")
-"""
-
-
 def test_exit_with_a_worker_blocked_on_the_gpu_is_silent():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     for _ in range(3):
-        r = subprocess.run([sys.executable, "-c", BLOCKED_WORKER_SCRIPT % TESTS], capture_output=True,
-                           text=True, timeout=60, env=env)
-        assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+        r = run_script("gpu_worker_exit_blocked.py", timeout=60)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
+from helpers.subproc import run_code, run_script
 
 import cudaevents
 from cudaevents import EventPool, PoolStats
@@ -229,42 +227,22 @@ def test_default_pool_is_shared():
     assert cudaevents.default_pool() is cudaevents.default_pool()
 
 
-def _run(code: str, **env):
-    import os
-
-    full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=full_env)
-
-
 def test_default_pool_cap_from_environment():
-    r = _run("import cudaevents; print(cudaevents.default_pool().max_cached)", CUDAEVENTS_POOL_MAX_CACHED="3")
+    r = run_code("import cudaevents; print(cudaevents.default_pool().max_cached)", env={"CUDAEVENTS_POOL_MAX_CACHED": "3"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "3"
 
 
 @pytest.mark.parametrize("value,msg", [("many", "is not an integer"), ("-2", "is below 0")])
 def test_default_pool_cap_rejects_bad_values(value, msg):
-    r = _run("import cudaevents; cudaevents.default_pool()", CUDAEVENTS_POOL_MAX_CACHED=value)
+    r = run_code("import cudaevents; cudaevents.default_pool()", env={"CUDAEVENTS_POOL_MAX_CACHED": value})
     assert r.returncode == 1
     assert "CUDAEVENTS_POOL_MAX_CACHED" in r.stderr and msg in r.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_pool_lock_held_at_fork_is_fresh_in_the_child():
-    code = textwrap.dedent("""
-        import itertools, os
-        from cudaevents import EventPool
-        ids = itertools.count(1)
-        pool = EventPool(create=lambda d, f: next(ids), destroy=lambda h: None)
-        pool._lock.acquire()  # as if another thread were inside the pool at the fork
-        pid = os.fork()
-        if pid == 0:
-            pool.release(0, 0, pool.acquire(0, 0))
-            os._exit(0 if pool.stats().live == 0 else 3)
-        _, status = os.waitpid(pid, 0)
-        print("child exit", os.waitstatus_to_exitcode(status))
-    """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = run_script("pool_lock_held_at_fork.py", timeout=60)
     assert done.returncode == 0 and "child exit 0" in done.stdout, (done.stdout, done.stderr)
 
 

@@ -9,63 +9,25 @@ CUDA_VISIBLE_DEVICES="" so that they hold on a GPU machine too; a few run in-pro
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
 import sys
-import textwrap
 
 import pytest
+from helpers.subproc import NO_GPU, ROOT, SCRIPTS, run_cli
 
 import cudaevents
 from cudaevents import Results
 from cudaevents._cli.main import main
 
-SRC = str(pathlib.Path(__file__).resolve().parent.parent / "src")
 
-# Two CpuStreams, n rounds of a "load" and a "step" region on them; then, depending on the
-# arguments, raise, sys.exit(3), or sleep (for the progress lines).
-SCRIPT = textwrap.dedent("""\
-    import sys, time
-    import cudaevents
-
-    timer = cudaevents.profile_timer()
-    n = int(sys.argv[1])
-    loader, worker = cudaevents.CpuStream("loader"), cudaevents.CpuStream("worker")
-    try:
-        for i in range(n):
-            with timer.region("load", loader):
-                loader.enqueue(time.sleep, 0.002)
-            with timer.region("step", worker):
-                worker.enqueue(time.sleep, 0.001)
-        loader.synchronize(timeout=30)
-        worker.synchronize(timeout=30)
-    finally:
-        loader.close(timeout=30)
-        worker.close(timeout=30)
-    print("script argv:", sys.argv[1:])
-    print("torch imported:", "torch" in sys.modules)
-    if "--raise" in sys.argv:
-        raise ValueError("the script failed")
-    if "--exit" in sys.argv:
-        sys.exit(3)
-    if "--sleep" in sys.argv:
-        time.sleep(1.0)
-""")
-
-
-def profile(*args, cwd=None, timeout=120):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run([sys.executable, "-m", "cudaevents", "profile", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=cwd)
+def profile(*args, cwd=ROOT, timeout=120):
+    """``python -m cudaevents profile ARGS`` where no GPU is usable."""
+    return run_cli("profile", *args, timeout=timeout, env=NO_GPU, cwd=cwd)
 
 
 @pytest.fixture
-def script(tmp_path):
-    path = tmp_path / "regions.py"
-    path.write_text(SCRIPT)
-    return path
+def script():
+    """tests/scripts/profiled/regions.py: regions on two CpuStreams."""
+    return SCRIPTS / "profiled" / "regions.py"
 
 
 # -- arguments -------------------------------------------------------------------------------

@@ -10,16 +10,13 @@ import time
 import pytest
 
 import cudaevents
-from cudaevents import CpuStream, Results, Sample, Stats, Timer
+from cudaevents import Results, Sample, Stats, Timer
 from cudaevents._profiler.results import stats_of
 
 
 @pytest.fixture
-def streams():
-    made = [CpuStream(name=f"timer-{i}") for i in range(2)]
-    yield made
-    for s in made:
-        s.close(timeout=10)
+def streams(cpu_streams):
+    return cpu_streams(2, name="timer")
 
 
 def test_nested_and_concurrent_regions(streams):

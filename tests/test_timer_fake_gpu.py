@@ -8,80 +8,21 @@ import math
 import threading
 
 import pytest
+from helpers.fakes import ProtocolStream, TorchLikeStream, fake_stream
 
 from cudaevents import CudaError, Timer
-from cudaevents._core import driver
 from cudaevents._core.streams import GpuStream, stream_identity
 
-NOT_READY = 600
 ILLEGAL_ADDRESS = 700
 
 
-class FakeGpu:
-    """Records events per stream; :meth:`run` completes a stream's work up to now, stamping
-    each recorded event with a clock that advances 1 ms per event."""
-
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.twice: list = []  # events recorded while a record of them was still pending
-        self.pending: dict[int, list] = {}  # stream handle -> events recorded, not yet completed
-        self.when: dict[object, float | None] = {}  # event -> completion time, None while pending
-        self.clock = 0.0
-        self.fail_record = 0
-        self.fail_elapsed = 0
-        self.records = 0
-        self.early_reads = 0  # cuEventElapsedTime on an event not yet completed (NOT_READY)
-
-    def record(self, event, stream):
-        with self.lock:
-            if self.fail_record:
-                return (self.fail_record,)
-            self.records += 1
-            if event in self.when and self.when[event] is None:
-                self.twice.append(event)
-            self.when[event] = None
-            self.pending.setdefault(int(stream), []).append(event)
-            return (0,)
-
-    def run(self, stream: GpuStream, events: int | None = None) -> None:
-        """Complete the stream's pending events, or only its first ``events`` of them."""
-        with self.lock:
-            queue = self.pending.get(stream._id, [])
-            done, self.pending[stream._id] = queue[:events], queue[len(queue[:events]):]
-            for event in done:
-                self.clock += 1.0
-                self.when[event] = self.clock
-
-    def elapsed(self, start, end):
-        with self.lock:
-            return self._elapsed(start, end)
-
-    def _elapsed(self, start, end):
-        if self.fail_elapsed:
-            return (self.fail_elapsed, 0.0)
-        a, b = self.when.get(start), self.when.get(end)
-        if a is None or b is None:
-            self.early_reads += 1
-            return (NOT_READY, 0.0)
-        return (0, b - a)
-
-    def query(self, event):
-        return (0,) if self.when.get(event) is not None else (NOT_READY,)
-
-
 @pytest.fixture
-def gpu(monkeypatch):
-    g = FakeGpu()
-    monkeypatch.setattr(driver, "cuEventRecord", g.record)
-    monkeypatch.setattr(driver, "cuEventElapsedTime", g.elapsed)
-    monkeypatch.setattr(driver, "cuEventQuery", g.query)
-    monkeypatch.setattr(driver, "NOT_READY", NOT_READY)
-    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
-    return g
+def gpu(fake_driver):
+    """The simulated GPU: records stay pending until ``gpu.run(stream)``."""
+    return fake_driver
 
 
-def stream(handle: int, device: int = 0) -> GpuStream:
-    return GpuStream._borrow(handle, device, None)
+stream = fake_stream  # stream(handle, device=0): a stream of the simulated GPU
 
 
 def test_pairs_are_harvested_lazily_and_go_back_to_the_pool(gpu, fake, fake_pool):
@@ -170,16 +111,16 @@ def test_a_failed_record_loses_no_handle(gpu, fake_pool):
     t = Timer(pool=fake_pool, nvtx=False)
     with t.region("ok", a):
         pass
-    gpu.fail_record = ILLEGAL_ADDRESS
+    gpu.fail("cuEventRecord", ILLEGAL_ADDRESS)
     with pytest.raises(CudaError, match="cuEventRecord"):
         with t.region("begin fails", a):
             pass
-    gpu.fail_record = 0
+    gpu.fail("cuEventRecord", 0)
     token = t.begin("end fails", a)
-    gpu.fail_record = ILLEGAL_ADDRESS
+    gpu.fail("cuEventRecord", ILLEGAL_ADDRESS)
     with pytest.raises(CudaError, match="cuEventRecord"):
         t.end(token)
-    gpu.fail_record = 0
+    gpu.fail("cuEventRecord", 0)
     gpu.run(a)
     assert t.results(timeout=5).names() == ["ok"]
     assert fake_pool.stats().live == 1
@@ -192,7 +133,7 @@ def test_a_sticky_error_surfaces_from_harvest(gpu, fake_pool):
         with t.region("k", a):
             pass
     gpu.run(a)
-    gpu.fail_elapsed = ILLEGAL_ADDRESS
+    gpu.fail("cuEventElapsedTime", ILLEGAL_ADDRESS)
     with pytest.raises(CudaError, match="cuEventElapsedTime"):
         t.harvest()
     assert t.pending == 3  # kept: nothing is reported as measured that was not
@@ -210,24 +151,6 @@ def test_discarded_regions_give_their_pair_back(gpu, fake_pool):
     gpu.run(a)
     assert len(t.results(timeout=5)) == 0
     assert fake_pool.stats().live == 1
-
-
-class TorchLikeStream:
-    """What cudaevents sees of a torch.cuda.Stream: a handle and a device index."""
-
-    def __init__(self, handle, device_index=0):
-        self.cuda_stream, self.device_index = handle, device_index
-
-
-TorchLikeStream.__module__ = "torch.cuda.streams"
-
-
-class ProtocolStream:
-    def __init__(self, handle, device_id=None):
-        self.handle, self.device_id = handle, device_id
-
-    def __cuda_stream__(self):
-        return (0, self.handle)
 
 
 def test_stream_identity():
@@ -310,10 +233,8 @@ def test_threads_share_a_timer_without_sharing_events(gpu, fake_pool):
     assert fake_pool.stats().live == 1
 
 
-def test_without_a_timeline_regions_have_no_start_times(gpu, fake_pool, monkeypatch):
+def test_without_a_timeline_regions_have_no_start_times(gpu, fake_pool):
     a = stream(0x10)
-    calls = []
-    monkeypatch.setattr(driver, "cuEventElapsedTime", lambda s, e: calls.append((s, e)) or gpu.elapsed(s, e))
     t = Timer(pool=fake_pool, nvtx=False, timeline=False)
     for _ in range(5):
         with t.region("k", a):
@@ -322,7 +243,7 @@ def test_without_a_timeline_regions_have_no_start_times(gpu, fake_pool, monkeypa
     r = t.results(timeout=5)
     assert [s.duration_ms for s in r.samples] == [1.0] * 5
     assert all(math.isnan(s.start_ms) for s in r.samples)
-    assert len(calls) == 5  # one driver call per region, not two
+    assert gpu.calls["cuEventElapsedTime"] == 5  # one driver call per region, not two
     assert r.summary()["k"].count == 5
     with pytest.raises(ValueError, match="timeline=True"):
         r.to_chrome_trace()

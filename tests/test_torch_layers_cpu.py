@@ -5,21 +5,15 @@ versions are in test_gpu_torch_layers.py."""
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
+from helpers.subproc import NO_GPU, SCRIPTS, run_cli
 
 from cudaevents import CpuStream, LayerTimer, Timer
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-
-SRC = str(pathlib.Path(__file__).resolve().parent.parent / "src")
 
 
 @pytest.fixture
@@ -248,24 +242,11 @@ def test_global_hooks_name_modules_by_root(cpu):
     assert c["MSELoss"] == 4 and c["Linear"] == 2
 
 
-SCRIPT = textwrap.dedent("""\
-    import sys
-    print("torch imported at start:", "torch" in sys.modules)
-    if "--torch" in sys.argv:
-        import torch.nn.modules.module as mm
-        print("global hooks:", len(mm._global_forward_pre_hooks), len(mm._global_forward_hooks),
-              len(mm._global_backward_hooks))
-""")
-
-
 @pytest.mark.parametrize("options, expect", [([], "global hooks: 1 1 0"), (["--backward"], "global hooks: 1 1 1"),
                                              (["--no-layers"], "global hooks: 0 0 0")])
-def test_cli_hooks_torch_when_the_script_imports_it(tmp_path, options, expect):
-    script = tmp_path / "s.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=SRC)
-    r = subprocess.run([sys.executable, "-m", "cudaevents", "profile", *options, str(script), "--torch"],
-                       capture_output=True, text=True, timeout=120, env=env)
+def test_cli_hooks_torch_when_the_script_imports_it(options, expect):
+    script = SCRIPTS / "profiled" / "torch_hooks.py"
+    r = run_cli("profile", *options, script, "--torch", timeout=120, env=NO_GPU)
     assert r.returncode == 0, r.stderr
     assert "torch imported at start: False" in r.stdout
     assert expect in r.stdout

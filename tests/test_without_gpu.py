@@ -13,6 +13,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers.fakes import NotAStream, StreamProtocol
+from helpers.subproc import NO_GPU, run_cli, run_code, run_script
 
 import cudaevents
 from cudaevents import (
@@ -25,27 +27,14 @@ from cudaevents import (
 )
 
 
-def run_python(*args, env_extra=None, timeout=60):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", **(env_extra or {}))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
 def test_import_and_availability_without_a_device():
-    r = run_python("-c", "import cudaevents as c; print(c.is_available(), c.device_count())")
+    r = run_code("import cudaevents as c; print(c.is_available(), c.device_count())", env=NO_GPU)
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.split() == ["False", "0"]
 
 
 def test_gpu_needing_calls_raise_cuda_unavailable_with_the_reason():
-    code = (
-        "import cudaevents as c\n"
-        "for f in (lambda: c.Device(0), lambda: c.GpuStream(), lambda: c.CudaEvent(0), lambda: c.CudaEvent().record()):\n"
-        "    try:\n"
-        "        f()\n"
-        "    except c.CudaUnavailableError as e:\n"
-        "        print('unavailable:', e)\n"
-    )
-    r = run_python("-c", code)
+    r = run_script("unavailable_reasons.py", env=NO_GPU)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 4
@@ -54,7 +43,7 @@ def test_gpu_needing_calls_raise_cuda_unavailable_with_the_reason():
 
 
 def test_cli_info_without_a_device():
-    r = run_python("-m", "cudaevents", "info")
+    r = run_cli("info", env=NO_GPU)
     assert r.returncode == 0 and r.stderr == ""
     assert "cudaevents 0.1.0" in r.stdout
     assert "cuda-bindings" in r.stdout
@@ -62,33 +51,24 @@ def test_cli_info_without_a_device():
 
 
 def test_cli_demo_without_a_device_shows_cpu_streams():
-    r = run_python("-m", "cudaevents", "demo")
+    r = run_cli("demo", env=NO_GPU)
     assert r.returncode == 0 and r.stderr == ""
     assert "No GPU here" in r.stdout
     assert "consume 2" in r.stdout and "synchronize() raised ValueError('bad batch')" in r.stdout
 
 
 def test_cli_usage():
-    r = run_python("-m", "cudaevents")
+    r = run_cli(env=NO_GPU)
     assert r.returncode == 2 and "info" in r.stdout and "demo" in r.stdout
-    r = run_python("-m", "cudaevents", "demo", "--iterations", "0")
+    r = run_cli("demo", "--iterations", "0", env=NO_GPU)
     assert r.returncode == 2 and "at least 1" in r.stderr
-    r = run_python("-m", "cudaevents", "frobnicate")
+    r = run_cli("frobnicate", env=NO_GPU)
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
 def test_exit_with_cpu_streams_and_events_is_silent():
-    code = (
-        "import threading, cudaevents as c\n"
-        "s = c.CpuStream(); t = c.CpuStream()\n"
-        "gate = threading.Event()\n"
-        "s.enqueue(gate.wait, 30)\n"
-        "for i in range(100): s.enqueue(print, end='')\n"
-        "t.enqueue(lambda: None)\n"
-        "e = c.CudaEvent(); pool = c.EventPool()\n"
-    )
     for _ in range(5):
-        r = run_python("-c", code)
+        r = run_script("cpu_exit_streams_and_events.py", env=NO_GPU)
         assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
@@ -109,30 +89,18 @@ def test_raise_error_uses_the_enum_name():
         cudaevents._core.driver.raise_error(FakeCode(719), "cuStreamSynchronize")
 
 
-class _NotAStream:
-    pass
-
-
-class _BadProtocol:
-    def __init__(self, value):
-        self.value = value
-
-    def __cuda_stream__(self):
-        return self.value
-
-
 @pytest.mark.parametrize(
     "obj,exc,msg",
     [
-        (_NotAStream(), TypeError, "cannot use a"),
+        (NotAStream(), TypeError, "cannot use a"),
         ("stream", TypeError, "cannot use a"),
         (3.0, TypeError, "cannot use a"),
         (True, TypeError, "got a bool"),
         (12345, TypeError, "needs device="),
         (-1, ValueError, "non-negative"),
-        (_BadProtocol((0,)), TypeError, "tuple"),
-        (_BadProtocol([0, 1]), TypeError, "tuple"),
-        (_BadProtocol((1, 12345)), ValueError, "protocol version 1"),
+        (StreamProtocol((0,)), TypeError, "tuple"),
+        (StreamProtocol([0, 1]), TypeError, "tuple"),
+        (StreamProtocol((1, 12345)), ValueError, "protocol version 1"),
     ],
 )
 def test_as_stream_rejects_non_streams(obj, exc, msg):

@@ -4,57 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 import weakref
 
 import pytest
+from helpers.subproc import NO_GPU, run_script
 
 import cudaevents
-from cudaevents import ClosedError, CpuStream, Worker
+from cudaevents import ClosedError, Worker
 from cudaevents._sync import worker as _worker
-
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-
-
-@pytest.fixture
-def worker():
-    w = Worker()
-    yield w
-    w.close(timeout=10)
-
-
-@pytest.fixture
-def cpu_streams():
-    made = []
-
-    def make(n=1):
-        new = [CpuStream() for _ in range(n)]
-        made.extend(new)
-        return new
-
-    yield make
-    for s in made:
-        s.close(timeout=10)
-
-
-@pytest.fixture
-def gates():
-    """threading.Events that hold CPU streams back; all are set at teardown, so no thread is
-    left blocked when a test fails."""
-    made = []
-
-    def make():
-        g = threading.Event()
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.set()
 
 
 def test_exported():
@@ -431,28 +390,7 @@ def test_bad_name():
         Worker(name=3)
 
 
-EXIT_SCRIPT = r"""
-import threading
-import cudaevents as ce
-gate = threading.Event()
-s = ce.CpuStream()
-s.enqueue(gate.wait, 30)
-w = ce.Worker()
-for i in range(5):
-    w.add_task(print, "committed", i)
-    w.commit(s)
-w.add_task(print, "uncommitted")
-dropped = ce.Worker()
-dropped.add_task(gate.wait, 30)
-dropped.add_task(print, "dropped")
-dropped.commit(s)
-del dropped
-"""
-
-
 def test_exit_with_queued_tasks_is_silent():
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     for _ in range(3):
-        r = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=60, env=env)
-        assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+        r = run_script("worker_exit_queued.py", timeout=60, env=NO_GPU)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r

@@ -14,7 +14,15 @@ import math
 import threading
 
 import pytest
-from _subproc import run_python
+from helpers.fakes import (
+    FakeGpuCell,
+    NotAStream,
+    StreamProtocol,
+    UnreadableProtocol,
+    use_fake_gpu_cells,
+)
+from helpers.subproc import run_script
+from helpers.threads import join_all, spawn_waiters
 
 import cudaevents
 from cudaevents import (
@@ -33,12 +41,9 @@ from cudaevents import (
     Worker,
     as_stream,
 )
-from cudaevents._core import cuda_event as _event
-from cudaevents._core import driver
-from cudaevents._sync import atomic_event as _atomic
-from cudaevents._sync import counter_storage
 
-pytestmark = pytest.mark.timeout(120)
+# counters on the host backend unless a test says otherwise (the same on CI and GPU)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("host_backend")]
 
 
 def raises(exc, fragment, call):
@@ -51,49 +56,7 @@ def raises(exc, fragment, call):
     return info.value
 
 
-@pytest.fixture(autouse=True)
-def host_backend(monkeypatch):
-    """Counters on the host backend unless a test says otherwise (the same on CI and GPU)."""
-    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "host")
-
-
-@pytest.fixture
-def cpu():
-    made = []
-
-    def make():
-        s = CpuStream()
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close(timeout=10)
-
-
 # -- things that are not streams ----------------------------------------------------------------
-class NotAStream:
-    pass
-
-
-class Protocol:
-    """An object with ``__cuda_stream__`` giving ``value`` (or raising it)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __cuda_stream__(self):
-        if isinstance(self.value, BaseException):
-            raise self.value
-        return self.value
-
-
-class Unreadable:
-    @property
-    def __cuda_stream__(self):
-        raise AttributeError("no stream here")
-
-
 NOT_STREAMS = [
     ("str", "stream 0", TypeError, "expected a GpuStream, an object with __cuda_stream__"),
     ("float", 3.0, TypeError, "or a raw handle with device="),
@@ -103,19 +66,19 @@ NOT_STREAMS = [
     ("False", False, TypeError, "pass a stream object or a raw handle with device="),
     ("int-without-device", 12345, TypeError, "needs device= with a raw stream handle"),
     ("negative-int", -1, ValueError, "non-negative pointer value"),
-    ("protocol-short-tuple", Protocol((0,)), TypeError, "the protocol requires a tuple (version, handle) of two ints"),
-    ("protocol-list", Protocol([0, 1]), TypeError, "the protocol requires a tuple (version, handle)"),
-    ("protocol-str-handle", Protocol((0, "0x10")), TypeError, "the protocol requires a tuple (version, handle)"),
-    ("protocol-version", Protocol((1, 16)), ValueError, "upgrade cudaevents or the library that made the stream"),
+    ("protocol-short-tuple", StreamProtocol((0,)), TypeError, "the protocol requires a tuple (version, handle) of two ints"),
+    ("protocol-list", StreamProtocol([0, 1]), TypeError, "the protocol requires a tuple (version, handle)"),
+    ("protocol-str-handle", StreamProtocol((0, "0x10")), TypeError, "the protocol requires a tuple (version, handle)"),
+    ("protocol-version", StreamProtocol((1, 16)), ValueError, "upgrade cudaevents or the library that made the stream"),
 ]
 
 # A broken __cuda_stream__ that raises, or gives a bool or negative handle, is not caught
 # before the driver yet (src/cudaevents/_stream.py, _protocol_handle; see the report).
 NOT_STREAMS_PENDING = [
-    ("protocol-raises", Protocol(RuntimeError("boom")), TypeError, "__cuda_stream__"),
-    ("protocol-unreadable", Unreadable(), TypeError, "__cuda_stream__"),
-    ("protocol-bool-handle", Protocol((0, True)), TypeError, "two ints"),
-    ("protocol-negative-handle", Protocol((0, -5)), ValueError, "non-negative"),
+    ("protocol-raises", StreamProtocol(RuntimeError("boom")), TypeError, "__cuda_stream__"),
+    ("protocol-unreadable", UnreadableProtocol(), TypeError, "__cuda_stream__"),
+    ("protocol-bool-handle", StreamProtocol((0, True)), TypeError, "two ints"),
+    ("protocol-negative-handle", StreamProtocol((0, -5)), ValueError, "non-negative"),
 ]
 
 
@@ -149,45 +112,9 @@ def test_non_streams_are_refused_before_the_driver(entry, label, obj, exc, fragm
 @pytest.mark.parametrize("label,obj,exc,fragment", NOT_STREAMS_PENDING, ids=[c[0] for c in NOT_STREAMS_PENDING])
 def test_broken_stream_protocols_are_refused_before_the_driver(label, obj, exc, fragment):
     # in a child process: on a GPU machine the handle reaches the driver, which may crash on it
-    out = run_python(
-        f"""
-        import sys
-        from cudaevents import as_stream
-
-        class Protocol:
-            def __init__(self, value):
-                self.value = value
-
-            def __cuda_stream__(self):
-                if isinstance(self.value, BaseException):
-                    raise self.value
-                return self.value
-
-        class Unreadable:
-            @property
-            def __cuda_stream__(self):
-                raise AttributeError("no stream here")
-
-        obj = {_SOURCES[label]}
-        try:
-            as_stream(obj)
-        except BaseException as exc:
-            print(type(exc).__name__, exc, sep=": ")
-        else:
-            print("no error")
-        """,
-        timeout=60,
-    )
+    out = run_script("broken_stream_protocol.py", label, timeout=60)
     assert out.returncode == 0, out
     assert out.stdout.startswith(exc.__name__ + ": ") and fragment in out.stdout, out.stdout
-
-
-_SOURCES = {
-    "protocol-raises": "Protocol(RuntimeError('boom'))",
-    "protocol-unreadable": "Unreadable()",
-    "protocol-bool-handle": "Protocol((0, True))",
-    "protocol-negative-handle": "Protocol((0, -5))",
-}
 
 
 def test_refused_streams_change_no_state(cpu):
@@ -458,87 +385,25 @@ def test_closed_objects_still_answer_harmless_questions():
 
 def test_closing_wakes_waiters_with_closed_error():
     a = AtomicEvent()
-    outcomes = []
-
-    def waiter(call):
-        try:
-            call()
-        except ClosedError as exc:
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=waiter, args=(lambda: a.wait(5, timeout=30),)) for _ in range(4)]
-    for t in threads:
-        t.start()
+    threads, outcomes = spawn_waiters([lambda: a.wait(5, timeout=30)] * 4)
     a.close()
-    for t in threads:
-        t.join(30)
-    assert len(outcomes) == 4 and all("will never reach 5" in str(e) for e in outcomes)
+    join_all(threads, timeout=30)
+    assert all(isinstance(e, ClosedError) and "will never reach 5" in str(e) for e in outcomes), outcomes
 
 
-class FakeGpuCell:
-    """A GPU counter cell whose value is a plain int (see test_task_errors.py)."""
-
-    name = "fake"
-    limit = 1 << 63
-    gpu = True
-
-    def __init__(self):
-        self.word = 0
-
-    def read(self):
-        return self.word
-
-    def store(self, value):
-        self.word = value
-
-    def gpu_signal(self, stream, value):
-        self.word = value
-
-    def gpu_wait(self, stream, value):
-        pass
-
-    def release_waiters(self):
-        self.word = self.limit - 1
-
-    def retire(self, fences):
-        self.word = 777  # the slot goes back to the slab: another counter may take it
-
-
-class _Fence:
-    def __init__(self, device):
-        pass
-
-    def record(self, stream):
-        return self
-
-
-def test_a_closed_counter_answers_from_its_value_at_close(monkeypatch):
+def test_a_closed_counter_answers_from_its_value_at_close(monkeypatch, fake_driver):
     """Regression: close() let pending GPU waits go by raising the cell to its limit, and
     gives the cell's slot back to be reused; a closed counter kept reading the cell, so a
     host wait for a value never signalled returned as if it had come (and a waiter blocked
     in it woke up "successfully"), and value/is_signaled read another counter's slot."""
-    monkeypatch.setattr(_atomic, "resolve_device_index", lambda d: int(d))
-    monkeypatch.setattr(counter_storage, "choose_backend", lambda index: "fake")
-    monkeypatch.setattr(counter_storage, "make_cell", lambda backend, device: FakeGpuCell())
-    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
-    monkeypatch.setattr(_event, "CudaEvent", _Fence)
-    s = GpuStream._borrow(0x10, 0, None)
+    fake_stream = use_fake_gpu_cells(monkeypatch, lambda: FakeGpuCell(recycled_value=777))
+    s = fake_stream(0x10)
     a = AtomicEvent(0)
     a.signal(2)
     a.wait(50, s)  # a GPU wait for a value nobody gives: close() must let it go
-    outcome = []
-
-    def waiter():
-        try:
-            a.wait(50, timeout=30)
-            outcome.append("returned")
-        except ClosedError as exc:
-            outcome.append(exc)
-
-    t = threading.Thread(target=waiter)
-    t.start()
+    threads, outcome = spawn_waiters([lambda: a.wait(50, timeout=30)])
     a.close()
-    t.join(30)
+    join_all(threads, timeout=30)
     assert a._cell.word == 777  # released and recycled behind the closed counter
     assert isinstance(outcome[0], ClosedError) and "closed at 2 and will never reach 50" in str(outcome[0])
     raises(ClosedError, "will never reach 50", lambda: a.wait(50, timeout=1))

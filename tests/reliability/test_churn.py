@@ -10,7 +10,6 @@ use real CUDA events, the CI variants the stand-in handles of ``fake_pool``.
 from __future__ import annotations
 
 import gc
-import itertools
 import os
 import random
 import threading
@@ -18,6 +17,7 @@ import time
 import tracemalloc
 
 import pytest
+from helpers.fakes import fake_stream
 
 from cudaevents import CudaError, CudaEvent, EventPool, GpuStream, Timer, device_count
 from cudaevents._core import driver
@@ -274,27 +274,6 @@ def test_fake_pool_churn_with_a_failing_create(fake):
     check_final(pool, ledger, 2, created=len(fake.created), destroyed=len(fake.destroyed))
 
 
-class _FakeDriver:
-    """Event records that complete at once (a GPU that keeps up), for Timer churn without a GPU."""
-
-    def __init__(self):
-        self.clock = itertools.count(1)
-        self.when: dict = {}
-
-    def record(self, event, stream):
-        self.when[event] = next(self.clock)
-        return (0,)
-
-    def elapsed(self, start, end):
-        a, b = self.when.get(start), self.when.get(end)
-        if a is None or b is None:
-            return (600, 0.0)
-        return (0, float(b - a))
-
-    def query(self, event):
-        return (0,)
-
-
 def timer_churn(timer: Timer, stream, regions: int, work=None) -> tuple[int, int]:
     """Time ``regions`` regions; returns (bytes traced before, after results()) and checks the
     per-region growth."""
@@ -322,14 +301,9 @@ def timer_churn(timer: Timer, stream, regions: int, work=None) -> tuple[int, int
     return before, after
 
 
-def test_timer_with_100000_regions_on_fake_gpu(fake, fake_pool, monkeypatch):
-    drv = _FakeDriver()
-    monkeypatch.setattr(driver, "cuEventRecord", drv.record)
-    monkeypatch.setattr(driver, "cuEventElapsedTime", drv.elapsed)
-    monkeypatch.setattr(driver, "cuEventQuery", drv.query)
-    monkeypatch.setattr(driver, "NOT_READY", 600)
-    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
-    stream = GpuStream._borrow(0x10, 0, None)
+def test_timer_with_100000_regions_on_fake_gpu(fake, fake_pool, fake_driver):
+    fake_driver.keeps_up = True  # records complete at once: a GPU that keeps up
+    stream = fake_stream(0x10)
     timer = Timer(pool=fake_pool, nvtx=False)
     timer_churn(timer, stream, REGIONS)
     s = fake_pool.stats()

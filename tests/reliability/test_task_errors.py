@@ -22,26 +22,21 @@ producer's error):
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
+from helpers.fakes import use_fake_gpu_cells
+from helpers.threads import join_all, spawn_waiters
 
 import cudaevents
 from cudaevents import (
     AtomicEvent,
-    CpuStream,
     CudaEvent,
     Event,
     Fence,
-    GpuStream,
     WaitPolicy,
     Worker,
 )
-from cudaevents._core import cuda_event as _event
-from cudaevents._core import driver
-from cudaevents._sync import atomic_event as _atomic
-from cudaevents._sync import counter_storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,40 +52,6 @@ class Fatal(BaseException):
     """A failure that is not an Exception (as KeyboardInterrupt or SystemExit are not)."""
 
 
-@pytest.fixture
-def host_backend(monkeypatch):
-    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "host")
-
-
-@pytest.fixture
-def cpu():
-    """CpuStream factory; every stream made is closed at teardown (its error reported)."""
-    made = []
-
-    def make(name=None):
-        s = CpuStream(name)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close(timeout=10)
-
-
-@pytest.fixture
-def gates():
-    made = []
-
-    def make():
-        g = threading.Event()
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.set()
-
-
 def failing_task(error: BaseException):
     def task():
         raise error
@@ -103,31 +64,6 @@ def expect_error(error: BaseException, call) -> None:
     with pytest.raises(type(error)) as info:
         call()
     assert info.value is error
-
-
-def spawn_waiters(calls):
-    """Start one thread per ``call``; returns (threads, outcomes) where each outcome is the
-    exception the call raised, or "returned"."""
-    outcomes = [None] * len(calls)
-
-    def run(i, call):
-        try:
-            call()
-            outcomes[i] = "returned"
-        except BaseException as exc:  # noqa: BLE001 - inspected by the test
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    return threads, outcomes
-
-
-def join_all(threads, timeout=30):
-    end = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, end - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "a waiter hung"
 
 
 # -- the host backend (CI) -------------------------------------------------------------------
@@ -321,61 +257,11 @@ def test_a_waiter_does_not_fail_its_own_stream_before_the_failure(host_backend, 
 
 
 # -- GPU-cell logic without a GPU: a stand-in cell --------------------------------------------
-class FakeGpuCell:
-    """A GPU counter cell whose stream operations take effect at once (as if the stream ran
-    them immediately): lets the GPU-side bookkeeping be checked without a GPU."""
-
-    name = "fake"
-    limit = 1 << 63
-    gpu = True
-
-    def __init__(self):
-        self.word = 0
-        self.ops = []
-
-    def read(self):
-        return self.word
-
-    def store(self, value):
-        self.word = value
-
-    def gpu_signal(self, stream, value):
-        self.ops.append(("signal", value))
-        self.word = value
-
-    def gpu_wait(self, stream, value):
-        self.ops.append(("wait", value))
-
-    def release_waiters(self):
-        self.ops.append(("release",))
-        self.word = self.limit - 1
-
-    def retire(self, fences):
-        self.ops.append(("retire", len(fences) if fences is not None else None))
-
-
-class _Fence:
-    def __init__(self, device):
-        pass
-
-    def record(self, stream):
-        return self
-
-
 @pytest.fixture
-def fake_gpu(monkeypatch):
-    """AtomicEvent(0) gets a FakeGpuCell; fake_stream(h) is a GpuStream of device 0 that
-    nothing on the driver side ever sees."""
-    monkeypatch.setattr(_atomic, "resolve_device_index", lambda d: int(d))
-    monkeypatch.setattr(counter_storage, "choose_backend", lambda index: "fake")
-    monkeypatch.setattr(counter_storage, "make_cell", lambda backend, device: FakeGpuCell())
-    monkeypatch.setattr(driver, "as_stream_handle", lambda value: value)
-    monkeypatch.setattr(_event, "CudaEvent", _Fence)  # the fences close() records
-
-    def fake_stream(handle):
-        return GpuStream._borrow(handle, 0, None)
-
-    return fake_stream
+def fake_gpu(monkeypatch, fake_driver):
+    """AtomicEvent(0) gets a helpers.fakes.FakeGpuCell, whose stream operations take effect at
+    once; fake_gpu(h) is a GpuStream of the simulated GPU."""
+    return use_fake_gpu_cells(monkeypatch)
 
 
 def test_a_failed_counter_keeps_gpu_waits_released(fake_gpu, cpu):
@@ -420,27 +306,6 @@ def test_gpu_waits_are_released_once_not_per_signal(fake_gpu, cpu):
 
 
 # -- GPU ---------------------------------------------------------------------------------------
-@pytest.fixture
-def gpu_backend(request, monkeypatch):
-    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", request.param)
-    return request.param
-
-
-@pytest.fixture
-def gpu_streams():
-    made = []
-
-    def make(n=1):
-        new = [GpuStream(0) for _ in range(n)]
-        made.extend(new)
-        return new
-
-    yield make
-    for s in made:
-        s.synchronize(timeout=30)
-        s.close()
-
-
 def after(stream) -> CudaEvent:
     """A CUDA event behind everything enqueued on ``stream`` so far."""
     return CudaEvent(0).record(stream)

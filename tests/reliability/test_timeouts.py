@@ -2,11 +2,11 @@
 passed, and within 50 ms of it, when what it waits for never happens.
 
 Each wait below is given something that will not complete on its own: a CPU stream held on a
-gate, or a GPU stream held behind a latch (tests/conftest.py). The bound is checked with
-``time.monotonic`` around the call: not before the timeout (less a millisecond of clock
-rounding), not later than the timeout plus 50 ms (a late attempt is tried again, up to three
-times, so that a machine busy with other processes does not fail the test; a wait late by
-its own doing is late every time). Gates and latches are released afterwards,
+gate, or a GPU stream held behind a latch (helpers.latch, the ``latch`` fixture). The bound is
+checked with ``time.monotonic`` around the call: not before the timeout (less a millisecond of
+clock rounding), not later than the timeout plus 50 ms (a late attempt is tried again, up to
+three times, so that a machine busy with other processes does not fail the test; a wait late
+by its own doing is late every time). Gates and latches are released afterwards,
 so no thread is left blocked. A hang would still end the test run through pytest-timeout;
 the subprocess test at the end checks that a process whose waits all gave up still exits at
 once and silently.
@@ -18,7 +18,7 @@ import threading
 import time
 
 import pytest
-from _subproc import run_python
+from helpers.subproc import run_script
 
 import cudaevents
 from cudaevents import (
@@ -71,21 +71,6 @@ def times_out(call, timeout: float = TIMEOUT) -> TimeoutError:
 
 
 @pytest.fixture
-def gates():
-    """threading.Events holding CPU streams back; all are set at teardown."""
-    made = []
-
-    def make():
-        g = threading.Event()
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.set()
-
-
-@pytest.fixture
 def held(gates):
     """A CpuStream stuck on a gate, and the gate (set at teardown, then the stream closes)."""
     made = []
@@ -101,12 +86,6 @@ def held(gates):
     for s, gate in made:
         gate.set()
         s.close(timeout=10)
-
-
-@pytest.fixture
-def host_backend(monkeypatch):
-    """Force the host counter backend (the CI path; also on a machine with a GPU)."""
-    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "host")
 
 
 # -- the wait loop itself --------------------------------------------------------------------
@@ -315,45 +294,11 @@ def test_several_threads_time_out_together(host_backend, held):
 def test_a_process_whose_waits_gave_up_exits_silently():
     """Waits that timed out leave threads blocked on things that never come (a CPU stream on
     a gate nobody sets, a worker commit behind it); the process still exits at once, quietly."""
-    out = run_python(
-        """
-        import threading
-        import cudaevents as c
-
-        gate = threading.Event()
-        s = c.CpuStream()
-        s.enqueue(gate.wait)  # never set
-        a = c.AtomicEvent(); a.signal(1, s)
-        ev = c.Event(); ev.signal(s)
-        f = c.Fence(); f.update(s)
-        w = c.Worker(); w.add_task(print, "never"); w.commit(s)
-        t = c.Timer(nvtx=False)
-        with t.region("r", s):
-            pass
-        calls = [lambda: a.wait(1, timeout=0.05), lambda: ev.wait(timeout=0.05), lambda: f.wait(timeout=0.05),
-                 lambda: s.synchronize(timeout=0.05), lambda: w.synchronize(timeout=0.05),
-                 lambda: t.results(timeout=0.05), lambda: w.close(timeout=0.05), lambda: s.close(timeout=0.05)]
-        for call in calls:
-            try:
-                call()
-            except TimeoutError:
-                pass
-            else:
-                raise SystemExit("no TimeoutError from %r" % call)
-        """,
-        timeout=60,
-        env={"CUDAEVENTS_ATOMIC_BACKEND": "host"},
-    )
+    out = run_script("waits_gave_up_exit.py", timeout=60, env={"CUDAEVENTS_ATOMIC_BACKEND": "host"})
     assert (out.returncode, out.stdout, out.stderr) == (0, "", ""), out
 
 
 # -- GPU ---------------------------------------------------------------------------------------
-@pytest.fixture
-def gpu_backend(request, monkeypatch):
-    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", request.param)
-    return request.param
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("blocking_sync", [False, True], ids=["spin-event", "blocking-sync-event"])
 def test_cuda_event_synchronize(stream, latch, pool, blocking_sync):

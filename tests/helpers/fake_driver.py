@@ -1,0 +1,315 @@
+"""The simulated CUDA driver: a stand-in for ``cuda.bindings.driver`` for tests without a GPU.
+
+cudaevents reaches the driver only through ``cudaevents._core.driver``, whose wrappers call
+the module bound there (``driver._d``). A test binds a :class:`FakeDriver` with :func:`bind`
+(the ``fake_driver`` fixture of tests/conftest.py does), undone at the end of the test; a
+script in a subprocess binds one for good with :func:`install`.
+
+The simulated GPU:
+
+- ``devices`` devices (1 unless told), each with a primary context; every attribute is 1, so
+  every capability is there (stream memory operations, mapped host memory, ...).
+- Streams and events are numbered handles. A record puts the event in its stream's queue,
+  pending; :meth:`FakeDriver.run` completes a stream's queue up to now (or its first
+  ``events``), stamping each event with a clock that advances 1 ms per event. With
+  ``keeps_up=True`` (a GPU that keeps up) every record completes at once.
+- ``cuEventQuery`` succeeds for a completed event and for one never recorded, and is
+  NOT_READY for a pending one; ``cuEventElapsedTime`` is NOT_READY unless both events have
+  completed (each such read is counted in ``early_reads``). ``cuStreamQuery`` is NOT_READY
+  while the stream has pending work (:meth:`FakeDriver.enqueue_work` adds some).
+- ``cuEventSynchronize`` waits until the event has completed and no
+  :meth:`FakeDriver.hold_host_waits` holds it; ``cuStreamSynchronize`` until the stream's
+  work has completed. Both give up after 60 s, so a test that forgot to run the GPU fails on
+  its own timeout instead of hanging.
+- Pinned host memory comes from a shared anonymous mapping (MAP_SHARED), so a forked child's
+  store into it would show in the parent, as it can with real pinned memory; its device
+  address is its host address. Stream memory operations take effect at once: a write stores
+  the value, a wait passes.
+- :meth:`FakeDriver.fail` makes an entry point fail with an error code from then on.
+- ``calls`` counts the calls of each entry point; ``child_calls`` lists those made in another
+  process than the one that made the fake (a forked child), where cudaevents must make none.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import functools
+import itertools
+import mmap
+import os
+import threading
+
+NOT_READY = 600  # CUDA_ERROR_NOT_READY
+WAIT_LIMIT = 60.0  # seconds a simulated host wait blocks at most
+
+
+class _Names:
+    """An enum stand-in whose every member is its own name (``CUdevice_attribute``)."""
+
+    def __getattr__(self, name):
+        return name
+
+
+# Entry points whose callers unpack more than the error code even when it is one.
+_RESULT_LENGTH = {"cuEventElapsedTime": 2, "cuCtxGetCurrent": 2}
+
+
+def _entry_points(cls):
+    """Make every entry point (``cu...``) of ``cls`` note its calls (``calls``,
+    ``child_calls``) and fail as :meth:`FakeDriver.fail` says."""
+
+    def entry_point(name, fn):
+        failed_tail = (None,) * (_RESULT_LENGTH.get(name, 1) - 1)
+
+        @functools.wraps(fn)
+        def entry(self, *args):
+            self._called(name)
+            err = self.faults.get(name)
+            if err:
+                return (err, *failed_tail)
+            return fn(self, *args)
+
+        return entry
+
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("cu"):
+            setattr(cls, name, entry_point(name, fn))
+    return cls
+
+
+@_entry_points
+class FakeDriver:
+    """A simulated ``cuda.bindings.driver`` (see the module docstring for what it models)."""
+
+    class CUresult:
+        CUDA_SUCCESS = 0
+        CUDA_ERROR_NOT_READY = NOT_READY
+
+    CUdevice_attribute = _Names()
+    CU_MEMHOSTALLOC_PORTABLE = 1
+    CU_MEMHOSTALLOC_DEVICEMAP = 2
+    PINNED_BYTES = 1 << 16
+
+    def __init__(self, *, keeps_up: bool = False, devices: int = 1):
+        self.pid = os.getpid()
+        self.keeps_up = keeps_up
+        self.devices = devices
+        self.calls: collections.Counter = collections.Counter()
+        self.child_calls: list[str] = []
+        self.faults: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.ids = itertools.count(0x1000)
+        self.clock = 0.0
+        self.pending: dict[int, list] = {}  # stream handle -> events recorded there, not completed
+        self.when: dict = {}  # event -> completion time, None while pending
+        self.records = 0
+        self.twice: list = []  # events recorded again while a record of them was still pending
+        self.early_reads = 0  # cuEventElapsedTime calls answered NOT_READY
+        self.held = False
+        self._pinned = None
+        self._pinned_base = 0
+        self._pinned_used = 0
+        self._count_lock = threading.Lock()
+
+    def _called(self, name: str) -> None:
+        if os.getpid() != self.pid:
+            self.child_calls.append(name)  # no lock: a parent thread may have held it at fork
+        else:
+            with self._count_lock:
+                self.calls[name] += 1
+
+    # -- controlling the simulated GPU -------------------------------------------------------
+    def run(self, stream=None, events: int | None = None) -> None:
+        """Complete the work enqueued so far on ``stream`` (a GpuStream or a handle; every
+        stream when ``None``), or only its first ``events`` events."""
+        with self.cond:
+            keys = list(self.pending) if stream is None else [int(getattr(stream, "_id", stream))]
+            for key in keys:
+                queue = self.pending.get(key, [])
+                done, self.pending[key] = queue[:events], queue[len(queue[:events]):]
+                for event in done:
+                    self.clock += 1.0
+                    self.when[event] = self.clock
+            self.cond.notify_all()
+
+    def enqueue_work(self, stream) -> None:
+        """Put work on ``stream`` that completes only when :meth:`run` runs the stream."""
+        with self.lock:
+            self.pending.setdefault(int(getattr(stream, "_id", stream)), []).append(object())
+
+    def fail(self, name: str, code: int) -> None:
+        """From now on the entry point ``name`` returns the error ``code`` and does nothing
+        else (0: it works again)."""
+        self.faults[name] = code
+
+    def hold_host_waits(self) -> None:
+        """``cuEventSynchronize`` blocks (as on pending GPU work) until :meth:`release_host_waits`."""
+        with self.cond:
+            self.held = True
+
+    def release_host_waits(self) -> None:
+        with self.cond:
+            self.held = False
+            self.cond.notify_all()
+
+    def _pending(self, event) -> bool:
+        return event in self.when and self.when[event] is None
+
+    # -- devices and contexts ----------------------------------------------------------------
+    def cuDeviceGetCount(self):
+        return (0, self.devices)
+
+    def cuDeviceGet(self, index):
+        return (0, index)
+
+    def cuDeviceGetAttribute(self, attr, dev):
+        return (0, 1)
+
+    def cuDriverGetVersion(self):
+        return (0, 13000)
+
+    def cuDeviceGetName(self, length, dev):
+        return (0, b"Simulated GPU\0")
+
+    def cuDeviceTotalMem(self, dev):
+        return (0, 1 << 30)
+
+    def cuDevicePrimaryCtxRetain(self, dev):
+        return (0, 0x100 + int(dev))
+
+    def cuCtxGetCurrent(self):
+        return (0, 0)
+
+    def cuCtxGetDevice(self):
+        return (0, 0)
+
+    def cuCtxPushCurrent(self, ctx):
+        return (0,)
+
+    def cuCtxPopCurrent(self):
+        return (0, 0x100)
+
+    def cuCtxGetStreamPriorityRange(self):
+        return (0, 0, -5)
+
+    # -- streams -----------------------------------------------------------------------------
+    def CUstream(self, value):
+        return value
+
+    def cuStreamCreateWithPriority(self, flags, priority):
+        return (0, next(self.ids))
+
+    def cuStreamDestroy(self, stream):
+        return (0,)
+
+    def cuStreamQuery(self, stream):
+        with self.lock:
+            return (NOT_READY,) if self.pending.get(int(stream)) else (0,)
+
+    def cuStreamSynchronize(self, stream):
+        with self.cond:
+            self.cond.wait_for(lambda: not self.pending.get(int(stream)), timeout=WAIT_LIMIT)
+        return (0,)
+
+    def cuStreamWaitEvent(self, stream, event, flags):
+        return (0,)
+
+    # -- events ------------------------------------------------------------------------------
+    def cuEventCreate(self, flags):
+        return (0, next(self.ids))
+
+    def cuEventDestroy(self, event):
+        return (0,)
+
+    def cuEventRecord(self, event, stream):
+        with self.lock:
+            self.records += 1
+            if self._pending(event):
+                self.twice.append(event)
+            if self.keeps_up:
+                self.clock += 1.0
+                self.when[event] = self.clock
+            else:
+                self.when[event] = None
+                self.pending.setdefault(int(stream), []).append(event)
+        return (0,)
+
+    def cuEventQuery(self, event):
+        with self.lock:
+            return (NOT_READY,) if self._pending(event) else (0,)
+
+    def cuEventSynchronize(self, event):
+        with self.cond:
+            self.cond.wait_for(lambda: not self.held and not self._pending(event), timeout=WAIT_LIMIT)
+        return (0,)
+
+    def cuEventElapsedTime(self, start, end):
+        with self.lock:
+            a, b = self.when.get(start), self.when.get(end)
+            if a is None or b is None:
+                self.early_reads += 1
+                return (NOT_READY, 0.0)
+            return (0, b - a)
+
+    # -- pinned host memory and stream memory operations ---------------------------------------
+    def cuMemHostAlloc(self, nbytes, flags):
+        with self.lock:
+            if self._pinned is None:
+                self._pinned = mmap.mmap(-1, self.PINNED_BYTES)  # anonymous and MAP_SHARED
+                self._pinned_base = ctypes.addressof(ctypes.c_char.from_buffer(self._pinned))
+            if self._pinned_used + nbytes > self.PINNED_BYTES:
+                return (2, 0)  # CUDA_ERROR_OUT_OF_MEMORY
+            address = self._pinned_base + self._pinned_used
+            self._pinned_used += nbytes
+            return (0, address)
+
+    def cuMemHostGetDevicePointer(self, host, flags):
+        return (0, host)
+
+    def cuMemFreeHost(self, address):
+        return (0,)
+
+    def cuStreamWriteValue32(self, stream, address, value, flags):
+        ctypes.c_uint32.from_address(address).value = value
+        return (0,)
+
+    def cuStreamWriteValue64(self, stream, address, value, flags):
+        ctypes.c_uint64.from_address(address).value = value
+        return (0,)
+
+    def cuStreamWaitValue32(self, stream, address, value, flags):
+        return (0,)
+
+    def cuStreamWaitValue64(self, stream, address, value, flags):
+        return (0,)
+
+
+def install(**options) -> FakeDriver:
+    """Bind a new ``FakeDriver(**options)`` for the rest of this process (a subprocess
+    script): from then on cudaevents takes the process for one that initialized CUDA."""
+    from cudaevents._core import driver
+
+    fake = FakeDriver(**options)
+    driver._bind(fake)
+    return fake
+
+
+def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
+    """Bind ``fake`` as the driver of this process for the rest of the test.
+
+    ``monkeypatch`` restores at the test's end the real binding and what the driver module
+    and the device registry cached (contexts, availability, Device objects), so nothing
+    simulated leaks into later tests, and nothing real (a context retained on a GPU machine)
+    leaks into this one. Use stand-in event handles (the ``fake_pool`` fixture) rather than
+    the default pool, which outlives the test."""
+    from cudaevents._core import devices, driver
+
+    for name in ("_d", "NOT_READY", "_usable"):
+        monkeypatch.setattr(driver, name, getattr(driver, name))
+    monkeypatch.setattr(driver, "_contexts", {})
+    monkeypatch.setattr(driver, "_context_ints", {})
+    monkeypatch.setattr(devices, "_devices", {})
+    driver._bind(fake)
+    return fake
