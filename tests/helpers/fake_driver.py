@@ -306,7 +306,8 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     the default pool, which outlives the test."""
     from cudaevents._core import devices, driver
 
-    for name in ("_d", "NOT_READY", "_usable"):
+    bound = [name for name in vars(driver) if name.startswith("_cu") and name != "_cu_launch_host_func"]
+    for name in ("_d", "NOT_READY", "_usable", *bound):  # what _bind sets, and the cached availability
         monkeypatch.setattr(driver, name, getattr(driver, name))
     monkeypatch.setattr(driver, "_contexts", {})
     monkeypatch.setattr(driver, "_context_ints", {})

@@ -78,11 +78,21 @@ def _init():
         return d
 
 
+# The entry points of the hot wrappers, bound once (a global is cheaper than an attribute of
+# the bindings module on every call).
+_cuEventRecord = _cuEventQuery = _cuEventSynchronize = _cuEventElapsedTime = None
+_cuStreamWaitEvent = _cuStreamQuery = _cuStreamSynchronize = None
+
+
 def _bind(d) -> None:
     """Bind the driver module ``d`` (after a successful ``cuInit``; tests also bind a
     simulated driver here)."""
-    global _d, NOT_READY
+    global _d, NOT_READY, _cuEventRecord, _cuEventQuery, _cuEventSynchronize, _cuEventElapsedTime
+    global _cuStreamWaitEvent, _cuStreamQuery, _cuStreamSynchronize
     NOT_READY = d.CUresult.CUDA_ERROR_NOT_READY
+    _cuEventRecord, _cuEventQuery = d.cuEventRecord, d.cuEventQuery
+    _cuEventSynchronize, _cuEventElapsedTime = d.cuEventSynchronize, d.cuEventElapsedTime
+    _cuStreamWaitEvent, _cuStreamQuery, _cuStreamSynchronize = d.cuStreamWaitEvent, d.cuStreamQuery, d.cuStreamSynchronize
     _d = d
 
 
@@ -280,14 +290,14 @@ def event_destroy(handle) -> None:
 
 def event_record(event, stream) -> None:
     """Record ``event`` on ``stream``: it captures the work enqueued there so far."""
-    (err,) = _d.cuEventRecord(event, stream)
+    (err,) = _cuEventRecord(event, stream)
     if err:
         raise_error(err, "cuEventRecord")
 
 
 def event_query(event) -> bool:
     """Whether the work before ``event`` has finished (never blocks; NOT_READY is False)."""
-    (err,) = _d.cuEventQuery(event)
+    (err,) = _cuEventQuery(event)
     if not err:
         return True
     if err == NOT_READY:
@@ -297,14 +307,14 @@ def event_query(event) -> bool:
 
 def event_synchronize(event) -> None:
     """Wait on the host, in the driver with the GIL released, until ``event`` completes."""
-    (err,) = _d.cuEventSynchronize(event)
+    (err,) = _cuEventSynchronize(event)
     if err:
         raise_error(err, "cuEventSynchronize")
 
 
 def event_elapsed_ms(start, end) -> float | None:
     """Milliseconds from ``start`` to ``end``, or ``None`` while either is still pending."""
-    err, ms = _d.cuEventElapsedTime(start, end)
+    err, ms = _cuEventElapsedTime(start, end)
     if not err:
         return ms
     if err == NOT_READY:
@@ -343,14 +353,14 @@ def as_stream_handle(value: int):
 
 def stream_wait_event(stream, event) -> None:
     """Make ``stream`` wait on the device for ``event`` (across devices too)."""
-    (err,) = _d.cuStreamWaitEvent(stream, event, 0)
+    (err,) = _cuStreamWaitEvent(stream, event, 0)
     if err:
         raise_error(err, "cuStreamWaitEvent")
 
 
 def stream_query(stream) -> bool:
     """Whether all work enqueued on ``stream`` has finished (never blocks)."""
-    (err,) = _d.cuStreamQuery(stream)
+    (err,) = _cuStreamQuery(stream)
     if not err:
         return True
     if err == NOT_READY:
@@ -360,7 +370,7 @@ def stream_query(stream) -> bool:
 
 def stream_synchronize(stream) -> None:
     """Wait on the host, in the driver with the GIL released, for all work on ``stream``."""
-    (err,) = _d.cuStreamSynchronize(stream)
+    (err,) = _cuStreamSynchronize(stream)
     if err:
         raise_error(err, "cuStreamSynchronize")
 
@@ -486,6 +496,9 @@ def refuse_forked(*args, **kwargs):
 class _Forked:
     """The driver module as a forked child sees it: every entry point refuses."""
 
+    class CUresult:
+        CUDA_ERROR_NOT_READY = 600
+
     def __getattr__(self, name):
         return refuse_forked
 
@@ -506,7 +519,7 @@ def _after_fork_in_child() -> None:
         return  # the parent never initialized CUDA (or found none): the child starts afresh
     state.forked = True
     state.exiting = True
-    _d = _Forked()
+    _bind(_Forked())
     _reason = FORK_REASON
     _usable = False
     _contexts.clear()

@@ -34,16 +34,23 @@ class PoolStats:
 
 
 class _Counts:
-    __slots__ = ("creates", "reuses", "destroys", "live", "high")
+    """One device's counts; ``total`` is the pool's over all devices (live and high only)."""
 
-    def __init__(self):
+    __slots__ = ("creates", "reuses", "destroys", "live", "high", "total")
+
+    def __init__(self, total: "_Counts | None" = None):
         self.creates = self.reuses = self.destroys = self.live = self.high = 0
+        self.total = total
 
     def hand_out(self, n: int) -> None:
-        """``n`` more handles live (the high-water mark follows)."""
+        """``n`` more handles live, here and in the total; the high-water marks follow."""
         live = self.live = self.live + n
         if live > self.high:
             self.high = live
+        t = self.total
+        live = t.live = t.live + n
+        if live > t.high:
+            t.high = live
 
 
 class _Key:
@@ -109,7 +116,6 @@ class EventPool:
                 c = key.counts
                 c.reuses += 1
                 c.hand_out(1)
-                self._total.hand_out(1)
                 return key.free.pop()
         finally:
             lock.release()
@@ -129,7 +135,6 @@ class EventPool:
                 c = key.counts
                 c.reuses += take
                 c.hand_out(take)
-                self._total.hand_out(take)
                 handles = free[-take:]
                 del free[-take:]
             else:
@@ -152,12 +157,11 @@ class EventPool:
         with self._lock:
             c = self._counts.get(device)
             if c is None:
-                c = self._counts[device] = _Counts()
+                c = self._counts[device] = _Counts(self._total)
             if (device, flags) not in self._keys:
                 self._keys[(device, flags)] = _Key(c)
             c.creates += 1
             c.hand_out(1)
-            self._total.hand_out(1)
         return handle
 
     def release(self, device: int, flags: int, handle) -> None:
