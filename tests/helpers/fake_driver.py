@@ -24,7 +24,10 @@ The simulated GPU:
 - Pinned host memory comes from a shared anonymous mapping (MAP_SHARED), so a forked child's
   store into it would show in the parent, as it can with real pinned memory; its device
   address is its host address. Stream memory operations take effect at once: a write stores
-  the value, a wait passes.
+  the value, a wait passes. With ``stream_order=True`` a write waits in its stream's queue
+  like a record and stores when :meth:`FakeDriver.run` gets there.
+- With ``reuse_streams=True`` a new stream gets the handle of the last one destroyed, as the
+  real driver does most of the time.
 - :meth:`FakeDriver.fail` makes an entry point fail with an error code from then on.
 - ``calls`` counts the calls of each entry point; ``child_calls`` lists those made in another
   process than the one that made the fake (a forked child), where cudaevents must make none.
@@ -91,9 +94,13 @@ class FakeDriver:
     CU_MEMHOSTALLOC_DEVICEMAP = 2
     PINNED_BYTES = 1 << 16
 
-    def __init__(self, *, keeps_up: bool = False, devices: int = 1):
+    def __init__(self, *, keeps_up: bool = False, devices: int = 1, stream_order: bool = False,
+                 reuse_streams: bool = False):
         self.pid = os.getpid()
         self.keeps_up = keeps_up
+        self.stream_order = stream_order
+        self.reuse_streams = reuse_streams
+        self.destroyed: list[int] = []  # stream handles to hand out again (reuse_streams)
         self.devices = devices
         self.calls: collections.Counter = collections.Counter()
         self.child_calls: list[str] = []
@@ -130,6 +137,9 @@ class FakeDriver:
                 queue = self.pending.get(key, [])
                 done, self.pending[key] = queue[:events], queue[len(queue[:events]):]
                 for event in done:
+                    if callable(event):  # a stream-ordered write
+                        event()
+                        continue
                     self.clock += 1.0
                     self.when[event] = self.clock
             self.cond.notify_all()
@@ -199,9 +209,14 @@ class FakeDriver:
         return value
 
     def cuStreamCreateWithPriority(self, flags, priority):
+        with self.lock:
+            if self.reuse_streams and self.destroyed:
+                return (0, self.destroyed.pop())
         return (0, next(self.ids))
 
     def cuStreamDestroy(self, stream):
+        with self.lock:
+            self.destroyed.append(int(stream))
         return (0,)
 
     def cuStreamQuery(self, stream):
@@ -271,13 +286,22 @@ class FakeDriver:
     def cuMemFreeHost(self, address):
         return (0,)
 
-    def cuStreamWriteValue32(self, stream, address, value, flags):
-        ctypes.c_uint32.from_address(address).value = value
+    def _write(self, stream, word, value) -> tuple:
+        def store():
+            word.value = value
+
+        if not self.stream_order or self.keeps_up:
+            store()
+        else:
+            with self.lock:
+                self.pending.setdefault(int(stream), []).append(store)
         return (0,)
 
+    def cuStreamWriteValue32(self, stream, address, value, flags):
+        return self._write(stream, ctypes.c_uint32.from_address(address), value)
+
     def cuStreamWriteValue64(self, stream, address, value, flags):
-        ctypes.c_uint64.from_address(address).value = value
-        return (0,)
+        return self._write(stream, ctypes.c_uint64.from_address(address), value)
 
     def cuStreamWaitValue32(self, stream, address, value, flags):
         return (0,)

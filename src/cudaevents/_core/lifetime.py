@@ -18,10 +18,12 @@ mechanisms they rest on:
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import queue
 import threading
 
-__all__ = ["state", "after_fork_in_child", "Quarantine"]
+__all__ = ["state", "after_fork_in_child", "defer", "Quarantine"]
 
 
 class _State:
@@ -63,6 +65,45 @@ def _run_fork_hooks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_run_fork_hooks)
+
+
+_deferred: queue.SimpleQueue = queue.SimpleQueue()  # put() is reentrant: safe inside a finalizer
+_closer: threading.Thread | None = None
+
+
+def defer(fn) -> None:
+    """Run ``fn()`` soon on the package's finalizer thread. For finalizers whose work takes
+    locks: the collector may run a finalizer inside a critical section of the very thread
+    it interrupts, where taking the same lock would deadlock. Never raises."""
+    global _closer
+    _deferred.put(fn)
+    if _closer is None:
+        thread = threading.Thread(target=_run_deferred, name="cudaevents-finalizer", daemon=True)
+        _closer = thread  # set before start: a second finalizer in between must not start another
+        try:
+            thread.start()
+        except RuntimeError:  # the interpreter is shutting down: what is left goes with the process
+            pass
+
+
+def _run_deferred() -> None:
+    while True:
+        fn = _deferred.get()
+        try:
+            fn()
+        except Exception:  # reported, never raised into some other thread
+            if not state.exiting:
+                logging.getLogger("cudaevents").exception("a deferred finalizer failed")
+        fn = None
+
+
+@after_fork_in_child
+def _no_finalizer_thread() -> None:
+    # The thread did not survive the fork; the next deferral starts one. Work the parent had
+    # queued is the parent's: the child's queue starts empty.
+    global _deferred, _closer
+    _deferred = queue.SimpleQueue()
+    _closer = None
 
 
 class Quarantine:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from . import driver
 from .devices import resolve_device_index
 from .errors import ClosedError, DeviceMismatchError
@@ -16,6 +18,11 @@ __all__ = ["GpuStream", "as_stream", "stream_identity"]
 _SPECIAL_HANDLES = (0, 1, 2)
 
 _STREAM_NON_BLOCKING = 1  # CU_STREAM_NON_BLOCKING
+
+# Keys of owned streams: serials above every pointer value. The driver hands a destroyed
+# stream's handle to the next stream created (most of the time), so a handle does not
+# identify a stream over time; an owned stream's key is never reused.
+_serials = itertools.count(1 << 64)
 
 
 class GpuStream:
@@ -35,7 +42,7 @@ class GpuStream:
             streams do.
     """
 
-    __slots__ = ("_handle", "_id", "_device", "_owned", "_owner", "_special", "__weakref__")
+    __slots__ = ("_handle", "_id", "_key", "_device", "_owned", "_owner", "_special", "__weakref__")
 
     def __init__(self, device=None, *, priority: int = 0, blocking: bool = False):
         index = resolve_device_index(device)
@@ -50,6 +57,7 @@ class GpuStream:
         flags = 0 if blocking else _STREAM_NON_BLOCKING
         self._handle = driver.stream_create(index, flags, priority)
         self._id = int(self._handle)
+        self._key = next(_serials)
         self._device = index
         self._owned = True
         self._owner = None
@@ -60,6 +68,10 @@ class GpuStream:
         self = object.__new__(cls)
         self._handle = driver.as_stream_handle(handle)
         self._id = handle
+        # A borrowed stream keeps its owner alive, so its handle is not reused meanwhile (a
+        # raw handle's lifetime is the caller's promise); the special handles name one stream
+        # per device.
+        self._key = handle + ((device + 1) << 66) if handle in _SPECIAL_HANDLES else handle
         self._device = device
         self._owned = False
         self._owner = owner

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import weakref
 
 from .._core import driver
+from .._core.cuda_event import HeldEvent
 from .._core.devices import resolve_device_index
 from .._core.errors import ClosedError, CudaError, DeviceMismatchError
-from .._core.lifetime import after_fork_in_child, state
+from .._core.lifetime import after_fork_in_child, defer, state
 from .._core.streams import GpuStream, as_stream
 from .._core.wait import check_timeout, resolve_policy, wait_until
 from . import counter_storage
@@ -83,9 +85,9 @@ class AtomicEvent:
         policy: the default :class:`WaitPolicy` (or preset name) for host waits.
     """
 
-    __slots__ = ("_cell", "_device", "_lock", "_cond", "_promised", "_last_source", "_error", "_error_tb",
-                 "_closed", "_touched", "_gpu_wait_max", "_cpu_pending", "_direct_promised", "_policy",
-                 "_final", "__weakref__")
+    __slots__ = ("_cell", "_device", "_lock", "_gpu_lock", "_cond", "_promised", "_last_source", "_error",
+                 "_error_tb", "_closed", "_touched", "_gpu_wait_max", "_cpu_pending", "_direct_promised",
+                 "_gpu_promised", "_policy", "_final", "_finish", "__weakref__")
 
     def __init__(self, device=None, *, policy=None):
         self._closed = True  # until fully built, so a failed __init__ leaves nothing to close
@@ -95,13 +97,16 @@ class AtomicEvent:
         backend = counter_storage.choose_backend(index)
         self._cell = counter_storage.make_cell(backend, -1 if index is None else index)
         self._device = -1 if index is None else index
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state; never held across a driver call
+        self._gpu_lock = threading.Lock()  # GPU enqueues of this counter, one at a time
         self._cond = threading.Condition(self._lock)
         self._promised = 0
-        self._last_source = None  # None: the host; a CpuStream; or a GPU stream handle (int)
+        self._last_source = None  # None: the host; a CpuStream; or a GPU stream's key (int)
+        self._gpu_promised = 0  # highest value a GPU stream signal promised
+        self._finish = None  # the rest of close(), left to the last pending CPU signal
         self._error = None
         self._error_tb = None
-        self._touched: dict[int, GpuStream] = {}
+        self._touched: dict[int, _Touched] = {}  # by GpuStream key
         self._gpu_wait_max = 0
         self._cpu_pending: list[tuple[int, CpuStream]] = []  # CPU-stream signals not yet run
         self._direct_promised = 0  # highest value signalled by the host or a GPU stream
@@ -229,22 +234,48 @@ class AtomicEvent:
                 self._cpu_pending.append(entry)
             return
         s = self._gpu_stream(stream)
-        key = int(s._handle)
-        with self._lock:
-            self._check_open()
-            self._check_order(v)
-            if self._error is not None:
-                self._promised = v
-                return
-            if self._last_source is not None and self._last_source != key and cell.read() < self._promised:
-                s._call(cell.gpu_wait, s._live(), self._promised)  # keep completion order = call order
-            s._call(cell.gpu_signal, s._live(), v)
-            self._promised = self._direct_promised = v
-            self._last_source = key
-            self._touched[key] = s
+        with self._gpu_lock:  # GPU enqueues of this counter in call order, outside self._lock
+            with self._lock:
+                self._check_open()
+                self._check_order(v)
+                if self._error is not None:
+                    self._promised = v
+                    return
+                last = self._last_source
+                after = None  # what this signal must follow: a GPU stream's fence, or a CPU value
+                if last is not None and last is not s._key and cell.read() < self._promised:
+                    after = self._touched[last].fence if type(last) is int else self._promised
+                # Promised before the enqueue, so a host signal meanwhile is refused rather than
+                # overwritten; a failed enqueue fails the counter (the signal can never land).
+                self._promised = self._direct_promised = self._gpu_promised = v
+                self._last_source = s._key
+            touched = self._touch(s)
+            try:
+                if type(after) is int:  # keep completion order = call order
+                    s._call(cell.gpu_wait, s._live(), after)  # a host value: only a memory wait sees it
+                elif after is not None:
+                    after.wait(s)  # a CUDA-visible dependency on the earlier stream's signal
+                s._call(cell.gpu_signal, s._live(), v)
+                touched.fence.record(s)
+            except BaseException as exc:
+                self._poison(exc)
+                raise
+
+    def _touch(self, s: GpuStream) -> "_Touched":
+        """The record of GPU stream ``s`` on this counter (made at its first use; with
+        ``self._gpu_lock`` held): the stream, kept alive until close, and a fence event
+        recorded after every operation of ours there."""
+        touched = self._touched.get(s._key)
+        if touched is None:
+            touched = _Touched(s, HeldEvent(s._device))
+            with self._lock:
+                self._touched[s._key] = touched
+        return touched
 
     def _cpu_signal(self, v: int, prev, stream: CpuStream, entry) -> None:
-        """Runs on the CpuStream's thread."""
+        """Runs on the CpuStream's thread. A close() meanwhile does not stop it: signals
+        called before close() still land, in order (close() leaves the rest of its work to
+        the last of them)."""
         try:
             failed = stream.error
             if failed is not None:  # an earlier task of this stream raised
@@ -252,14 +283,14 @@ class AtomicEvent:
                 return
             cell = self._cell
             if prev is not None:  # another source's earlier signal must land first
-                # A failure or a close meanwhile ends the wait; this signal then changes
-                # nothing, and the signalling stream itself does not fail.
-                failed = self._failure_probe()
-                wait_until(lambda: self._error is not None or self._closed or cell.read() >= prev or failed(), None,
+                # A failure meanwhile ends the wait; this signal then changes nothing, and
+                # the signalling stream itself does not fail.
+                failed = self._failure_probe(prev)
+                wait_until(lambda: self._error is not None or cell.read() >= prev or failed(), None,
                            f"AtomicEvent.signal({v}) after {prev}", self._policy, self._cond,
                            notified=not cell.gpu)
             with self._lock:
-                if self._closed or self._error is not None:
+                if self._error is not None:
                     return
                 if self._cell.read() < v:
                     self._cell.store(v)
@@ -267,22 +298,30 @@ class AtomicEvent:
         finally:
             with self._lock:
                 self._cpu_pending.remove(entry)
+                finish = self._closed and not self._cpu_pending and self._finish is not None
+                if finish:
+                    finish, self._finish = self._finish, None
+            if finish:
+                finish()
 
-    def _failure_probe(self):
-        """For a host wait: a check, cheap enough to call in a spin loop, that looks at most
-        every 50 ms whether a GPU stream this counter was used on has failed (a sticky error
-        of its context, e.g. after a device-side assert), and then fails the counter with
-        that error: a GPU signal behind failed work never lands, and the wait must not hang."""
+    def _failure_probe(self, v: int):
+        """For a host wait for ``v``: a check, cheap enough to call in a spin loop, that looks
+        at most every 50 ms whether a GPU stream this counter was used on has failed (a sticky
+        error of its context, e.g. after a device-side assert), and then fails the counter
+        with that error: a GPU signal behind failed work never lands, and the wait must not
+        hang. It calls the driver only while a GPU signal has promised ``v``: a value only the
+        host or a CpuStream will give needs no driver, and a thread that will give a value
+        GPU streams wait for must not need the driver (it may block behind those waits)."""
         if not self._cell.gpu:
             return _never
         next_at = [time.monotonic() + _PROBE_EVERY]
 
         def failed() -> bool:
             now = time.monotonic()
-            if now < next_at[0]:
+            if now < next_at[0] or self._gpu_promised < v:
                 return False
             next_at[0] = now + _PROBE_EVERY
-            for s in list(self._touched.values()):
+            for s in [touched.stream for touched in list(self._touched.values())]:
                 try:
                     s.query()
                 except CudaError as exc:
@@ -334,22 +373,27 @@ class AtomicEvent:
             stream.enqueue(self._host_wait, v, None, None)
             return
         s = self._gpu_stream(stream)
-        with self._lock:
-            self._raise_error()
-            if self._read() >= v:
-                return
-            if self._closed:
-                raise self._never_reached(v)
-            if self._only_this_thread_signals(v):
-                raise RuntimeError(
-                    f"a GPU wait for {v} enqueued from a task of the CpuStream that signals it later would "
-                    "stall that very stream (enqueues block behind an unsatisfied wait); enqueue the GPU wait "
-                    "from another thread, or signal before waiting"
-                )
+        with self._gpu_lock:
+            with self._lock:
+                self._raise_error()
+                if self._read() >= v:
+                    return
+                if self._closed:
+                    raise self._never_reached(v)
+                if self._only_this_thread_signals(v):
+                    raise RuntimeError(
+                        f"a GPU wait for {v} enqueued from a task of the CpuStream that signals it later would "
+                        "stall that very stream (enqueues block behind an unsatisfied wait); enqueue the GPU wait "
+                        "from another thread, or signal before waiting"
+                    )
+                # counted before the enqueue: a close() meanwhile lets this wait go too
+                if v > self._gpu_wait_max:
+                    self._gpu_wait_max = v
+            touched = self._touch(s)
+            # Outside self._lock: behind about a thousand operations queued after an unsatisfied
+            # wait the driver blocks this call, and the signal that frees it must not need the lock.
             s._call(cell.gpu_wait, s._live(), v)
-            if v > self._gpu_wait_max:
-                self._gpu_wait_max = v
-            self._touched[int(s._handle)] = s
+            touched.fence.record(s)
 
     def _only_this_thread_signals(self, v: int) -> bool:
         """True when ``v`` is promised only by pending signals of a CpuStream whose thread is
@@ -372,7 +416,7 @@ class AtomicEvent:
             if self._closed:
                 raise self._never_reached(v)
 
-            failed = self._failure_probe()
+            failed = self._failure_probe(v)
 
             def done() -> bool:
                 return self._error is not None or self._closed or cell.read() >= v or failed()
@@ -391,10 +435,15 @@ class AtomicEvent:
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
-        """Release the counter's storage. Host waiters wake with :class:`ClosedError`; GPU
-        waits still pending for values never signalled are let go (and a warning logged)
-        rather than left to hang. Idempotent. Afterwards :attr:`value` and waits for values
-        already reached still work (on the value at close)."""
+        """Close the counter; its storage goes back once nothing can touch it any more.
+
+        What was called before still happens: signals already called land, in call order.
+        Host waiters wake now, with :class:`ClosedError` unless the value at close reached
+        theirs. GPU waits for values those signals promise pass when they land; GPU waits for
+        values no signal promised are let go (and a warning logged) after the last of those
+        signals, never before, rather than left to hang. The storage is given back once every
+        GPU stream that used the counter has passed its last operation of it. Idempotent.
+        Afterwards :attr:`value` and waits answer from the value at close."""
         with self._lock:
             if self._closed:
                 return
@@ -404,27 +453,37 @@ class AtomicEvent:
                 self._cond.notify_all()
                 return
             self._final = cell.read()
-            self._closed = True  # before the release below, which raises the cell's value
-            # (a failure released them already, unless a GPU signal enqueued before it landed
-            # afterwards and lowered the value again: release them then too)
-            if cell.gpu and self._gpu_wait_max > self._final:
-                if not state.exiting:  # at exit the process is going anyway: say nothing
-                    _log.warning("AtomicEvent closed at %d with GPU waits for up to %d pending; released them",
-                                 self._final, self._gpu_wait_max)
-                cell.release_waiters()
+            self._closed = True
             self._cond.notify_all()
-            touched, self._touched = self._touched, {}
-        if state.exiting:
-            return
-        fences = []
-        from .._core.cuda_event import CudaEvent
+            # GPU waits that no signal will satisfy (after a failure too: a GPU signal enqueued
+            # before it may have landed since and lowered the value again)
+            stranded = cell.gpu and self._gpu_wait_max > (self._final if self._error is not None else self._promised)
+            last = self._last_source
+            behind = self._touched.get(last) if type(last) is int and self._final < self._promised else None
+            finish = functools.partial(self._release_storage, cell, list(self._touched.values()), stranded, behind)
+            self._touched = {}
+            if self._cpu_pending:  # the last pending CPU signal finishes
+                self._finish, finish = finish, None
+        if finish is not None:
+            finish()
 
-        for s in touched.values():
-            if s._handle is None:  # destroyed: its pending work cannot be fenced; never reuse
-                fences = None
-                break
-            fences.append(CudaEvent(s._device).record(s))
-        cell.retire(fences)
+    def _release_storage(self, cell, touched: list, stranded: bool, behind) -> None:
+        """The end of :meth:`close`, once no CPU signal is pending: let stranded GPU waits go
+        after the last GPU signal (``behind``: that stream's record, when it may not have landed
+        yet), then retire the cell behind every stream's fence."""
+        if stranded:
+            if not state.exiting:  # at exit the process is going anyway: say nothing
+                _log.warning("AtomicEvent closed with GPU waits for up to %d that no signal will reach; "
+                             "released them", self._gpu_wait_max)
+            if behind is not None and cell.releases_in_stream_order and behind.stream._handle is not None \
+                    and not state.exiting:
+                s = behind.stream
+                s._call(cell.gpu_signal, s._live(), cell.limit - 1)  # after that stream's signal
+                behind.fence.record(s)
+            else:
+                cell.release_waiters()
+        if not state.exiting:
+            cell.retire([t.fence for t in touched])
 
     def __enter__(self) -> "AtomicEvent":
         self._check_open()
@@ -434,11 +493,28 @@ class AtomicEvent:
         self.close()
 
     def __del__(self):
-        if not getattr(self, "_closed", True):
-            try:
-                self.close()
-            except Exception:  # a finalizer must not raise
-                pass
+        # The collector may run this inside a critical section of this thread (a pool's, the
+        # slab's, another counter's lock), and close() takes such locks: another thread closes.
+        # At interpreter exit no thread starts and nothing is given back: GPU waits are let go.
+        if getattr(self, "_closed", True):
+            return
+        if state.exiting:
+            if self._cell.gpu and not state.forked and self._gpu_wait_max > self._cell.read():
+                self._cell.release_waiters()
+            return
+        defer(self.close)
+
+
+class _Touched:
+    """A GPU stream a counter was used on: the stream (kept alive until the counter closes),
+    and a fence event recorded after every operation of the counter there, so its storage
+    can be given back once they complete, also when the stream has been destroyed since."""
+
+    __slots__ = ("stream", "fence")
+
+    def __init__(self, stream: GpuStream, fence: HeldEvent):
+        self.stream = stream
+        self.fence = fence
 
 
 _events: weakref.WeakSet = weakref.WeakSet()
@@ -451,6 +527,7 @@ def _after_fork_in_child() -> None:
     survive the fork, so their waiters raise instead of waiting for what never comes."""
     for event in list(_events):
         event._lock = threading.Lock()
+        event._gpu_lock = threading.Lock()
         event._cond = threading.Condition(event._lock)
         if event._cpu_pending and event._error is None:
             event._error = ClosedError(

@@ -96,6 +96,7 @@ class HostCell:
     name = "host"
     limit = 1 << 63
     gpu = False
+    releases_in_stream_order = False
 
     def __init__(self, device: int):
         self._value = 0
@@ -114,6 +115,7 @@ class MemCell:
     """A counter value in a slab slot, reached by GPU stream memory operations."""
 
     gpu = True
+    releases_in_stream_order = True  # gpu_signal(limit - 1) lets every GPU wait go, in stream order
 
     def __init__(self, device: int, bits: int):
         self.name = f"mem{bits}"
@@ -188,6 +190,7 @@ class HostFnCell:
     name = "hostfn"
     limit = 1 << 63
     gpu = True
+    releases_in_stream_order = False  # only the host releases its waits (release_waiters)
 
     def __init__(self, device: int):
         global _libc

@@ -54,7 +54,8 @@ class Event:
     Waiting on an Event that was never signalled raises :class:`NotRecordedError`.
     """
 
-    __slots__ = ("_value", "_device", "_cuda_event", "_atomic", "_signals", "_lock", "_closed", "__weakref__")
+    __slots__ = ("_value", "_device", "_cuda_event", "_atomic", "_signals", "_lock", "_closed", "_cpu_waits",
+                 "__weakref__")
 
     def __init__(self, device=None, *, value: int = 1):
         self._lock = threading.Lock()
@@ -62,6 +63,7 @@ class Event:
         self._cuda_event: CudaEvent | None = None
         self._atomic: AtomicEvent | None = None
         self._signals = 0
+        self._cpu_waits = 0  # CpuStream waits on the CUDA event still to run: it stays out of the pool
         self._device = device
         self._value = 0
         self.value = value
@@ -108,13 +110,16 @@ class Event:
         if self._closed:
             raise ClosedError("this Event was closed; create a new Event")
 
-    def _to_atomic(self, device) -> AtomicEvent:
-        """The counter behind the event, created (and fed the CUDA event) on first need."""
+    def _to_atomic(self, device, carry: bool = True) -> AtomicEvent:
+        """The counter behind the event, created on first need; with ``carry``, fed the CUDA
+        event's completion (a host signal sets the value now and needs nothing carried)."""
         atomic = self._atomic
         if atomic is not None:
             return atomic
         ce = self._cuda_event
-        if ce is None:
+        if ce is not None and not carry:
+            atomic = AtomicEvent(ce._device)
+        elif ce is None:
             atomic = AtomicEvent(self._device if self._device is not None else device)
         else:
             atomic = AtomicEvent(ce._device)
@@ -133,7 +138,9 @@ class Event:
         with self._lock:
             self._check_open()
             first = self._signals == 0
-            if type(stream) is CpuStream or stream is None:
+            if stream is None:
+                self._to_atomic(None, carry=False).signal(self._value)
+            elif type(stream) is CpuStream:
                 self._to_atomic(None).signal(self._value, stream)
             else:
                 s = stream if type(stream) is GpuStream else as_stream(stream)
@@ -162,7 +169,13 @@ class Event:
         if stream is None:
             wait_until(ce.query, check_timeout(timeout), "Event.wait()", resolve_policy(policy))
         elif type(stream) is CpuStream:
-            stream.enqueue(ce.synchronize)
+            with self._lock:
+                self._cpu_waits += 1
+            try:
+                stream.enqueue(self._cpu_wait, ce)
+            except BaseException:
+                self._cpu_wait_done(ce)
+                raise
         else:
             ce.wait(stream)
 
@@ -179,12 +192,30 @@ class Event:
             return atomic.is_signaled(value)
         return ce is not None and ce.query()
 
+    def _cpu_wait(self, ce: CudaEvent) -> None:
+        """A CpuStream's wait on the CUDA event (runs on its thread)."""
+        try:
+            ce.synchronize()
+        finally:
+            self._cpu_wait_done(ce)
+
+    def _cpu_wait_done(self, ce: CudaEvent) -> None:
+        with self._lock:
+            self._cpu_waits -= 1
+            last = self._closed and self._cpu_waits == 0
+        if last:  # close() left the CUDA event to the last CpuStream wait
+            ce.close()
+
     def close(self) -> None:
-        """Release the event's CUDA event or counter. Idempotent."""
+        """Release the event's CUDA event or counter; waits already enqueued still see the
+        work they wait for (a CpuStream's wait keeps the CUDA event until it has run).
+        Idempotent."""
         with self._lock:
             self._closed = True
             ce, self._cuda_event = self._cuda_event, None
             atomic, self._atomic = self._atomic, None
+            if self._cpu_waits:
+                ce = None  # the last CpuStream wait closes it
         if ce is not None:
             ce.close()
         if atomic is not None:

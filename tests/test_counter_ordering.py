@@ -1,0 +1,238 @@
+"""Counter events on a simulated GPU whose stream writes land in stream order (no GPU needed):
+what close() promises to GPU waiters, how signals of several streams stay in call order when
+the driver reuses a destroyed stream's handle, the dependency the library inserts between
+streams (a CUDA event, never a memory wait for another stream's write), finalizers that run
+inside the library's own critical sections, and the host paths that need no driver.
+
+The real-GPU versions of these scenarios are in tests/test_gpu_sync.py and the stress suite."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+from helpers.fake_driver import FakeDriver, bind
+
+import cudaevents as ce
+from cudaevents._sync import counter_storage
+
+MEM_LIMIT = 1 << 63
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """A simulated GPU whose stream writes wait for run(stream), reusing stream handles, with
+    counters on mem64 and a slab of its own."""
+    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "mem64")
+    monkeypatch.setattr(counter_storage, "_slab", None)
+    monkeypatch.setattr(counter_storage, "_quarantine", counter_storage.Quarantine())
+    return bind(monkeypatch, FakeDriver(stream_order=True, reuse_streams=True))
+
+
+def run_in_thread(fn, timeout=10.0):
+    """``fn()`` on another thread; fails (instead of hanging) when it does not return in time."""
+    box = []
+    t = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn} did not return within {timeout} s: deadlock"
+    return box[0] if box else None
+
+
+# -- close() and GPU waiters -------------------------------------------------------------------
+def test_close_lets_a_pending_signal_release_the_gpu_waits_it_promised(gpu):
+    producer, consumer = ce.GpuStream(), ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(5, producer)  # enqueued; lands when the producer runs
+    counter.wait(5, consumer)
+    counter.close()
+    assert counter._cell.read() == 0  # not let go early: the consumer still waits for the producer
+    gpu.run(producer)
+    assert counter._cell.read() == 5
+
+
+def test_close_releases_stranded_gpu_waits_only_after_the_last_pending_signal(gpu, caplog):
+    producer, consumer = ce.GpuStream(), ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(5, producer)
+    counter.wait(9, consumer)  # no signal will ever give 9
+    counter.close()
+    assert counter._cell.read() == 0  # a release now would be lowered again by the signal of 5
+    gpu.run(producer)
+    assert counter._cell.read() == MEM_LIMIT - 1  # released in the producer's stream order
+    assert "no signal will reach" in caplog.text
+
+
+def test_close_with_nothing_pending_releases_stranded_waits_at_once(gpu):
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(2)
+    counter.wait(3, s)
+    counter.close()
+    assert counter._cell.read() == MEM_LIMIT - 1
+
+
+def test_close_leaves_a_pending_cpu_signal_to_land_before_the_gpu_waits_go(gpu, cpu):
+    cpu = cpu()
+    gate = threading.Event()
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    cpu.enqueue(gate.wait, 10)
+    counter.signal(4, cpu)
+    counter.wait(4, s)
+    counter.wait(6, s)  # stranded
+    counter.close()
+    assert counter._cell.read() == 0
+    gate.set()
+    cpu.synchronize(timeout=10)
+    assert counter._cell.read() == MEM_LIMIT - 1  # 4 landed, then the stranded waits were let go
+
+
+def test_the_slot_goes_back_after_every_stream_passed_its_fence(gpu):
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(1, s)
+    in_use = counter_storage.slab_stats()["in_use"]
+    s.close()  # destroyed with its work pending: the fence recorded after the signal stands for it
+    counter.close()
+    assert counter_storage.slab_stats()["in_use"] == in_use  # quarantined, not back yet
+    gpu.run()
+    counter_storage._quarantine.reclaim()
+    assert counter_storage.slab_stats()["in_use"] == in_use - 1
+
+
+# -- ordering across streams ----------------------------------------------------------------------
+def test_a_reused_stream_handle_is_another_stream(gpu):
+    held = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(5, held)
+    handle = held.handle
+    held.close()
+    again = ce.GpuStream()
+    assert again.handle == handle  # the driver gave the destroyed stream's handle to the new one
+    waits_before = gpu.calls["cuStreamWaitEvent"]
+    counter.signal(7, again)
+    assert gpu.calls["cuStreamWaitEvent"] == waits_before + 1  # ordered after the first stream
+    gpu.run(again)  # in the simulation nothing holds "again" back: its 7 lands first,
+    gpu.run(handle)  # and the old stream's 5 after it, unless ordered (which the real GPU does)
+    counter.close()
+
+
+def test_the_library_orders_streams_with_events_not_memory_waits(gpu):
+    a, b = ce.GpuStream(), ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(1, a)
+    memory_waits = gpu.calls["cuStreamWaitValue64"]
+    counter.signal(2, b)
+    assert gpu.calls["cuStreamWaitValue64"] == memory_waits  # no wait for another stream's write
+    assert gpu.calls["cuStreamWaitEvent"] >= 1
+    gpu.run()
+    assert counter.value == 2
+    counter.close()
+
+
+def test_a_host_signal_behind_a_pending_stream_signal_is_refused(gpu):
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(3, s)
+    with pytest.raises(ValueError, match="wait\\(3\\) first"):
+        counter.signal(4)  # it would be lowered when the stream's 3 lands
+    gpu.run(s)
+    counter.signal(4)
+    assert counter.value == 4
+    counter.close()
+
+
+def test_event_host_signal_after_a_gpu_signal(gpu):
+    s = ce.GpuStream()
+    ev = ce.Event()
+    ev.signal(s)  # a recycled CUDA event, its work pending
+    ev.value = 2
+    ev.signal()  # moves to a counter set by the host now
+    ev.wait(timeout=5)
+    assert ev.backing == "atomic"
+    gpu.run()
+    ev.close()
+
+
+def test_closing_a_cuda_backed_event_while_a_cpu_stream_waits_on_it(gpu, cpu):
+    cpu = cpu()
+    s = ce.GpuStream()
+    ev = ce.Event()
+    ev.signal(s)
+    gate = threading.Event()
+    cpu.enqueue(gate.wait, 10)
+    ev.wait(cpu)
+    ev.close()  # the CpuStream's wait still sees the work it waits for
+    gate.set()
+    gpu.run(s)
+    cpu.synchronize(timeout=10)  # no ClosedError
+
+
+def test_a_host_signal_needs_no_driver_while_gpu_streams_wait(gpu):
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.wait(1, s)
+    gpu.fail("cuStreamQuery", 999)  # as if every driver call blocked: none may be needed
+    gpu.fail("cuEventQuery", 999)
+    counter.signal(1)
+    counter.wait(1, timeout=5)
+    gpu.fail("cuStreamQuery", 0)
+    gpu.fail("cuEventQuery", 0)
+    counter.close()
+
+
+def test_a_cpu_stream_host_wait_for_a_host_value_probes_no_stream(gpu, cpu):
+    cpu = cpu()
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.wait(1, s)  # a GPU stream waits; the host releases it
+    queries = gpu.calls["cuStreamQuery"]
+    cpu.enqueue(counter.wait, 2, timeout=5)  # a CpuStream waits for a value only the host gives
+    threading.Timer(0.2, counter.signal, (2,)).start()
+    cpu.synchronize(timeout=10)
+    assert gpu.calls["cuStreamQuery"] == queries
+    counter.close()
+
+
+# -- finalizers inside the library's critical sections ---------------------------------------------
+class _Cycle:
+    def __init__(self, counter):
+        self.counter = counter
+        self.me = self
+
+
+def test_a_counter_collected_inside_the_slab_lock_closes_on_another_thread(gpu):
+    slab = counter_storage._get_slab()
+    counter = ce.AtomicEvent(0)
+    in_use = slab.stats()["in_use"]
+    _Cycle(counter)
+    del counter
+
+    def collect_inside_the_lock():
+        with slab._lock:
+            gc.collect()  # the counter's finalizer runs here, in the slab's critical section
+
+    run_in_thread(collect_inside_the_lock)
+    run_in_thread(lambda: _until(lambda: slab.stats()["in_use"] == in_use - 1))
+
+
+def _until(condition, timeout=5.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.01)
+    return True
+
+
+def test_dropping_a_counter_with_gpu_waits_lets_them_go(gpu):
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    cell = counter._cell
+    counter.wait(3, s)
+    del counter
+    gc.collect()
+    run_in_thread(lambda: _until(lambda: cell.read() == MEM_LIMIT - 1))
