@@ -192,9 +192,6 @@ class _Sim:
                 sim.clock += 100.0  # a flush takes long, outside the pairs
                 sim.log.append("flush")
 
-            def free(self, idle):
-                sim.log.append(f"free idle={idle}")
-
         self.Stream, self.Event, self.Flusher = Stream, Event, Flusher
 
     def install(self, monkeypatch):
@@ -231,7 +228,7 @@ def test_flushes_come_before_each_pair(monkeypatch, fake_pool):
     sim.install(monkeypatch)
     r = benchmark(sim.work(2.0), warmup=1, repeat=3, flush_l2=True, pool=fake_pool)
     assert sim.log == (["flush", "call", "record"] + ["flush", "record", "call", "record"] * 3
-                       + ["record", "event.synchronize", "free idle=True"])
+                       + ["record", "event.synchronize"])
     assert r.gpu_ms == [2.0] * 3  # the flushes are outside the timed pairs
     assert r.span_ms == 3 * 102.0
 
@@ -249,7 +246,7 @@ def test_events_created_by_fn_in_the_timed_part_are_counted(monkeypatch, fake_po
     assert r.native_events_created == 1
 
 
-def test_an_error_in_fn_returns_the_events_and_frees_the_flush_buffer(monkeypatch, fake_pool):
+def test_an_error_in_fn_returns_the_events_and_waits_for_nothing(monkeypatch, fake_pool):
     sim = _Sim(fake_pool)
     sim.install(monkeypatch)
     calls = []
@@ -262,7 +259,69 @@ def test_an_error_in_fn_returns_the_events_and_frees_the_flush_buffer(monkeypatc
     with pytest.raises(KeyError, match="boom"):
         benchmark(fn, warmup=1, repeat=10, flush_l2=True, pool=fake_pool, timeout=5)
     assert fake_pool.stats().live == 0
-    assert sim.log[-2:] == ["stream.synchronize", "free idle=True"]
+    # the flush buffer is kept for the process: nothing to free, so no wait for the stream
+    assert "stream.synchronize" not in sim.log and "event.synchronize" not in sim.log
+
+
+# -- the flush buffer, with the simulated driver ------------------------------------------------
+@pytest.fixture
+def flush_driver(monkeypatch):
+    """The simulated driver (its GPU keeps up), with benchmark()'s flush buffers forgotten
+    before and restored after the test."""
+    from helpers.fake_driver import FakeDriver, bind
+
+    monkeypatch.setattr(_bench, "_flush_buffers", {}, raising=False)
+    monkeypatch.setattr(_bench, "_outgrown", [], raising=False)
+    monkeypatch.setattr(_bench, "_loaded_torch", lambda: None)
+    return bind(monkeypatch, FakeDriver(keeps_up=True, devices=2))
+
+
+def test_flush_l2_allocates_one_buffer_per_device_and_never_frees_it(flush_driver, fake_pool):
+    """cuMemFree waits for the whole device: freeing the flush buffer after each call deadlocked
+    against a stream held on a counter wait that the host releases later. Steady state: no
+    cuMemAlloc, no cuMemFree."""
+    from helpers.fakes import fake_stream
+
+    fake = flush_driver
+    s0, s0b, s1 = fake_stream(0x10, 0), fake_stream(0x11, 0), fake_stream(0x20, 1)
+    for _ in range(2):
+        r = benchmark(noop, warmup=1, repeat=4, stream=s0, flush_l2=True, pool=fake_pool, timeout=10)
+        assert len(r.gpu_ms) == 4
+    assert fake.calls["cuMemAlloc"] == 1 and fake.calls["cuMemFree"] == 0
+    assert fake.calls["cuMemsetD32Async"] == 2 * (1 + 4)  # one flush before every call
+    benchmark(noop, warmup=0, repeat=2, stream=s0b, flush_l2=True, pool=fake_pool, timeout=10)
+    assert fake.calls["cuMemAlloc"] == 1  # another stream of the device shares the buffer
+    benchmark(noop, warmup=0, repeat=2, stream=s1, flush_l2=True, pool=fake_pool, timeout=10)
+    benchmark(noop, warmup=0, repeat=2, stream=s1, flush_l2=True, pool=fake_pool, timeout=10)
+    assert fake.calls["cuMemAlloc"] == 2 and fake.calls["cuMemFree"] == 0  # one per device
+    assert set(_bench._flush_buffers) == {0, 1}
+    benchmark(noop, warmup=0, repeat=2, stream=s0, pool=fake_pool, timeout=10)  # no flush: no buffer
+    assert fake.calls["cuMemAlloc"] == 2 and fake_pool.stats().live == 0
+
+
+def test_an_error_in_fn_keeps_the_flush_buffer_and_frees_nothing(flush_driver, fake_pool):
+    from helpers.fakes import fake_stream
+
+    fake = flush_driver
+
+    def fn():
+        raise KeyError("boom")
+
+    for _ in range(2):
+        with pytest.raises(KeyError, match="boom"):
+            benchmark(fn, warmup=1, repeat=4, stream=fake_stream(0x10), flush_l2=True, pool=fake_pool, timeout=5)
+    assert fake.calls["cuMemAlloc"] == 1 and fake.calls["cuMemFree"] == 0
+    assert fake.calls["cuStreamSynchronize"] == 0 and fake_pool.stats().live == 0
+
+
+def test_a_flush_buffer_outgrown_is_replaced_and_kept(flush_driver):
+    fake = flush_driver
+    small = _bench._flush_buffer(0, 1 << 20)
+    assert _bench._flush_buffer(0, 1 << 20) == small and _bench._flush_buffer(0, 4096) == small
+    big = _bench._flush_buffer(0, 2 << 20)  # a bigger need: a new buffer; the old one is never freed
+    assert big != small and _bench._flush_buffer(0, 1 << 20) == big
+    assert _bench._outgrown == [small]
+    assert fake.calls["cuMemAlloc"] == 2 and fake.calls["cuMemFree"] == 0
 
 
 # -- graph capture and torch streams, against a minimal stand-in for torch ---------------------

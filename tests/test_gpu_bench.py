@@ -129,6 +129,38 @@ def test_flush_l2_runs_outside_the_timed_pair(stream, buffer, pool):
     assert cold.gpu.median_ms > 0.5 * warm.gpu.median_ms
 
 
+def test_flush_l2_completes_while_another_stream_of_the_device_is_held(stream, latch, gpu_streams, buffers, pool):
+    """benchmark(flush_l2=True) used to cuMemFree its flush buffer at the end of every call, and
+    cuMemFree waits for the whole device: with another stream held on a counter wait that the
+    host releases only later, it never returned. The buffer is now the device's, kept: the call
+    finishes while the latch still holds the other stream."""
+    (bench_stream,) = gpu_streams(1)
+    tiny = memset_of(buffers(4096), 4096, bench_stream)
+    benchmark(tiny, warmup=1, repeat=5, stream=bench_stream, flush_l2=True, pool=pool, timeout=60)  # buffer made
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(benchmark(tiny, warmup=2, repeat=20, stream=bench_stream, flush_l2=True, pool=pool,
+                                     timeout=30))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    latch.block(stream)  # `stream` now waits for the host, which releases it only after the benchmark
+    runner = threading.Thread(target=run, daemon=True)
+    try:
+        runner.start()
+        runner.join(timeout=30)
+        finished_while_held = not runner.is_alive()
+    finally:
+        latch.release()
+        runner.join(timeout=30)
+    assert finished_while_held, "benchmark(flush_l2=True) waited for a stream it does not use (cuMemFree?)"
+    (r,) = outcome
+    assert isinstance(r, BenchmarkResult), r
+    assert len(r.gpu_ms) == 20 and min(r.gpu_ms) > 0 and pool.stats().live == 0
+
+
 def test_an_error_in_fn_propagates_and_returns_the_events(stream, pool):
     calls = []
 

@@ -21,6 +21,7 @@ The simulated GPU:
   :meth:`FakeDriver.hold_host_waits` holds it; ``cuStreamSynchronize`` until the stream's
   work has completed. Both give up after 60 s, so a test that forgot to run the GPU fails on
   its own timeout instead of hanging.
+- Device memory (``cuMemAlloc``) is addresses only: memsets on it do nothing.
 - Pinned host memory comes from a shared anonymous mapping (MAP_SHARED), so a forked child's
   store into it would show in the parent, as it can with real pinned memory; its device
   address is its host address. Stream memory operations take effect at once: a write stores
@@ -284,6 +285,16 @@ class FakeDriver:
         return (0, host)
 
     def cuMemFreeHost(self, address):
+        return (0,)
+
+    # -- device memory: addresses only (nothing reads or writes it); calls counted as all are --
+    def cuMemAlloc(self, nbytes):
+        return (0, next(self.ids) << 32)
+
+    def cuMemFree(self, ptr):
+        return (0,)
+
+    def cuMemsetD32Async(self, ptr, value, count, stream):
         return (0,)
 
     def _write(self, stream, word, value) -> tuple:

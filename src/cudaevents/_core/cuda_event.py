@@ -251,7 +251,9 @@ class CudaEvent:
         if h is not None:
             self._handle = None
             try:
-                self._pool.release(self._device, self._flags, h)
+                # Never the pool's lock here: the collector may run this finalizer in a thread
+                # inside that lock (DESIGN.md, "What may run inside a lock").
+                self._pool.release_deferred(self._device, self._flags, h)
             except Exception:  # a finalizer must not raise
                 pass
 

@@ -18,6 +18,7 @@ mechanisms they rest on:
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import queue
@@ -108,23 +109,43 @@ def _no_finalizer_thread() -> None:
 
 class Quarantine:
     """Resources that GPU work may still touch, released once fences (CUDA events recorded
-    after that work) have all completed."""
+    after that work) have all completed.
+
+    :meth:`add` takes no lock (one deque append), so finalizers may call it, also in a thread
+    that holds this quarantine's lock (the garbage collector may run them there): the entries
+    it adds wait in a pending list that :meth:`reclaim` takes in under the lock. ``len()``
+    counts both."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._entries: list[tuple[list, object]] = []
+        self._added: collections.deque = collections.deque()  # from add(), not yet taken in
 
     def add(self, fences: list, on_done) -> None:
-        """Call ``on_done()`` once every event in ``fences`` has completed (now if none)."""
+        """Call ``on_done()`` once every event in ``fences`` has completed (now if none).
+
+        Lock-free, safe from finalizers; ``on_done`` runs later in whichever thread reclaims,
+        outside every lock of the quarantine (with no fences: here, now, so it must be safe
+        where this is called, e.g. :meth:`_Slab.release <cudaevents._sync.counter_storage>`)."""
         if not fences:
             on_done()
             return
-        with self._lock:
-            self._entries.append((fences, on_done))
+        self._added.append((fences, on_done))
+
+    def _take_added(self) -> None:
+        """With the lock held: move what :meth:`add` appended into the entries."""
+        added, entries = self._added, self._entries
+        while added:
+            try:
+                entries.append(added.popleft())
+            except IndexError:  # another thread took it meanwhile
+                break
 
     def reclaim(self) -> int:
         """Release what is safe now; returns how many entries were released."""
         with self._lock:
+            if self._added:
+                self._take_added()
             entries, self._entries = self._entries, []
         keep, done = [], []
         for fences, on_done in entries:
@@ -141,12 +162,22 @@ class Quarantine:
             on_done()
         return len(done)
 
+    def entries(self) -> list:
+        """A snapshot of the quarantined ``(fences, on_done)`` entries, pending adds included."""
+        with self._lock:
+            if self._added:
+                self._take_added()
+            return list(self._entries)
+
     def disown(self) -> list:
         """In a forked child: set the parent's entries aside (returned, to be kept untouched)
         and start empty with a fresh lock."""
         self._lock = threading.Lock()
         entries, self._entries = self._entries, []
-        return entries
+        added, self._added = self._added, collections.deque()
+        return entries + list(added)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        # lock-free and exact: the entries plus the adds not yet taken in (reclaim() may be
+        # moving one between the two at this moment: then it is counted in neither or both)
+        return len(self._entries) + len(self._added)

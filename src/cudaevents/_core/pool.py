@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import weakref
@@ -63,11 +64,17 @@ class _Key:
         self.counts = counts
 
 
+_MISS = object()  # acquire(): no cached handle
+
+
 class EventPool:
     """Recycles native CUDA event handles, keyed by ``(device ordinal, flags)``.
 
     Safe to use from any number of threads at once: one lock guards the free lists and the
-    counts; native creation and destruction run outside it. Handles come back in LIFO order,
+    counts; native creation and destruction run outside it. Finalizers never take that lock
+    (the garbage collector may run them inside it): they hand their handles back with
+    :meth:`release_deferred`, and every other method applies such returns first, so the
+    statistics stay exact. Handles come back in LIFO order,
     so the most recently used (warmest) one is reused first. Releasing a handle whose record
     is still pending is fine: CUDA lets an event be recorded again, and waits already
     enqueued keep the state they captured.
@@ -94,6 +101,9 @@ class EventPool:
         self._keys: dict[tuple[int, int], _Key] = {}
         self._counts: dict[int, _Counts] = {}  # per device
         self._total = _Counts()  # live/high over all devices
+        # (device, flags, handle) that finalizers gave back without the lock (release_deferred),
+        # applied by the next call: deque appends and pops are atomic under the GIL
+        self._returned: collections.deque = collections.deque()
         self._state = state  # bound early: read by releases during interpreter exit
         _pools.add(self)
 
@@ -111,15 +121,24 @@ class EventPool:
         lock = self._lock
         lock.acquire()
         try:
+            # the returns finalizers handed over, in this lock round: an acquire right after
+            # an event was dropped is the common case
+            doomed = self._take_returned() if self._returned else None
             key = self._keys.get((device, flags))
             if key is not None and key.free:
                 c = key.counts
                 c.reuses += 1
                 c.hand_out(1)
-                return key.free.pop()
+                if doomed is None:
+                    return key.free.pop()
+                handle = key.free.pop()
+            else:
+                handle = _MISS
         finally:
             lock.release()
-        return self._create_counted(device, flags)
+        if doomed:
+            self._destroy_quietly(doomed)
+        return self._create_counted(device, flags) if handle is _MISS else handle
 
     def acquire_many(self, device: int, flags: int, n: int) -> list:
         """``n`` handles for ``(device, flags)`` at once (one lock round instead of ``n``)."""
@@ -128,6 +147,7 @@ class EventPool:
         lock = self._lock
         lock.acquire()
         try:
+            doomed = self._take_returned() if self._returned else None  # as in acquire()
             key = self._keys.get((device, flags))
             free = key.free if key is not None else None
             take = min(n, len(free)) if free else 0
@@ -141,6 +161,8 @@ class EventPool:
                 handles = []
         finally:
             lock.release()
+        if doomed:
+            self._destroy_quietly(doomed)
         try:
             while len(handles) < n:
                 handles.append(self._create_counted(device, flags))
@@ -166,6 +188,8 @@ class EventPool:
 
     def release(self, device: int, flags: int, handle) -> None:
         """Give back a handle obtained from :meth:`acquire` with the same key."""
+        if self._returned:
+            self._drain()
         lock = self._lock
         lock.acquire()
         try:
@@ -186,6 +210,8 @@ class EventPool:
 
     def release_many(self, device: int, flags: int, handles: list) -> None:
         """Give back several handles of one key at once (one lock round instead of many)."""
+        if self._returned:
+            self._drain()
         n = len(handles)
         if not n:
             return
@@ -212,6 +238,64 @@ class EventPool:
         for handle in doomed:
             self._destroy(handle)
 
+    def release_deferred(self, device: int, flags: int, handle) -> None:
+        """Give back a handle from a finalizer, without taking the pool's lock: the garbage
+        collector may run a finalizer in a thread that holds it.
+
+        Lock-free (one deque append). The next call of :meth:`acquire`, :meth:`acquire_many`,
+        :meth:`release`, :meth:`release_many`, :meth:`trim`, :meth:`clear`, :meth:`stats` or
+        :meth:`reset_stats` applies the return first (inside its own lock round, except the
+        releases, which apply it just before theirs), so nothing is lost and the statistics
+        stay exact; until then the handle counts as live."""
+        self._returned.append((device, flags, handle))
+
+    def release_many_deferred(self, device: int, flags: int, handles) -> None:
+        """:meth:`release_deferred` for several handles of one key."""
+        self._returned.extend([(device, flags, h) for h in handles])
+
+    def _drain(self) -> None:
+        """Apply the returns of :meth:`release_deferred`, as :meth:`release` would."""
+        with self._lock:
+            doomed = self._take_returned()
+        if doomed:
+            self._destroy_quietly(doomed)
+
+    def _take_returned(self) -> list | None:
+        """With the lock held: count and cache the returns of :meth:`release_deferred` (a
+        finalizer may add more meanwhile: they are taken too); returns the handles beyond the
+        cap, for the caller to destroy once it has released the lock."""
+        returned, keys, total = self._returned, self._keys, self._total
+        cap = None if self._state.exiting else self._max_cached
+        doomed = None
+        while returned:
+            try:
+                device, flags, handle = returned.popleft()
+            except IndexError:  # another thread took it meanwhile
+                break
+            key = keys.get((device, flags))
+            if key is None:  # never ours: nothing to count
+                continue
+            c = key.counts
+            c.live -= 1
+            total.live -= 1
+            if cap is None or len(key.free) < cap:
+                key.free.append(handle)
+            else:
+                c.destroys += 1
+                if doomed is None:
+                    doomed = []
+                doomed.append(handle)
+        return doomed
+
+    def _destroy_quietly(self, doomed: list) -> None:
+        # the finalizers that handed these over would have swallowed the errors: so does the
+        # caller that happens to apply their returns, which did not cause them
+        for handle in doomed:
+            try:
+                self._destroy(handle)
+            except Exception:
+                pass
+
     @staticmethod
     def _unknown_key(device: int, flags: int) -> ValueError:
         return ValueError(f"release() of a handle for (device={device}, flags={flags}) that this pool never gave out")
@@ -222,6 +306,7 @@ class EventPool:
             raise ValueError(f"keep must be an int >= 0, got {keep!r}")
         doomed = []
         with self._lock:
+            late = self._take_returned() if self._returned else None  # (None while exiting)
             if self._state.exiting:
                 return 0
             for key in self._keys.values():
@@ -232,6 +317,8 @@ class EventPool:
                     del free[: len(free) - keep]
                     key.counts.destroys += len(extra)
                     doomed.extend(extra)
+        if late:  # returns beyond the cap: destroyed as their release would have
+            self._destroy_quietly(late)
         for handle in doomed:
             self._destroy(handle)
         return len(doomed)
@@ -244,6 +331,7 @@ class EventPool:
     def stats(self, device: int | None = None) -> PoolStats:
         """Exact :class:`PoolStats` for ``device`` (an ordinal or Device), or for all devices."""
         with self._lock:
+            doomed = self._take_returned() if self._returned else None
             if device is None:
                 counts = list(self._counts.values())
                 cached = sum(len(k.free) for k in self._keys.values())
@@ -255,7 +343,7 @@ class EventPool:
                 cached = sum(len(k.free) for (d, _), k in self._keys.items() if d == device)
                 live = c.live if c is not None else 0
                 high = c.high if c is not None else 0
-            return PoolStats(
+            result = PoolStats(
                 creates=sum(c.creates for c in counts),
                 reuses=sum(c.reuses for c in counts),
                 destroys=sum(c.destroys for c in counts),
@@ -263,13 +351,19 @@ class EventPool:
                 live=live,
                 high_water=high,
             )
+        if doomed:
+            self._destroy_quietly(doomed)
+        return result
 
     def reset_stats(self) -> None:
         """Zero the creates/reuses/destroys counts and restart the high-water mark at ``live``."""
         with self._lock:
+            doomed = self._take_returned() if self._returned else None
             for c in (*self._counts.values(), self._total):
                 c.creates = c.reuses = c.destroys = 0
                 c.high = c.live
+        if doomed:
+            self._destroy_quietly(doomed)
 
 
 _default: EventPool | None = None

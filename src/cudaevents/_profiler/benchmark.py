@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import threading
 import time
 import warnings
 
 from .._core import driver
 from .._core.cuda_event import CudaEvent
+from .._core.lifetime import after_fork_in_child
 from .._core.pool import EventPool, default_pool
 from .._core.streams import GpuStream, as_stream
 from .._core.wait import check_timeout
@@ -141,8 +143,41 @@ def _torch_stream_for(torch, s: GpuStream):
     return torch.cuda.ExternalStream(handle, device=device)
 
 
+# One L2 flush buffer per device, allocated at the first benchmark(flush_l2=True) there and
+# kept for the process: cuMemFree waits for the whole device, so freeing it could wait for
+# work on any stream (one held on a counter wait the host releases later deadlocks), and
+# cuMemAlloc per call is no steady state either. Never freed, not even at exit.
+_flush_buffers: dict[int, tuple[int, int]] = {}  # device -> (pointer, bytes)
+_outgrown: list[int] = []  # smaller buffers a bigger need replaced: kept, never freed
+_flush_lock = threading.Lock()
+
+
+@after_fork_in_child
+def _after_fork_in_child() -> None:
+    # the buffers are the parent's device memory: a child that may use CUDA allocates its own
+    global _flush_lock
+    _flush_lock = threading.Lock()
+    _flush_buffers.clear()
+    _outgrown.clear()
+
+
+def _flush_buffer(device: int, nbytes: int) -> int:
+    """The device's flush buffer, of ``nbytes`` at least: allocated once, grown (a new one;
+    the old one is kept, not freed) if a later call needs more."""
+    with _flush_lock:
+        held = _flush_buffers.get(device)
+        if held is not None and held[1] >= nbytes:
+            return held[0]
+        ptr = driver.mem_alloc(device, nbytes)
+        if held is not None:
+            _outgrown.append(held[0])
+        _flush_buffers[device] = (ptr, nbytes)
+        return ptr
+
+
 class _Flusher:
-    """Overwrites a buffer of twice the device's L2 size with cuMemsetD32Async on a stream."""
+    """Overwrites a buffer of twice the device's L2 size with cuMemsetD32Async on a stream
+    (the device's flush buffer, which outlives the benchmark: nothing to free)."""
 
     def __init__(self, s: GpuStream):
         try:
@@ -153,19 +188,13 @@ class _Flusher:
         self.nbytes = (nbytes + 3) // 4 * 4
         self._words = self.nbytes // 4
         self._stream = s
-        self._ptr = driver.mem_alloc(s._device, self.nbytes)
+        self._ptr = _flush_buffer(s._device, self.nbytes)
         self._value = 0
 
     def __call__(self) -> None:
         s = self._stream
         self._value = (self._value + 1) & 0xFFFFFFFF
         s._call(driver.memset_d32_async, self._ptr, self._value, self._words, s._live())
-
-    def free(self, idle: bool) -> None:
-        """Free the buffer; ``idle`` says the stream has finished with it (else it leaks)."""
-        ptr, self._ptr = self._ptr, None
-        if ptr is not None and idle:
-            driver.mem_free(ptr)
 
 
 def _capture(torch, fn):
@@ -224,7 +253,9 @@ def benchmark(fn, *, warmup: int = 10, repeat: int = 100, stream=None, flush_l2:
             PyTorch (with CUDA) is imported, else the legacy default stream of the current device.
         flush_l2: before each timed call, overwrite a buffer of twice the L2 size
             (``cuMemsetD32Async`` on ``stream``, outside the timed pair), so every call
-            starts with a cold L2.
+            starts with a cold L2. The buffer is the device's: allocated at the first such
+            call and kept for the process (never freed: ``cuMemFree`` would wait for the
+            whole device).
         graph: capture ``fn`` into a CUDA graph with ``torch.cuda.graph`` (after a few eager
             calls on a side stream) and time its replays. Needs PyTorch and a capturable ``fn``.
         pool: the :class:`EventPool` for the events (default: the process-wide pool).
@@ -271,8 +302,6 @@ def benchmark(fn, *, warmup: int = 10, repeat: int = 100, stream=None, flush_l2:
 def _run(fn, warmup, repeat, s, flush_l2, graph_torch, pool, timeout) -> BenchmarkResult:
     device = s._device
     events = [CudaEvent(device, timing=True, pool=pool) for _ in range(2 * repeat + 2)]
-    flusher = None
-    idle = False
     try:
         flusher = _Flusher(s) if flush_l2 else None
         captured = None
@@ -303,20 +332,11 @@ def _run(fn, warmup, repeat, s, flush_l2, graph_torch, pool, timeout) -> Benchma
             cpu_ns[i] = t1 - t0
         span_end.record(s)
         span_end.synchronize(timeout)  # the one host wait
-        idle = True
         gpu_ms = [start.elapsed_time(end) for start, end in zip(starts, ends)]
         span_ms = span_start.elapsed_time(span_end)
         created = max(0, pool.stats(device).creates - creates_before)
         captured = None
     finally:
         for ev in events:
-            ev.close()
-        if flusher is not None:
-            if not idle:
-                try:
-                    s.synchronize(timeout=10.0)
-                    idle = True
-                except Exception:  # the stream is stuck or broken: leak the buffer, never free it in use
-                    pass
-            flusher.free(idle)
+            ev.close()  # a release while a record is pending is fine (see EventPool)
     return BenchmarkResult.from_samples(gpu_ms, [ns / 1e6 for ns in cpu_ns], created, span_ms)

@@ -457,14 +457,18 @@ class Timer:
     def __del__(self):
         # Hand every event back: the spares, and those of regions still pending (a release
         # while a record is pending is fine, see EventPool). Regions begun and never ended or
-        # discarded keep their two events.
+        # discarded keep their two events. Never through the pool's lock: the collector may
+        # run this finalizer in a thread inside it (DESIGN.md, "What may run inside a lock").
         try:
+            give_back = self._pool.release_many_deferred
             for (device, _), queue in self._pending.items():
                 if device >= 0 and queue:
                     handles = [h for _, start, end in queue for h in (start, end)]
                     queue.clear()
-                    self._pool.release_many(device, TIMING_FLAGS, handles)
-            self._return_spare()
+                    give_back(device, TIMING_FLAGS, handles)
+            for device, spare in self._spare.items():
+                handles, spare[:] = spare[:], []
+                give_back(device, TIMING_FLAGS, handles)
         except Exception:  # a finalizer must not raise (e.g. __init__ failed half way)
             pass
 

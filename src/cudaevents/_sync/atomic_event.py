@@ -484,6 +484,7 @@ class AtomicEvent:
                 cell.release_waiters()
         if not state.exiting:
             cell.retire([t.fence for t in touched])
+            counter_storage.reclaim()  # what earlier counters left behind, once done: no fence lingers
 
     def __enter__(self) -> "AtomicEvent":
         self._check_open()

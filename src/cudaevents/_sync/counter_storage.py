@@ -22,6 +22,7 @@ forgotten, so a new GPU cell there needs the driver and is refused too. Host cel
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import threading
 import weakref
@@ -38,8 +39,20 @@ ATOMIC_BACKENDS = ("mem64", "mem32", "hostfn", "host")
 _quarantine = Quarantine()
 
 
+def reclaim() -> None:
+    """Give back what quarantined counters no GPU work can touch any more (their slots,
+    semaphores and fence events); cheap when nothing is quarantined."""
+    if len(_quarantine):
+        _quarantine.reclaim()
+
+
 class _Slab:
-    """Recycled 8-byte slots of pinned, device-mapped host memory, allocated 4 KiB at a time."""
+    """Recycled 8-byte slots of pinned, device-mapped host memory, allocated 4 KiB at a time.
+
+    :meth:`release` takes no lock (one deque append), so a finalizer may call it, also in a
+    thread inside :meth:`acquire` (the garbage collector may run finalizers there): the slots
+    it returns wait in a pending list that :meth:`acquire` and :meth:`stats` take in under the
+    lock, so they are reused and counted exactly. ``in_use`` counts them until then."""
 
     CHUNK = 4096
 
@@ -47,12 +60,15 @@ class _Slab:
         self._lock = threading.Lock()
         self._free: list[tuple[int, int]] = []
         self._chunks: list[int] = []
+        self._returned: collections.deque = collections.deque()  # from release(), not yet free
         self.in_use = 0
 
     def acquire(self) -> tuple[int, int]:
-        if not self._free and len(_quarantine):
+        if not self._free and not self._returned and len(_quarantine):
             _quarantine.reclaim()
         with self._lock:
+            if self._returned:
+                self._take_returned()
             if not self._free:
                 host, dev = driver.mem_host_alloc(self.CHUNK, mapped=True)
                 self._chunks.append(host)
@@ -61,12 +77,23 @@ class _Slab:
             return self._free.pop()
 
     def release(self, slot: tuple[int, int]) -> None:
-        with self._lock:
+        """Give ``slot`` back; lock-free, safe from finalizers (see the class)."""
+        self._returned.append(slot)
+
+    def _take_returned(self) -> None:
+        """With the lock held: the slots :meth:`release` returned become free."""
+        returned, free = self._returned, self._free
+        while returned:
+            try:
+                free.append(returned.popleft())
+            except IndexError:  # another thread took it meanwhile
+                break
             self.in_use -= 1
-            self._free.append(slot)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
+            if self._returned:
+                self._take_returned()
             total = len(self._chunks) * (self.CHUNK // 8)
             return {"bytes": len(self._chunks) * self.CHUNK, "slots": total, "in_use": self.in_use,
                     "free": len(self._free), "quarantined": len(_quarantine)}
@@ -282,7 +309,7 @@ class HostFnCell:
         for _, ev in pending:
             ev.close()
         # the semaphores must outlive the host functions that wait on them
-        _quarantine.add([ev for _, ev in keep], keep.clear)
+        _quarantine.add([ev for _, ev in keep] + list(fences or ()), keep.clear)
 
 
 # -- fork: a child must never touch the parent's counters ----------------------------------

@@ -63,6 +63,9 @@ class Fence:
 
         Raises:
             ClosedError: the fence (or the CpuStream) was closed.
+            ValueError: a host update (``stream=None``) while an update on a stream has not
+                happened yet: it would claim that one done too. Update on a stream, or
+                :meth:`wait` first.
         """
         with self._lock:
             self._check_open()
