@@ -236,3 +236,10 @@ def test_dropping_a_counter_with_gpu_waits_lets_them_go(gpu):
     del counter
     gc.collect()
     run_in_thread(lambda: _until(lambda: cell.read() == MEM_LIMIT - 1))
+
+
+def test_hostfn_gpu_waits_racing_a_fold_or_a_store_pass():
+    from helpers.subproc import run_script
+
+    out = run_script("hostfn_races.py", timeout=60)
+    assert out.returncode == 0 and "ok fold" in out.stdout and "ok store" in out.stdout, out

@@ -268,6 +268,13 @@ class HostFnCell:
                     still.append((sem, ev))
             self._keep = still
 
+    def _stream(self, stream):
+        # A GpuStream for the raw handle the counter passes (older cuda-bindings' CUstream has
+        # no __cuda_stream__, so the handle alone would not say its device).
+        from .._core.streams import GpuStream
+
+        return GpuStream._borrow(int(stream), self._device, None)
+
     def gpu_signal(self, stream, value: int) -> None:
         from .._core.cuda_event import HeldEvent
 
@@ -278,23 +285,33 @@ class HostFnCell:
                     "wait holds the driver's host-function thread until the host signals. Signal that "
                     "value from the host or a CpuStream, or use the mem64/mem32 backend"
                 )
-        ev = HeldEvent(self._device).record(stream)
+        ev = HeldEvent(self._device).record(self._stream(stream))
         with self._lock:
             self._pending.append((value, ev))
 
     def gpu_wait(self, stream, value: int) -> None:
         from .._core.cuda_event import HeldEvent
 
+        s = self._stream(stream)
+        sem = self._libc.new_semaphore()  # made outside the lock, used only if no signal covers the wait
         with self._lock:  # held so that read() cannot close the event under us
+            if self._value >= value:  # reached: a host read may have folded the signal in already
+                return
             covering = next((ev for promised, ev in self._pending if promised >= value), None)
             if covering is not None:
-                covering.wait(stream)
+                covering.wait(s)
                 return
-        sem = self._libc.new_semaphore()
-        driver.launch_host_func(stream, self._libc.wait_address, ctypes.addressof(sem))
-        after = HeldEvent(self._device).record(stream)
-        with self._lock:
+            # registered before the launch: a store meanwhile posts it, and sem_wait returns at once
             self._waiters.append((value, sem))
+        try:
+            driver.launch_host_func(stream, self._libc.wait_address, ctypes.addressof(sem))
+        except BaseException:
+            with self._lock:
+                if (value, sem) in self._waiters:
+                    self._waiters.remove((value, sem))
+            raise
+        after = HeldEvent(self._device).record(s)
+        with self._lock:
             self._keep.append((sem, after))
 
     def release_waiters(self) -> None:
