@@ -15,6 +15,7 @@ import pytest
 from helpers.fake_driver import FakeDriver, bind
 
 import cudaevents as ce
+from cudaevents._core import pool
 from cudaevents._sync import counter_storage
 
 MEM_LIMIT = 1 << 63
@@ -27,6 +28,7 @@ def gpu(monkeypatch):
     monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "mem64")
     monkeypatch.setattr(counter_storage, "_slab", None)
     monkeypatch.setattr(counter_storage, "_quarantine", counter_storage.Quarantine())
+    monkeypatch.setattr(pool, "_default", None)  # no handles of another test's simulated driver
     return bind(monkeypatch, FakeDriver(stream_order=True, reuse_streams=True))
 
 
@@ -243,3 +245,20 @@ def test_hostfn_gpu_waits_racing_a_fold_or_a_store_pass():
 
     out = run_script("hostfn_races.py", timeout=60)
     assert out.returncode == 0 and "ok fold" in out.stdout and "ok store" in out.stdout, out
+
+
+def test_a_signal_orders_after_the_other_streams_signal_not_after_its_later_waits(gpu, monkeypatch):
+    from cudaevents._core import driver
+
+    a, b = ce.GpuStream(), ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    counter.signal(5, a)
+    counter.wait(7, a)  # a waits for a value that b's signal below leads up to
+    waited = []
+    real = driver.stream_wait_event
+    monkeypatch.setattr(driver, "stream_wait_event", lambda s, e: (waited.append(int(e)), real(s, e)))
+    counter.signal(6, b)  # must follow a's 5, not a's wait for 7 (that would deadlock on a GPU)
+    touched = counter._touched[a._key]
+    assert waited == [touched.signalled.handle] and touched.fence.handle not in waited
+    gpu.run()
+    counter.close()

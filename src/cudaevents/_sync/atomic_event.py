@@ -244,7 +244,7 @@ class AtomicEvent:
                 last = self._last_source
                 after = None  # what this signal must follow: a GPU stream's fence, or a CPU value
                 if last is not None and last is not s._key and cell.read() < self._promised:
-                    after = self._touched[last].fence if type(last) is int else self._promised
+                    after = self._touched[last].signalled if type(last) is int else self._promised
                 # Promised before the enqueue, so a host signal meanwhile is refused rather than
                 # overwritten; a failed enqueue fails the counter (the signal can never land).
                 self._promised = self._direct_promised = self._gpu_promised = v
@@ -256,18 +256,17 @@ class AtomicEvent:
                 elif after is not None:
                     after.wait(s)  # a CUDA-visible dependency on the earlier stream's signal
                 s._call(cell.gpu_signal, s._live(), v)
-                touched.fence.record(s)
+                touched.signalled.record(s)
             except BaseException as exc:
                 self._poison(exc)
                 raise
 
     def _touch(self, s: GpuStream) -> "_Touched":
         """The record of GPU stream ``s`` on this counter (made at its first use; with
-        ``self._gpu_lock`` held): the stream, kept alive until close, and a fence event
-        recorded after every operation of ours there."""
+        ``self._gpu_lock`` held): the stream, kept alive until close, and its two fences."""
         touched = self._touched.get(s._key)
         if touched is None:
-            touched = _Touched(s, HeldEvent(s._device))
+            touched = _Touched(s, HeldEvent(s._device), HeldEvent(s._device))
             with self._lock:
                 self._touched[s._key] = touched
         return touched
@@ -479,11 +478,12 @@ class AtomicEvent:
                     and not state.exiting:
                 s = behind.stream
                 s._call(cell.gpu_signal, s._live(), cell.limit - 1)  # after that stream's signal
-                behind.fence.record(s)
+                behind.signalled.record(s)
             else:
                 cell.release_waiters()
         if not state.exiting:
-            cell.retire([t.fence for t in touched])
+            fences = [ev for t in touched for ev in (t.signalled, t.fence) if ev.recorded or ev.close()]
+            cell.retire(fences)
             counter_storage.reclaim()  # what earlier counters left behind, once done: no fence lingers
 
     def __enter__(self) -> "AtomicEvent":
@@ -507,14 +507,17 @@ class AtomicEvent:
 
 
 class _Touched:
-    """A GPU stream a counter was used on: the stream (kept alive until the counter closes),
-    and a fence event recorded after every operation of the counter there, so its storage
-    can be given back once they complete, also when the stream has been destroyed since."""
+    """A GPU stream a counter was used on: the stream (kept alive until the counter closes)
+    and two fence events, recorded after each of the counter's signals there (``signalled``:
+    what a later signal on another stream orders itself after) and after each of its waits
+    there (``fence``; never an ordering point: a wait may be for a value a later signal gives).
+    The storage goes back once both complete, also when the stream has been destroyed since."""
 
-    __slots__ = ("stream", "fence")
+    __slots__ = ("stream", "signalled", "fence")
 
-    def __init__(self, stream: GpuStream, fence: HeldEvent):
+    def __init__(self, stream: GpuStream, signalled: HeldEvent, fence: HeldEvent):
         self.stream = stream
+        self.signalled = signalled
         self.fence = fence
 
 
