@@ -1120,7 +1120,12 @@ class GpuChain:
                 self._host_wait(k - self.N // 2)  # (fence, value: waits for all so far, k - 1)
             r = rng.random()
             if self.cpu is not None and r < 0.12:
-                self.cpu.enqueue(self._drive, k)
+                # The CpuStream gives k, and GPU streams wait for it on memory (the next GPU signal's
+                # inserted wait, consumers' waits): its thread must make no driver call and never wait
+                # for the GPU (a memset it enqueued after such a wait may be serialized behind it, and
+                # its driver calls block with streams held), so the item is written and finished here.
+                self._drive(k)
+                self.cpu.enqueue(time.sleep, rng.random() * 0.001)  # the signal stays pending a while
                 self.ctr.signal(k, self.cpu)
                 self.last_stream = None
             elif self.temp and r < 0.3 and gw.temp_streams.acquire(blocking=False):
@@ -1139,10 +1144,10 @@ class GpuChain:
                 self.last_stream = s
             self.k = k
 
-    def _drive(self, k) -> None:  # on the chain's CpuStream
+    def _drive(self, k) -> None:  # on the producer, before the CpuStream signal of k is called
         s = self.cpu_gpu
         driver.memset_d32_async(self.block(k), k, self.WORDS, s._handle)
-        s.synchronize(timeout=WAIT)
+        must_come(f"{self.name}: the CPU-driven item {k}", s.synchronize, timeout=WAIT)
 
     def gpu_wait(self, actor) -> None:
         """A GPU consumer stream waits, copies the ring to pinned memory; a CudaEvent, an Event,
@@ -2294,10 +2299,23 @@ def _gpu_close_stranded(actor):
         t = GpuStream(0)
         a = AtomicEvent(0)
         a.signal(2)
-        a.wait(5, t)  # never signalled: close() lets it go
+        # close() releases the wait, so it runs on a thread of its own: this one makes driver calls
+        # behind the wait (the wait's own fence record too), which may block until it is released
+        # (hostfn: the wait holds the driver's host-function thread). It closes once the wait is
+        # enqueued, or after a while if this thread is stuck in the driver after registering it.
+        enqueued = threading.Event()
+        closer = threading.Thread(target=lambda: (enqueued.wait(2.0), a.close()), name="stress-closer",
+                                  daemon=True)
+        closer.start()
+        try:
+            a.wait(5, t)  # never signalled: close() lets it go
+        finally:
+            enqueued.set()
         driver.memset_d32_async(gw.scratch, 1, 64, t._handle)
         done = CudaEvent().record(t)
-        a.close()
+        closer.join(WAIT)
+        if closer.is_alive():
+            raise Failure("STUCK: AtomicEvent.close() of a counter with a stranded GPU wait", stacks=True)
         must_come("a stream behind a GPU wait that close() released", done.synchronize, timeout=WAIT)
         done.close()
         t.close()

@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 
-__all__ = ["state", "after_fork_in_child", "defer", "Quarantine"]
+__all__ = ["state", "after_fork_in_child", "defer", "drain", "Quarantine"]
 
 
 class _State:
@@ -66,6 +66,16 @@ def _run_fork_hooks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_run_fork_hooks)
+
+
+def drain(pending):
+    """The items finalizers appended to the deque ``pending`` (lock-free), taken out one by
+    one by the structure's next caller; a finalizer may append more meanwhile: those come too."""
+    while pending:
+        try:
+            yield pending.popleft()
+        except IndexError:  # another thread took the last one meanwhile
+            return
 
 
 _deferred: queue.SimpleQueue = queue.SimpleQueue()  # put() is reentrant: safe inside a finalizer
@@ -134,12 +144,7 @@ class Quarantine:
 
     def _take_added(self) -> None:
         """With the lock held: move what :meth:`add` appended into the entries."""
-        added, entries = self._added, self._entries
-        while added:
-            try:
-                entries.append(added.popleft())
-            except IndexError:  # another thread took it meanwhile
-                break
+        self._entries.extend(drain(self._added))
 
     def reclaim(self) -> int:
         """Release what is safe now; returns how many entries were released."""

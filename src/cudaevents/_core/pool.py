@@ -8,7 +8,7 @@ import threading
 import weakref
 
 from . import driver, env
-from .lifetime import after_fork_in_child, state
+from .lifetime import after_fork_in_child, drain, state
 
 __all__ = ["EventPool", "PoolStats", "default_pool"]
 
@@ -264,14 +264,10 @@ class EventPool:
         """With the lock held: count and cache the returns of :meth:`release_deferred` (a
         finalizer may add more meanwhile: they are taken too); returns the handles beyond the
         cap, for the caller to destroy once it has released the lock."""
-        returned, keys, total = self._returned, self._keys, self._total
+        keys, total = self._keys, self._total
         cap = None if self._state.exiting else self._max_cached
         doomed = None
-        while returned:
-            try:
-                device, flags, handle = returned.popleft()
-            except IndexError:  # another thread took it meanwhile
-                break
+        for device, flags, handle in drain(self._returned):
             key = keys.get((device, flags))
             if key is None:  # never ours: nothing to count
                 continue

@@ -29,7 +29,7 @@ import weakref
 
 from .._core import driver, env
 from .._core.errors import CudaUnavailableError
-from .._core.lifetime import Quarantine, after_fork_in_child, state
+from .._core.lifetime import Quarantine, after_fork_in_child, drain, state
 
 __all__ = ["ATOMIC_BACKENDS", "HostCell", "MemCell", "HostFnCell", "choose_backend", "slab_stats"]
 
@@ -82,12 +82,8 @@ class _Slab:
 
     def _take_returned(self) -> None:
         """With the lock held: the slots :meth:`release` returned become free."""
-        returned, free = self._returned, self._free
-        while returned:
-            try:
-                free.append(returned.popleft())
-            except IndexError:  # another thread took it meanwhile
-                break
+        for slot in drain(self._returned):
+            self._free.append(slot)
             self.in_use -= 1
 
     def stats(self) -> dict[str, int]:
