@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from helpers.fake_driver import FakeDriver, bind
+from helpers.fake_driver import FakeDriver, bind, finalizers_done
 from helpers.fakes import FakeHandles
 from helpers.latch import Latch
 
@@ -44,7 +44,8 @@ def fake_driver(monkeypatch):
     """The simulated driver (helpers.fake_driver.FakeDriver), bound for this test. Its GPU
     runs only when told (``fake_driver.run(stream)``); set ``keeps_up = True`` for one that
     completes every record at once."""
-    return bind(monkeypatch, FakeDriver())
+    yield bind(monkeypatch, FakeDriver())
+    finalizers_done()  # closes deferred under the simulated driver run before it is unbound
 
 
 # -- counter backends ----------------------------------------------------------------------------

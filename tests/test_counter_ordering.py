@@ -12,7 +12,7 @@ import gc
 import threading
 
 import pytest
-from helpers.fake_driver import FakeDriver, bind
+from helpers.fake_driver import FakeDriver, bind, finalizers_done
 
 import cudaevents as ce
 from cudaevents._core import pool
@@ -29,17 +29,28 @@ def gpu(monkeypatch):
     monkeypatch.setattr(counter_storage, "_slab", None)
     monkeypatch.setattr(counter_storage, "_quarantine", counter_storage.Quarantine())
     monkeypatch.setattr(pool, "_default", None)  # no handles of another test's simulated driver
-    return bind(monkeypatch, FakeDriver(stream_order=True, reuse_streams=True))
+    yield bind(monkeypatch, FakeDriver(stream_order=True, reuse_streams=True))
+    finalizers_done()
 
 
 def run_in_thread(fn, timeout=10.0):
-    """``fn()`` on another thread; fails (instead of hanging) when it does not return in time."""
-    box = []
-    t = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    """``fn()`` on another thread; fails (instead of hanging) when it does not return in time,
+    and raises what ``fn`` raised."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread below
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
     t.start()
     t.join(timeout)
     assert not t.is_alive(), f"{fn} did not return within {timeout} s: deadlock"
-    return box[0] if box else None
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 # -- close() and GPU waiters -------------------------------------------------------------------
@@ -262,3 +273,31 @@ def test_a_signal_orders_after_the_other_streams_signal_not_after_its_later_wait
     assert waited == [touched.signalled.handle] and touched.fence.handle not in waited
     gpu.run()
     counter.close()
+
+
+def test_close_during_a_gpu_wait_being_enqueued_waits_for_it(gpu):
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    cell = counter._cell
+    entered, go_on = threading.Event(), threading.Event()
+    real = cell.gpu_wait
+
+    def slow_gpu_wait(stream, value):  # the driver call of wait(), with close() coming meanwhile
+        entered.set()
+        assert go_on.wait(10)
+        return real(stream, value)
+
+    cell.gpu_wait = slow_gpu_wait
+    waiter = threading.Thread(target=counter.wait, args=(3, s), daemon=True)
+    waiter.start()
+    assert entered.wait(10)
+    counter.close()  # the wait is decided but not enqueued: its release must come after it
+    assert cell.read() == 0
+    go_on.set()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert cell.read() == MEM_LIMIT - 1  # released once the wait was in the stream
+    live = ce.default_pool().stats().live
+    gpu.run()
+    counter_storage.reclaim()
+    assert ce.default_pool().stats().live < live  # its fences were recorded and went back

@@ -331,6 +331,17 @@ def install(**options) -> FakeDriver:
     return fake
 
 
+def finalizers_done(timeout: float = 30.0) -> None:
+    """Wait until the package's finalizer thread has run everything deferred so far (it runs
+    in order): a close deferred under one driver must not run once another is bound."""
+    from cudaevents._core import lifetime
+
+    done = threading.Event()
+    lifetime.defer(done.set)
+    if not done.wait(timeout):
+        raise AssertionError("the cudaevents finalizer thread is stuck")
+
+
 def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     """Bind ``fake`` as the driver of this process for the rest of the test.
 
@@ -341,6 +352,7 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     the default pool, which outlives the test."""
     from cudaevents._core import devices, driver
 
+    finalizers_done()
     bound = [name for name in vars(driver) if name.startswith("_cu") and name != "_cu_launch_host_func"]
     for name in ("_d", "NOT_READY", "_usable", *bound):  # what _bind sets, and the cached availability
         monkeypatch.setattr(driver, name, getattr(driver, name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -87,7 +88,7 @@ class AtomicEvent:
 
     __slots__ = ("_cell", "_device", "_lock", "_gpu_lock", "_cond", "_promised", "_last_source", "_error",
                  "_error_tb", "_closed", "_touched", "_gpu_wait_max", "_cpu_pending", "_direct_promised",
-                 "_gpu_promised", "_policy", "_final", "_finish", "__weakref__")
+                 "_gpu_promised", "_gpu_inflight", "_policy", "_final", "_finish", "__weakref__")
 
     def __init__(self, device=None, *, policy=None):
         self._closed = True  # until fully built, so a failed __init__ leaves nothing to close
@@ -103,7 +104,8 @@ class AtomicEvent:
         self._promised = 0
         self._last_source = None  # None: the host; a CpuStream; or a GPU stream's key (int)
         self._gpu_promised = 0  # highest value a GPU stream signal promised
-        self._finish = None  # the rest of close(), left to the last pending CPU signal
+        self._finish = None  # the rest of close(), left to the last CPU signal or GPU enqueue in flight
+        self._gpu_inflight = 0  # GPU operations decided and being enqueued
         self._error = None
         self._error_tb = None
         self._touched: dict[int, _Touched] = {}  # by GpuStream key
@@ -235,7 +237,8 @@ class AtomicEvent:
             return
         s = self._gpu_stream(stream)
         with self._gpu_lock:  # GPU enqueues of this counter in call order, outside self._lock
-            with self._lock:
+            new = self._new_touched(s)
+            with _unless_used(new), self._lock:
                 self._check_open()
                 self._check_order(v)
                 if self._error is not None:
@@ -243,13 +246,13 @@ class AtomicEvent:
                     return
                 last = self._last_source
                 after = None  # what this signal must follow: a GPU stream's fence, or a CPU value
-                if last is not None and last is not s._key and cell.read() < self._promised:
+                if last is not None and last != s._key and cell.read() < self._promised:
                     after = self._touched[last].signalled if type(last) is int else self._promised
                 # Promised before the enqueue, so a host signal meanwhile is refused rather than
                 # overwritten; a failed enqueue fails the counter (the signal can never land).
                 self._promised = self._direct_promised = self._gpu_promised = v
                 self._last_source = s._key
-            touched = self._touch(s)
+                touched = self._in_flight(s, new)
             try:
                 if type(after) is int:  # keep completion order = call order
                     s._call(cell.gpu_wait, s._live(), after)  # a host value: only a memory wait sees it
@@ -260,16 +263,44 @@ class AtomicEvent:
             except BaseException as exc:
                 self._poison(exc)
                 raise
+            finally:
+                self._landed_in_queue()
 
-    def _touch(self, s: GpuStream) -> "_Touched":
-        """The record of GPU stream ``s`` on this counter (made at its first use; with
-        ``self._gpu_lock`` held): the stream, kept alive until close, and its two fences."""
+    def _new_touched(self, s: GpuStream) -> "_Touched | None":
+        """A record for GPU stream ``s`` if the counter has none yet (made outside the state
+        lock: taking its events may create them in the driver); with ``self._gpu_lock`` held."""
+        if s._key in self._touched:
+            return None
+        return _Touched(s, HeldEvent(s._device), HeldEvent(s._device))
+
+    def _in_flight(self, s: GpuStream, new) -> "_Touched":
+        """With the state lock held, once a GPU operation on ``s`` is decided: its stream's
+        record (``new`` if it had none; an unused ``new`` is given back), and one more
+        operation in flight, so a close() meanwhile leaves its end to that operation."""
         touched = self._touched.get(s._key)
         if touched is None:
-            touched = _Touched(s, HeldEvent(s._device), HeldEvent(s._device))
-            with self._lock:
-                self._touched[s._key] = touched
+            touched = self._touched[s._key] = new
+            new.used = True
+        self._gpu_inflight += 1
         return touched
+
+    def _landed_in_queue(self) -> None:
+        """A GPU operation is enqueued (or failed): the last one in flight finishes a close()
+        that came meanwhile."""
+        with self._lock:
+            self._gpu_inflight -= 1
+            finish = self._take_finish()
+        if finish is not None:
+            finish()
+
+    def _take_finish(self):
+        """With the state lock held: the rest of close() once nothing it must wait for is
+        left in flight (no pending CPU signal, no GPU operation being enqueued), else None."""
+        finish = self._finish
+        if finish is None or not self._closed or self._cpu_pending or self._gpu_inflight:
+            return None
+        self._finish = None
+        return finish
 
     def _cpu_signal(self, v: int, prev, stream: CpuStream, entry) -> None:
         """Runs on the CpuStream's thread. A close() meanwhile does not stop it: signals
@@ -297,10 +328,8 @@ class AtomicEvent:
         finally:
             with self._lock:
                 self._cpu_pending.remove(entry)
-                finish = self._closed and not self._cpu_pending and self._finish is not None
-                if finish:
-                    finish, self._finish = self._finish, None
-            if finish:
+                finish = self._take_finish()
+            if finish is not None:
                 finish()
 
     def _failure_probe(self, v: int):
@@ -373,7 +402,8 @@ class AtomicEvent:
             return
         s = self._gpu_stream(stream)
         with self._gpu_lock:
-            with self._lock:
+            new = self._new_touched(s)
+            with _unless_used(new), self._lock:
                 self._raise_error()
                 if self._read() >= v:
                     return
@@ -388,11 +418,14 @@ class AtomicEvent:
                 # counted before the enqueue: a close() meanwhile lets this wait go too
                 if v > self._gpu_wait_max:
                     self._gpu_wait_max = v
-            touched = self._touch(s)
+                touched = self._in_flight(s, new)
             # Outside self._lock: behind about a thousand operations queued after an unsatisfied
             # wait the driver blocks this call, and the signal that frees it must not need the lock.
-            s._call(cell.gpu_wait, s._live(), v)
-            touched.fence.record(s)
+            try:
+                s._call(cell.gpu_wait, s._live(), v)
+                touched.fence.record(s)
+            finally:
+                self._landed_in_queue()
 
     def _only_this_thread_signals(self, v: int) -> bool:
         """True when ``v`` is promised only by pending signals of a CpuStream whose thread is
@@ -461,7 +494,7 @@ class AtomicEvent:
             behind = self._touched.get(last) if type(last) is int and self._final < self._promised else None
             finish = functools.partial(self._release_storage, cell, list(self._touched.values()), stranded, behind)
             self._touched = {}
-            if self._cpu_pending:  # the last pending CPU signal finishes
+            if self._cpu_pending or self._gpu_inflight:  # the last of them finishes
                 self._finish, finish = finish, None
         if finish is not None:
             finish()
@@ -513,12 +546,25 @@ class _Touched:
     there (``fence``; never an ordering point: a wait may be for a value a later signal gives).
     The storage goes back once both complete, also when the stream has been destroyed since."""
 
-    __slots__ = ("stream", "signalled", "fence")
+    __slots__ = ("stream", "signalled", "fence", "used")
 
     def __init__(self, stream: GpuStream, signalled: HeldEvent, fence: HeldEvent):
         self.stream = stream
         self.signalled = signalled
         self.fence = fence
+        self.used = False  # taken into a counter's records (else given back, see _unless_used)
+
+
+@contextlib.contextmanager
+def _unless_used(touched: "_Touched | None"):
+    """Give back the events of a record made for an operation that then did not happen (an
+    early return or a refusal)."""
+    try:
+        yield
+    finally:
+        if touched is not None and not touched.used:
+            touched.signalled.close()
+            touched.fence.close()
 
 
 _events: weakref.WeakSet = weakref.WeakSet()
