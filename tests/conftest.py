@@ -4,6 +4,7 @@ tests/scripts (neither is collected)."""
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -45,6 +46,7 @@ def fake_driver(monkeypatch):
     runs only when told (``fake_driver.run(stream)``); set ``keeps_up = True`` for one that
     completes every record at once."""
     yield bind(monkeypatch, FakeDriver())
+    gc.collect()
     finalizers_done()  # closes deferred under the simulated driver run before it is unbound
 
 

@@ -15,7 +15,6 @@ import pytest
 from helpers.fake_driver import FakeDriver, bind, finalizers_done
 
 import cudaevents as ce
-from cudaevents._core import pool
 from cudaevents._sync import counter_storage
 
 MEM_LIMIT = 1 << 63
@@ -26,10 +25,8 @@ def gpu(monkeypatch):
     """A simulated GPU whose stream writes wait for run(stream), reusing stream handles, with
     counters on mem64 and a slab of its own."""
     monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "mem64")
-    monkeypatch.setattr(counter_storage, "_slab", None)
-    monkeypatch.setattr(counter_storage, "_quarantine", counter_storage.Quarantine())
-    monkeypatch.setattr(pool, "_default", None)  # no handles of another test's simulated driver
     yield bind(monkeypatch, FakeDriver(stream_order=True, reuse_streams=True))
+    gc.collect()
     finalizers_done()
 
 

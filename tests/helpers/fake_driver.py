@@ -350,9 +350,20 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     simulated leaks into later tests, and nothing real (a context retained on a GPU machine)
     leaks into this one. Use stand-in event handles (the ``fake_pool`` fixture) rather than
     the default pool, which outlives the test."""
-    from cudaevents._core import devices, driver
+    import gc
 
+    from cudaevents._core import devices, driver, pool
+    from cudaevents._sync import counter_storage, event
+
+    gc.collect()  # what earlier tests left in cycles is finalized under the driver it belongs to
     finalizers_done()
+    # Whatever caches handles or memory across tests starts empty, so no simulated handle is
+    # ever handed to the real driver after this test (a real one would crash on it), nor a real
+    # one to the simulation.
+    monkeypatch.setattr(pool, "_default", None)
+    monkeypatch.setattr(counter_storage, "_slab", None)
+    monkeypatch.setattr(counter_storage, "_quarantine", counter_storage.Quarantine())
+    monkeypatch.setattr(event, "_helpers", {})
     bound = [name for name in vars(driver) if name.startswith("_cu") and name != "_cu_launch_host_func"]
     for name in ("_d", "NOT_READY", "_usable", *bound):  # what _bind sets, and the cached availability
         monkeypatch.setattr(driver, name, getattr(driver, name))
