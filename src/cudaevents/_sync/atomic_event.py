@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -238,7 +237,7 @@ class AtomicEvent:
         s = self._gpu_stream(stream)
         with self._gpu_lock:  # GPU enqueues of this counter in call order, outside self._lock
             new = self._new_touched(s)
-            with _unless_used(new), self._lock:
+            with new or _NO_RECORD, self._lock:
                 self._check_open()
                 self._check_order(v)
                 if self._error is not None:
@@ -403,7 +402,7 @@ class AtomicEvent:
         s = self._gpu_stream(stream)
         with self._gpu_lock:
             new = self._new_touched(s)
-            with _unless_used(new), self._lock:
+            with new or _NO_RECORD, self._lock:
                 self._raise_error()
                 if self._read() >= v:
                     return
@@ -552,19 +551,32 @@ class _Touched:
         self.stream = stream
         self.signalled = signalled
         self.fence = fence
-        self.used = False  # taken into a counter's records (else given back, see _unless_used)
+        self.used = False  # taken into a counter's records (else given back on leaving a with block)
+
+    # A record made for an operation that then did not happen (an early return, a refusal)
+    # gives its events back: ``with new or _NO_RECORD, lock:`` around the decision.
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        if not self.used:
+            self.signalled.close()
+            self.fence.close()
 
 
-@contextlib.contextmanager
-def _unless_used(touched: "_Touched | None"):
-    """Give back the events of a record made for an operation that then did not happen (an
-    early return or a refusal)."""
-    try:
-        yield
-    finally:
-        if touched is not None and not touched.used:
-            touched.signalled.close()
-            touched.fence.close()
+class _NoRecord:
+    """Stands in for a new :class:`_Touched` where the stream has its record already."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_NO_RECORD = _NoRecord()
 
 
 _events: weakref.WeakSet = weakref.WeakSet()
