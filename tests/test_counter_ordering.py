@@ -298,3 +298,34 @@ def test_close_during_a_gpu_wait_being_enqueued_waits_for_it(gpu):
     gpu.run()
     counter_storage.reclaim()
     assert ce.default_pool().stats().live < live  # its fences were recorded and went back
+
+
+def test_no_finalizer_calls_the_driver_in_the_collecting_thread(gpu, monkeypatch, cpu):
+    """The collector runs finalizers in whatever thread allocates, also one that releases GPU
+    streams held on host values and so must make no driver call (with such streams held, any
+    driver call may block: README, "CPU and GPU synchronization"). Every finalizer's driver work
+    goes to the finalizer thread."""
+    cpu = cpu()
+    calls = []
+    noted = gpu._called
+    monkeypatch.setattr(gpu, "_called", lambda name: (calls.append((name, threading.get_ident())), noted(name)))
+    s = ce.GpuStream()
+    ev = ce.CudaEvent(timing=True).record(s)
+    counter = ce.AtomicEvent(0)
+    counter.signal(1, s)
+    counter.wait(2, s)
+    value = ce.Event()
+    value.signal(s)
+    fence = ce.Fence(0)
+    fence.update(s)
+    timer = ce.Timer()
+    with timer.region("r", s):
+        pass
+    held = [_Cycle(x) for x in (ce.GpuStream(), ce.GpuStream(blocking=True), s, ev, counter, value, fence, timer, cpu)]
+    del s, ev, counter, value, fence, timer, cpu, held
+    calls.clear()
+    gc.collect()
+    assert [name for name, thread in calls if thread == threading.get_ident()] == []
+    gpu.run()
+    finalizers_done()
+    assert gpu.calls["cuStreamDestroy"] == 3

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 from . import driver
 from .devices import resolve_device_index
 from .errors import ClosedError, DeviceMismatchError
-from .lifetime import state
+from .lifetime import defer, state
 from .wait import check_timeout, wait_until
 
 __all__ = ["GpuStream", "as_stream", "stream_identity"]
@@ -174,11 +175,13 @@ class GpuStream:
         self.close()
 
     def __del__(self):
-        if getattr(self, "_handle", None) is not None and self._owned:
-            try:
-                self.close()
-            except Exception:  # a finalizer must not raise; the driver may be gone
-                pass
+        # Never a driver call in the collecting thread: the collector may run this in a thread
+        # that must make none, one that releases streams held on host values (DESIGN.md,
+        # "What may run inside a lock"). The finalizer thread destroys the stream.
+        h = getattr(self, "_handle", None)
+        if h is not None and self._owned and not state.exiting and not state.forked:
+            self._handle = None  # the collector may make a finalized object reachable again
+            defer(functools.partial(driver.stream_destroy, h))
 
 
 def _protocol_handle(obj) -> int:
