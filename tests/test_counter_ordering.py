@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import pytest
 from helpers.fake_driver import FakeDriver, bind, finalizers_done
@@ -70,7 +71,9 @@ def test_close_releases_stranded_gpu_waits_only_after_the_last_pending_signal(gp
     counter.close()
     assert counter._cell.read() == 0  # a release now would be lowered again by the signal of 5
     gpu.run(producer)
-    assert counter._cell.read() == MEM_LIMIT - 1  # released in the producer's stream order
+    assert counter._cell.read() == 5  # the release follows that signal on the helper stream
+    gpu.run()
+    assert counter._cell.read() == MEM_LIMIT - 1
     assert "no signal will reach" in caplog.text
 
 
@@ -229,8 +232,6 @@ def test_a_counter_collected_inside_the_slab_lock_closes_on_another_thread(gpu):
 
 
 def _until(condition, timeout=5.0):
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "never happened"
@@ -252,7 +253,7 @@ def test_hostfn_gpu_waits_racing_a_fold_or_a_store_pass():
     from helpers.subproc import run_script
 
     out = run_script("hostfn_races.py", timeout=60)
-    assert out.returncode == 0 and "ok fold" in out.stdout and "ok store" in out.stdout, out
+    assert out.returncode == 0 and all(f"ok {case}" in out.stdout for case in ("fold", "store", "close")), out
 
 
 def test_a_signal_orders_after_the_other_streams_signal_not_after_its_later_waits(gpu, monkeypatch):
@@ -272,7 +273,7 @@ def test_a_signal_orders_after_the_other_streams_signal_not_after_its_later_wait
     counter.close()
 
 
-def test_close_during_a_gpu_wait_being_enqueued_waits_for_it(gpu):
+def test_close_during_a_gpu_wait_being_enqueued_lets_it_go_and_retires_after_it(gpu):
     s = ce.GpuStream()
     counter = ce.AtomicEvent(0)
     cell = counter._cell
@@ -288,16 +289,63 @@ def test_close_during_a_gpu_wait_being_enqueued_waits_for_it(gpu):
     waiter = threading.Thread(target=counter.wait, args=(3, s), daemon=True)
     waiter.start()
     assert entered.wait(10)
-    counter.close()  # the wait is decided but not enqueued: its release must come after it
-    assert cell.read() == 0
+    slab = counter_storage._get_slab()
+    in_use = slab.stats()["in_use"]
+    counter.close()  # no signal pending: the wait is let go now, and passes once enqueued
+    assert cell.read() == MEM_LIMIT - 1
     go_on.set()
     waiter.join(10)
     assert not waiter.is_alive()
-    assert cell.read() == MEM_LIMIT - 1  # released once the wait was in the stream
-    live = ce.default_pool().stats().live
     gpu.run()
     counter_storage.reclaim()
-    assert ce.default_pool().stats().live < live  # its fences were recorded and went back
+    assert slab.stats()["in_use"] == in_use - 1  # retired after the wait's fence, which was recorded
+
+
+def test_close_does_not_wait_for_a_gpu_wait_whose_enqueue_blocks_until_it_is_let_go(gpu):
+    """Behind GPU waits for host values the driver may block every enqueue until they are let
+    go (hostfn: the wait's own host function holds the driver's callback thread): the wait's
+    enqueue cannot finish before close() lets it go, so close() must not leave that to it."""
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    cell = counter._cell
+    real, entered, stuck = cell.gpu_wait, threading.Event(), threading.Event()
+
+    def blocking_gpu_wait(stream, value):
+        real(stream, value)
+        entered.set()
+        deadline = time.monotonic() + 5
+        while cell.read() < value:  # the driver, until the wait is let go
+            if time.monotonic() > deadline:
+                stuck.set()
+                return
+            time.sleep(0.005)
+
+    cell.gpu_wait = blocking_gpu_wait
+    waiter = threading.Thread(target=counter.wait, args=(3, s), daemon=True)
+    waiter.start()
+    assert entered.wait(10)
+    run_in_thread(counter.close)
+    waiter.join(10)
+    assert not waiter.is_alive() and not stuck.is_set(), "the wait's enqueue was never let go"
+
+
+def test_stranded_waits_go_after_the_last_signal_on_the_helper_stream(gpu):
+    """signal(1, s), then a wait for 5 on s, then close(): the write that lets the wait go must
+    follow the signal, and not queue on s behind the wait, where it would never run."""
+    from cudaevents._core.streams import helper_stream
+
+    s = ce.GpuStream()
+    counter = ce.AtomicEvent(0)
+    cell = counter._cell
+    counter.signal(1, s)
+    counter.wait(5, s)
+    counter.close()
+    helper = helper_stream(0)
+    assert gpu.pending.get(helper._handle), "the release is not on the helper stream"
+    gpu.run(s)
+    assert cell.read() == 1  # s ran up to its wait; the release waits on the helper
+    gpu.run(helper)
+    assert cell.read() == MEM_LIMIT - 1
 
 
 def test_no_finalizer_calls_the_driver_in_the_collecting_thread(gpu, monkeypatch, cpu):

@@ -379,6 +379,18 @@ def test_stranded_gpu_waits_go_after_the_pending_signal(gpu_backend, gpu_streams
     consumer.synchronize(timeout=10)  # let go after the signal of 5, not hung
 
 
+@pytest.mark.parametrize("gpu_backend", ["mem64", "mem32"], indirect=True)
+def test_a_stranded_wait_behind_the_pending_signal_on_its_own_stream_is_let_go(gpu_backend, gpu_streams, latch):
+    (s,) = gpu_streams(1)
+    counter = AtomicEvent(0)
+    latch.block(s)
+    counter.signal(5, s)
+    counter.wait(9, s)  # never signalled, on the signal's own stream: the release must not queue behind it
+    counter.close()
+    latch.release()
+    s.synchronize(timeout=10)
+
+
 def test_a_destroyed_streams_reused_handle_keeps_signal_order(backend):
     if backend == "hostfn":
         pytest.skip("the hostfn backend signals with CUDA events: no stream memory writes to reorder")

@@ -352,8 +352,8 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     the default pool, which outlives the test."""
     import gc
 
-    from cudaevents._core import devices, driver, pool
-    from cudaevents._sync import counter_storage, event
+    from cudaevents._core import devices, driver, pool, streams
+    from cudaevents._sync import counter_storage
 
     gc.collect()  # what earlier tests left in cycles is finalized under the driver it belongs to
     finalizers_done()
@@ -363,7 +363,7 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     monkeypatch.setattr(pool, "_default", None)
     monkeypatch.setattr(counter_storage, "_slab", None)
     monkeypatch.setattr(counter_storage, "_quarantine", counter_storage.Quarantine())
-    monkeypatch.setattr(event, "_helpers", {})
+    monkeypatch.setattr(streams, "_helpers", {})
     bound = [name for name in vars(driver) if name.startswith("_cu") and name != "_cu_launch_host_func"]
     for name in ("_d", "NOT_READY", "_usable", *bound):  # what _bind sets, and the cached availability
         monkeypatch.setattr(driver, name, getattr(driver, name))

@@ -2,7 +2,8 @@
 
 - fold: the GPU signal that covers a GPU wait lands, and a host read folds it in, between
   AtomicEvent.wait's check and the cell's lookup of a covering event;
-- store: a host signal lands while the cell is making the semaphore of a GPU wait.
+- store: a host signal lands while the cell is making the semaphore of a GPU wait;
+- close: close() lets stranded GPU waits go while a GPU wait is decided but not yet registered.
 
 Either way the GPU wait must pass; before the fix it waited on a semaphore nobody posts.
 Prints "ok <scenario>" per scenario; run by tests/test_counter_ordering.py."""
@@ -70,5 +71,24 @@ def store():
     a.close()
 
 
+def close():
+    q = ce.GpuStream(0)
+    a = ce.AtomicEvent(0)
+    cell, real = a._cell, a._cell.gpu_wait
+
+    def gpu_wait_after_a_close(stream, value):
+        t = threading.Thread(target=a.close)
+        t.start()
+        t.join(5)
+        real(stream, value)
+        # before wait() returns and close()'s last step (retiring the cell) runs: on a GPU the
+        # driver calls left in wait() may block until this host function has returned
+        passes(q, "close")
+
+    cell.gpu_wait = gpu_wait_after_a_close
+    a.wait(5, q)  # never signalled: the close() meanwhile lets it go
+
+
 fold()
 store()
+close()

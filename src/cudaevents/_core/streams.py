@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 
 from . import driver
 from .devices import resolve_device_index
@@ -11,7 +12,7 @@ from .errors import ClosedError, DeviceMismatchError
 from .lifetime import defer, state
 from .wait import check_timeout, wait_until
 
-__all__ = ["GpuStream", "as_stream", "stream_identity"]
+__all__ = ["GpuStream", "as_stream", "helper_stream", "stream_identity"]
 
 # Handle values with a meaning of their own: the default stream (0), CU_STREAM_LEGACY (1) and
 # CU_STREAM_PER_THREAD (2). They name a stream of whatever context is current, so every call
@@ -332,3 +333,21 @@ def _borrow_checked(handle: int, device: int, owner) -> GpuStream:
             raise DeviceMismatchError(f"the stream belongs to device {actual}, not device {device}; "
                                       f"pass device={actual}, or leave device= out")
     return GpuStream._borrow(handle, device, owner)
+
+
+_helpers: dict[int, GpuStream] = {}
+_helpers_lock = threading.Lock()
+
+
+def helper_stream(device: int) -> GpuStream:
+    """The library's own stream on ``device``, for work that must follow a CUDA event and
+    nothing else: an Event carrying its CUDA event over to a counter, a counter letting
+    stranded GPU waits go after its last signal. Only event waits and their writes go there
+    (never a memory wait), so nothing queued there can hold it."""
+    s = _helpers.get(device)
+    if s is None:
+        with _helpers_lock:
+            s = _helpers.get(device)
+            if s is None:
+                s = _helpers[device] = GpuStream(device)
+    return s

@@ -13,7 +13,7 @@ from .._core.cuda_event import HeldEvent
 from .._core.devices import resolve_device_index
 from .._core.errors import ClosedError, CudaError, DeviceMismatchError
 from .._core.lifetime import after_fork_in_child, defer, state
-from .._core.streams import GpuStream, as_stream
+from .._core.streams import GpuStream, as_stream, helper_stream
 from .._core.wait import check_timeout, resolve_policy, wait_until
 from . import counter_storage
 from .cpu_stream import CpuStream
@@ -87,7 +87,7 @@ class AtomicEvent:
 
     __slots__ = ("_cell", "_device", "_lock", "_gpu_lock", "_cond", "_promised", "_last_source", "_error",
                  "_error_tb", "_closed", "_touched", "_gpu_wait_max", "_cpu_pending", "_direct_promised",
-                 "_gpu_promised", "_gpu_inflight", "_policy", "_final", "_finish", "__weakref__")
+                 "_gpu_promised", "_gpu_inflight", "_gpu_signalling", "_policy", "_final", "_finish", "__weakref__")
 
     def __init__(self, device=None, *, policy=None):
         self._closed = True  # until fully built, so a failed __init__ leaves nothing to close
@@ -103,8 +103,9 @@ class AtomicEvent:
         self._promised = 0
         self._last_source = None  # None: the host; a CpuStream; or a GPU stream's key (int)
         self._gpu_promised = 0  # highest value a GPU stream signal promised
-        self._finish = None  # the rest of close(), left to the last CPU signal or GPU enqueue in flight
+        self._finish = None  # what close() left to the operations in flight: (release, retire)
         self._gpu_inflight = 0  # GPU operations decided and being enqueued
+        self._gpu_signalling = 0  # of which GPU signals
         self._error = None
         self._error_tb = None
         self._touched: dict[int, _Touched] = {}  # by GpuStream key
@@ -252,6 +253,7 @@ class AtomicEvent:
                 self._promised = self._direct_promised = self._gpu_promised = v
                 self._last_source = s._key
                 touched = self._in_flight(s, new)
+                self._gpu_signalling += 1
             try:
                 if type(after) is int:  # keep completion order = call order
                     s._call(cell.gpu_wait, s._live(), after)  # a host value: only a memory wait sees it
@@ -263,7 +265,7 @@ class AtomicEvent:
                 self._poison(exc)
                 raise
             finally:
-                self._landed_in_queue()
+                self._landed_in_queue(signal=True)
 
     def _new_touched(self, s: GpuStream) -> "_Touched | None":
         """A record for GPU stream ``s`` if the counter has none yet (made outside the state
@@ -283,23 +285,30 @@ class AtomicEvent:
         self._gpu_inflight += 1
         return touched
 
-    def _landed_in_queue(self) -> None:
+    def _landed_in_queue(self, signal: bool = False) -> None:
         """A GPU operation is enqueued (or failed): the last one in flight finishes a close()
         that came meanwhile."""
         with self._lock:
             self._gpu_inflight -= 1
+            self._gpu_signalling -= signal
             finish = self._take_finish()
-        if finish is not None:
-            finish()
+        for step in finish:
+            step()
 
-    def _take_finish(self):
-        """With the state lock held: the rest of close() once nothing it must wait for is
-        left in flight (no pending CPU signal, no GPU operation being enqueued), else None."""
-        finish = self._finish
-        if finish is None or not self._closed or self._cpu_pending or self._gpu_inflight:
-            return None
+    def _take_finish(self) -> tuple:
+        """With the state lock held: the steps of close() that what is in flight no longer
+        holds back. Letting stranded GPU waits go waits for the signals only (pending CPU
+        signals, GPU signals being enqueued), never for a GPU wait being enqueued: that wait's
+        own driver calls may block until its stream is let go. Retiring the cell waits for
+        every operation in flight (each records its stream's fence)."""
+        if self._finish is None or self._cpu_pending or self._gpu_signalling:
+            return ()
+        release, retire = self._finish
+        if self._gpu_inflight:
+            self._finish = (None, retire)
+            return () if release is None else (release,)
         self._finish = None
-        return finish
+        return (retire,) if release is None else (release, retire)
 
     def _cpu_signal(self, v: int, prev, stream: CpuStream, entry) -> None:
         """Runs on the CpuStream's thread. A close() meanwhile does not stop it: signals
@@ -328,8 +337,8 @@ class AtomicEvent:
             with self._lock:
                 self._cpu_pending.remove(entry)
                 finish = self._take_finish()
-            if finish is not None:
-                finish()
+            for step in finish:
+                step()
 
     def _failure_probe(self, v: int):
         """For a host wait for ``v``: a check, cheap enough to call in a spin loop, that looks
@@ -491,28 +500,39 @@ class AtomicEvent:
             stranded = cell.gpu and self._gpu_wait_max > (self._final if self._error is not None else self._promised)
             last = self._last_source
             behind = self._touched.get(last) if type(last) is int and self._final < self._promised else None
-            finish = functools.partial(self._release_storage, cell, list(self._touched.values()), stranded, behind)
+            touched = list(self._touched.values())
+            release = functools.partial(self._release_stranded, cell, behind, touched) if stranded else None
+            self._finish = (release, functools.partial(self._retire, cell, touched))
             self._touched = {}
-            if self._cpu_pending or self._gpu_inflight:  # the last of them finishes
-                self._finish, finish = finish, None
-        if finish is not None:
-            finish()
+            finish = self._take_finish()  # what is in flight finishes the rest
+        for step in finish:
+            step()
 
-    def _release_storage(self, cell, touched: list, stranded: bool, behind) -> None:
-        """The end of :meth:`close`, once no CPU signal is pending: let stranded GPU waits go
-        after the last GPU signal (``behind``: that stream's record, when it may not have landed
-        yet), then retire the cell behind every stream's fence."""
-        if stranded:
-            if not state.exiting:  # at exit the process is going anyway: say nothing
-                _log.warning("AtomicEvent closed with GPU waits for up to %d that no signal will reach; "
-                             "released them", self._gpu_wait_max)
-            if behind is not None and cell.releases_in_stream_order and behind.stream._handle is not None \
-                    and not state.exiting:
-                s = behind.stream
-                s._call(cell.gpu_signal, s._live(), cell.limit - 1)  # after that stream's signal
-                behind.signalled.record(s)
-            else:
-                cell.release_waiters()
+    def _release_stranded(self, cell, behind, touched: list) -> None:
+        """A step of :meth:`close`, once no signal is pending or being enqueued: let stranded
+        GPU waits go after the last GPU signal (``behind``: that stream's record, when it may
+        not have landed yet). GPU waits enqueued after this pass at once.
+
+        The write that lets them go after that signal goes on the library's helper stream,
+        behind the signal's CUDA event: on the signal's own stream it could queue behind a
+        stranded wait enqueued there since, which would hold it forever. The helper's record
+        joins ``touched``, so the cell is retired behind it too."""
+        if not state.exiting:  # at exit the process is going anyway: say nothing
+            _log.warning("AtomicEvent closed with GPU waits for up to %d that no signal will reach; "
+                         "released them", self._gpu_wait_max)
+        if behind is not None and cell.releases_in_stream_order and not state.exiting:
+            h = helper_stream(self._device)
+            behind.signalled.wait(h)
+            h._call(cell.gpu_signal, h._live(), cell.limit - 1)
+            done = HeldEvent(self._device)
+            done.record(h)
+            touched.append(_Touched(h, done, HeldEvent(self._device)))
+        else:
+            cell.release_waiters()
+
+    def _retire(self, cell, touched: list) -> None:
+        """The last step of :meth:`close`, once nothing is in flight: the cell goes back behind
+        every stream's fence."""
         if not state.exiting:
             fences = [ev for t in touched for ev in (t.signalled, t.fence) if ev.recorded or ev.close()]
             cell.retire(fences)

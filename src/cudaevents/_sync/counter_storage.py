@@ -225,6 +225,7 @@ class HostFnCell:
         self._pending: list[tuple[int, object]] = []  # GPU signals in flight: (value, event)
         self._waiters: list[tuple[int, object]] = []  # blocked GPU waits: (target, semaphore)
         self._keep: list[tuple[object, object]] = []  # (semaphore, event after its host function)
+        self._released = False  # release_waiters() ran: every GPU wait passes from then on
         self._lock = threading.Lock()  # read() runs from host waiters without the event's lock
         _gpu_cells.add(self)
 
@@ -291,8 +292,8 @@ class HostFnCell:
         s = self._stream(stream)
         sem = self._libc.new_semaphore()  # made outside the lock, used only if no signal covers the wait
         with self._lock:  # held so that read() cannot close the event under us
-            if self._value >= value:  # reached: a host read may have folded the signal in already
-                return
+            if self._value >= value or self._released:  # reached (a host read may have folded the
+                return  # signal in already), or let go by close(), which a wait enqueued after it sees here
             covering = next((ev for promised, ev in self._pending if promised >= value), None)
             if covering is not None:
                 covering.wait(s)
@@ -312,6 +313,7 @@ class HostFnCell:
 
     def release_waiters(self) -> None:
         with self._lock:
+            self._released = True
             self._post_waiters(self.limit)
 
     def retire(self, fences: list | None) -> None:

@@ -6,28 +6,12 @@ import threading
 
 from .._core.cuda_event import CudaEvent
 from .._core.errors import ClosedError, NotRecordedError
-from .._core.streams import GpuStream, as_stream
+from .._core.streams import GpuStream, as_stream, helper_stream
 from .._core.wait import check_timeout, resolve_policy, wait_until
 from .atomic_event import AtomicEvent
 from .cpu_stream import CpuStream
 
 __all__ = ["Event"]
-
-_helpers: dict[int, GpuStream] = {}
-_helpers_lock = threading.Lock()
-
-
-def _helper_stream(device: int) -> GpuStream:
-    """A stream of our own per device, used to carry a CUDA event's completion over to a
-    counter when an Event changes backing."""
-    s = _helpers.get(device)
-    if s is None:
-        with _helpers_lock:
-            s = _helpers.get(device)
-            if s is None:
-                s = _helpers[device] = GpuStream(device)
-    return s
-
 
 class Event:
     """A value event: :meth:`signal` sets it to :attr:`value` on a stream (CPU or GPU) or the
@@ -123,7 +107,7 @@ class Event:
             atomic = AtomicEvent(self._device if self._device is not None else device)
         else:
             atomic = AtomicEvent(ce._device)
-            helper = _helper_stream(ce._device)
+            helper = helper_stream(ce._device)
             ce.wait(helper)
             atomic.signal(1, helper)  # the CUDA event's completion, carried over in stream order
         self._atomic = atomic
