@@ -4,11 +4,10 @@ tests/scripts (neither is collected)."""
 
 from __future__ import annotations
 
-import gc
 import threading
 
 import pytest
-from helpers.fake_driver import FakeDriver, bind, finalizers_done
+from helpers.fake_driver import FakeDriver, bound
 from helpers.fakes import FakeHandles
 from helpers.latch import Latch
 
@@ -45,9 +44,8 @@ def fake_driver(monkeypatch):
     """The simulated driver (helpers.fake_driver.FakeDriver), bound for this test. Its GPU
     runs only when told (``fake_driver.run(stream)``); set ``keeps_up = True`` for one that
     completes every record at once."""
-    yield bind(monkeypatch, FakeDriver())
-    gc.collect()
-    finalizers_done()  # closes deferred under the simulated driver run before it is unbound
+    with bound(monkeypatch, FakeDriver()) as fake:
+        yield fake
 
 
 # -- counter backends ----------------------------------------------------------------------------

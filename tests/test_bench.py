@@ -268,12 +268,13 @@ def test_an_error_in_fn_returns_the_events_and_waits_for_nothing(monkeypatch, fa
 def flush_driver(monkeypatch):
     """The simulated driver (its GPU keeps up), with benchmark()'s flush buffers forgotten
     before and restored after the test."""
-    from helpers.fake_driver import FakeDriver, bind
+    from helpers.fake_driver import FakeDriver, bound
 
     monkeypatch.setattr(_bench, "_flush_buffers", {}, raising=False)
     monkeypatch.setattr(_bench, "_outgrown", [], raising=False)
     monkeypatch.setattr(_bench, "_loaded_torch", lambda: None)
-    return bind(monkeypatch, FakeDriver(keeps_up=True, devices=2))
+    with bound(monkeypatch, FakeDriver(keeps_up=True, devices=2)) as fake:
+        yield fake
 
 
 def test_flush_l2_allocates_one_buffer_per_device_and_never_frees_it(flush_driver, fake_pool):

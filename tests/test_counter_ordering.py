@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from helpers.fake_driver import FakeDriver, bind, finalizers_done
+from helpers.fake_driver import FakeDriver, bound, finalizers_done
 
 import cudaevents as ce
 from cudaevents._sync import counter_storage
@@ -26,9 +26,8 @@ def gpu(monkeypatch):
     """A simulated GPU whose stream writes wait for run(stream), reusing stream handles, with
     counters on mem64 and a slab of its own."""
     monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "mem64")
-    yield bind(monkeypatch, FakeDriver(stream_order=True, reuse_streams=True))
-    gc.collect()
-    finalizers_done()
+    with bound(monkeypatch, FakeDriver(stream_order=True, reuse_streams=True)) as fake:
+        yield fake
 
 
 def run_in_thread(fn, timeout=10.0):

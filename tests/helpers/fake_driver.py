@@ -37,6 +37,7 @@ The simulated GPU:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -343,7 +344,7 @@ def finalizers_done(timeout: float = 30.0) -> None:
 
 
 def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
-    """Bind ``fake`` as the driver of this process for the rest of the test.
+    """Bind ``fake`` as the driver of this process for the rest of the test (fixtures use :func:`bound`).
 
     ``monkeypatch`` restores at the test's end the real binding and what the driver module
     and the device registry cached (contexts, availability, Device objects), so nothing
@@ -372,3 +373,16 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     monkeypatch.setattr(devices, "_devices", {})
     driver._bind(fake)
     return fake
+
+
+@contextlib.contextmanager
+def bound(monkeypatch, fake: FakeDriver):
+    """For a fixture: ``fake`` bound (:func:`bind`) while the block runs; at its end what the
+    test left in reference cycles is finalized and the finalizer thread drained while ``fake``
+    is still the driver (a simulated stream handle destroyed later by the real driver, once
+    monkeypatch has restored it, crashes the process)."""
+    import gc
+
+    yield bind(monkeypatch, fake)
+    gc.collect()
+    finalizers_done()
