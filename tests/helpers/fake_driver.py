@@ -383,6 +383,10 @@ def bound(monkeypatch, fake: FakeDriver):
     monkeypatch has restored it, crashes the process)."""
     import gc
 
+    from cudaevents._core import streams
+
     yield bind(monkeypatch, fake)
+    for s in list(streams._helpers.values()):  # dropped when monkeypatch restores the real ones
+        s.close()
     gc.collect()
     finalizers_done()
