@@ -394,3 +394,57 @@ def test_exit_with_queued_tasks_is_silent():
     for _ in range(3):
         r = run_script("worker_exit_queued.py", timeout=60, env=NO_GPU)
         assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+
+
+# -- GPU commits on the simulated driver: which events, and how the worker sleeps -----------------
+def test_gpu_commits_record_plain_events_and_the_worker_sleeps_on_one_blocking_sync_event(fake_driver, monkeypatch):
+    """A commit records an event without timing and without BLOCKING_SYNC (the driver queues
+    those without limit behind unfinished work); the worker's thread waits for it through a
+    stream of its own (cuStreamWaitEvent) and one blocking-sync event recorded there."""
+    from cudaevents import GpuStream
+    from cudaevents._core import driver
+    from cudaevents._core.cuda_event import BLOCKING_SYNC, DISABLE_TIMING
+
+    flags_of, records, waits = {}, [], []
+    create, record, wait_event = fake_driver.cuEventCreate, driver.event_record, driver.stream_wait_event
+
+    def noted_create(flags):
+        err, handle = create(flags)
+        flags_of[handle] = flags
+        return err, handle
+
+    def noted_record(event, stream):
+        records.append((event, stream))
+        record(event, stream)
+
+    def noted_wait(stream, event):
+        waits.append((stream, event))
+        wait_event(stream, event)
+
+    monkeypatch.setattr(fake_driver, "cuEventCreate", noted_create)
+    monkeypatch.setattr(driver, "event_record", noted_record)
+    monkeypatch.setattr(driver, "stream_wait_event", noted_wait)
+    s = GpuStream(0)
+    w = Worker()
+    ran = []
+    try:
+        for i in range(100):
+            w.add_task(ran.append, i)
+            w.commit(s)
+        on_s = [e for e, stream in records if stream == s.handle]
+        assert len(on_s) == 100 and {flags_of[e] for e in on_s} == {DISABLE_TIMING}
+        deadline = time.monotonic() + 10
+        while not waits and time.monotonic() < deadline:  # the worker's thread found the first pending
+            time.sleep(0.005)
+        (own, first), = waits
+        assert own != s.handle and first == on_s[0] and ran == []
+        (sleep_on, where), = [(e, st) for e, st in records if flags_of[e] & BLOCKING_SYNC]
+        assert where == own and flags_of[sleep_on] == BLOCKING_SYNC | DISABLE_TIMING
+        fake_driver.run()  # the GPU catches up: every commit's event, then the worker's own
+        w.synchronize(timeout=10)
+        assert ran == list(range(100))
+        assert len([e for e, _ in records if flags_of[e] & BLOCKING_SYNC]) == 1  # one at a time, reused
+    finally:
+        fake_driver.run()
+        w.close(timeout=10)
+        s.close()

@@ -163,6 +163,12 @@ class Timer:
     the ``nvtx`` package is installed, each region also opens an NVTX range of the same name
     on the calling thread (``nvtx=False`` turns that off).
 
+    A region is two records of timing events, and CUDA queues at most about a thousand of
+    those (with kernel launches, which share the queue) behind work a stream has not finished:
+    on an H200 the 511th region behind a busy stream blocks the thread until the GPU catches
+    up, as timing records or launches written by hand would (README, "How many operations
+    queue behind unfinished work").
+
     Args:
         pool: the :class:`EventPool` for the events (default: the process-wide pool).
         harvest_every: harvest after this many regions end (default 64).

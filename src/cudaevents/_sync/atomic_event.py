@@ -71,7 +71,11 @@ class AtomicEvent:
     raise at once, and further signals change nothing: the counter stays failed.
 
     The storage backend is chosen from the device's capabilities (see
-    :func:`cudaevents.atomic_backend`) or forced with ``CUDAEVENTS_ATOMIC_BACKEND``.
+    :func:`cudaevents.atomic_backend`) or forced with ``CUDAEVENTS_ATOMIC_BACKEND``. On mem64
+    and mem32 a GPU signal or wait is a stream memory operation, of which CUDA queues about a
+    thousand behind work a stream has not finished (on an H200 the 1,021st blocks the thread
+    until the GPU catches up, as for kernel launches); hostfn signals are event records and its
+    waits host functions, which CUDA queues without such a limit.
 
     Beware: a GPU stream that waits for a value only the host will signal holds the stream;
     once about a thousand more operations queue behind it, the thread enqueuing them blocks

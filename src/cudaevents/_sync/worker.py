@@ -1,13 +1,19 @@
 """Worker: one thread that runs Python tasks once the stream work they depend on has finished.
 
-The GPU side never calls Python: a commit records a blocking-sync :class:`CudaEvent` on the
-stream, and the worker's own thread waits for it in ``cuEventSynchronize`` (asleep, GIL
-released) before running the batch. Python inside a CUDA host callback (``cuLaunchHostFunc``)
-can deadlock between the GIL and the driver's locks, so it is never used here.
+The GPU side never calls Python: a commit records a plain :class:`CudaEvent` (no timing, not
+blocking-sync) on the stream, a kind of record the driver queues without limit behind
+unfinished work, so the committing thread never waits for the GPU (with a blocking-sync event
+per commit, the 57th commit behind a busy stream blocked until the GPU caught up, on an H200).
+The worker's own thread sleeps until it completes in ``cuEventSynchronize`` (GIL released) on
+one blocking-sync event of its own at a time, recorded on a stream of its own that waits for
+the commit's event (:class:`_Sleeper`). Python inside a CUDA host callback
+(``cuLaunchHostFunc``) can deadlock between the GIL and the driver's locks, so it is never used
+here.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -20,7 +26,7 @@ from threading import (
 from .._core.cuda_event import CudaEvent
 from .._core.errors import ClosedError
 from .._core.lifetime import after_fork_in_child
-from .._core.streams import as_stream
+from .._core.streams import GpuStream, as_stream
 from .._core.wait import check_timeout
 from .cpu_stream import CpuStream
 from .runner import Runner
@@ -57,6 +63,37 @@ def _run_batch(errors: list, name: str, wait, cleanup, tasks: list) -> None:
                 cleanup()
             except BaseException as exc:  # noqa: BLE001 - the thread must survive
                 _log.error("worker %s could not release the event of a commit", name, exc_info=exc)
+
+
+class _Sleeper:
+    """How the worker's thread sleeps until a commit's plain event completes: if it has not, a
+    stream of the worker's own on that device waits for it, a blocking-sync event is recorded
+    there and the thread sleeps in its ``cuEventSynchronize``. Only the worker's thread uses
+    it, one wait at a time, so each of its streams holds at most one wait and one record: far
+    below any limit of the driver's queues."""
+
+    __slots__ = ("_by_device",)
+
+    def __init__(self):
+        self._by_device: dict[int, tuple[GpuStream, CudaEvent]] = {}
+
+    def wait(self, event: CudaEvent) -> None:
+        if event.query():
+            return
+        pair = self._by_device.get(event._device)
+        if pair is None:
+            pair = self._by_device[event._device] = (GpuStream(event._device),
+                                                     CudaEvent(event._device, blocking_sync=True))
+        stream, sleep_on = pair
+        event.wait(stream)
+        sleep_on.record(stream)
+        sleep_on.synchronize()
+
+    def close(self) -> None:
+        pairs, self._by_device = list(self._by_device.values()), {}
+        for stream, sleep_on in pairs:
+            sleep_on.close()
+            stream.close()
 
 
 def _take_all(pending: dict) -> list:
@@ -109,7 +146,7 @@ class Worker:
 
     # The thread holds only the Runner and the items it runs, never the Worker, so a pending
     # task that references its worker cannot keep the worker alive through the thread.
-    __slots__ = ("_runner", "_pending", "_cond", "_inflight", "_closed", "_errors", "__weakref__")
+    __slots__ = ("_runner", "_pending", "_cond", "_inflight", "_closed", "_errors", "_sleeper", "__weakref__")
 
     def __init__(self, name: str | None = None):
         if name is not None and not isinstance(name, str):
@@ -119,6 +156,7 @@ class Worker:
         self._inflight = 0  # commits between taking their batch and submitting it
         self._closed = False
         self._errors: list[BaseException] = []
+        self._sleeper = _Sleeper()  # used by the worker's thread only
         self._runner = Runner(name or f"cudaevents-worker-{next(_names)}", _unexpected)
         _workers.add(self)
 
@@ -181,9 +219,12 @@ class Worker:
 
         The tasks run on the worker's thread, in the order they were added and after every
         earlier commit, once everything enqueued on ``stream`` before this call has finished.
-        ``stream`` is anything :func:`as_stream` accepts (a blocking-sync :class:`CudaEvent`
+        ``stream`` is anything :func:`as_stream` accepts (a :class:`CudaEvent` without timing
         from the default pool is recorded on it) or a :class:`CpuStream` (a marker task is
-        enqueued on it). This call never waits for the stream.
+        enqueued on it). This call never waits for the stream, however many commits are in
+        flight behind unfinished work: the driver queues records of such events without limit
+        (none blocked up to 6,000 behind a held stream on an H200), where a blocking-sync record
+        blocks at the 57th and a kernel launch at the 1,022nd.
 
         Committing an empty batch checks ``stream`` and does nothing else: there is nothing
         to order, so no event is recorded and :meth:`synchronize` does not wait for it.
@@ -213,13 +254,13 @@ class Worker:
                     stream.enqueue(marker.set)
                     wait, cleanup = marker.wait, None
                 else:
-                    event = CudaEvent(blocking_sync=True)
+                    event = CudaEvent()
                     try:
                         event.record(gpu)
                     except BaseException:
                         event.close()
                         raise
-                    wait, cleanup = event.synchronize, event.close
+                    wait, cleanup = functools.partial(self._sleeper.wait, event), event.close
             except BaseException:
                 with self._cond:  # only this thread adds to its own batch: nothing came meanwhile
                     self._pending[me] = tasks
@@ -329,6 +370,7 @@ class Worker:
         leftover = _take_all(self._pending)
         if leftover:
             r.submit(_run_batch, (self._errors, self.name, None, None, leftover))
+        r.submit(self._sleeper.close, ())
         r.stop()
 
     def __enter__(self) -> "Worker":
