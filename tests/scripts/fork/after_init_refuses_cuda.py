@@ -27,7 +27,9 @@ for _ in range(5):
         pass
 w = ce.Worker()
 w.add_task(print, "parent: worker task ran", flush=True)
-w.commit(s)                                  # its thread now waits in cuEventSynchronize
+fake.keeps_up = False                        # the commit's work is still running on the GPU:
+w.commit(s)                                  # its thread sleeps in the driver until it is done
+fake.keeps_up = True
 idle = ce.CpuStream()
 
 
@@ -90,6 +92,7 @@ assert code == 0
 assert fake.child_calls == []
 assert ce.is_available() and not driver.state.forked and not driver.state.exiting
 fake.release_host_waits()
+fake.run()  # the GPU finishes the commit's work, and the worker's own wait
 w.synchronize(timeout=30)
 assert ev.query()
 ce.CudaEvent(pool=pool).record(s).close()
