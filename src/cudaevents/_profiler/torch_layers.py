@@ -293,7 +293,9 @@ class LayerTimer:
     region times the GPU work the module enqueues, asynchronously: the hooks record events
     and never wait on the host. A module whose tensor inputs are all on the CPU is not timed;
     one called with no tensor at all is timed on the device last seen. Nothing is timed while
-    torch.compile traces the module or while the current stream captures a CUDA graph.
+    torch.compile traces the module or while the current stream captures a CUDA graph. Each
+    region is two timing records, which share CUDA's queue of about a thousand launches behind
+    unfinished work with the model's own kernels (see :class:`Timer`).
 
     A module called several times makes one region per call (counts equal calls), nested
     modules nest, and a module may run in several threads at once (forward regions pair up
