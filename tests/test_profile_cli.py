@@ -160,3 +160,19 @@ def test_unwritable_export_path_fails_after_the_summary(script, tmp_path):
     assert r.returncode == 1
     assert "cannot write results" in r.stderr
     assert "load" in r.stdout
+
+
+# -- under a launcher of several ranks (torchrun sets RANK and WORLD_SIZE) ------------------------
+def test_a_rank_of_a_multi_rank_run_without_torch_writes_its_own_files(script, tmp_path):
+    """With no gather possible (no torch here; with torch, no rendezvous address in the
+    environment) there is no cross-rank report: the rank says why, shows no summary unless it
+    is rank 0, and names its files after its rank (the real gather: tests/test_gpu_ranks.py)."""
+    env = dict(NO_GPU, RANK="1", WORLD_SIZE="2", MASTER_ADDR="", MASTER_PORT="")
+    r = run_cli("profile", "--json", str(tmp_path / "out.json"), "--trace", str(tmp_path / "trace.json"),
+                script, "2", timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 0, r
+    assert ("torch is not installed: no cross-rank report" in r.stderr
+            or "cannot gather the ranks' timings" in r.stderr), r
+    assert "load" not in r.stdout  # rank 1 leaves the summary to rank 0
+    assert Results.from_json(str(tmp_path / "out.rank1.json")).names() == ["load", "step"]
+    assert json.loads((tmp_path / "trace.rank1.json").read_text())["traceEvents"]

@@ -21,6 +21,7 @@ from ._core.streams import GpuStream, as_stream
 from ._core.wait import WaitPolicy
 from ._profiler.benchmark import BenchmarkResult, benchmark
 from ._profiler.profile import profile_timer
+from ._profiler.ranks import RankReport, RankReporter, all_gather_results, gather_results
 from ._profiler.results import Results, Sample, Stats
 from ._profiler.timer import Timer
 from ._profiler.torch_layers import LayerTimer
@@ -54,6 +55,8 @@ __all__ = [
     "NotReadyError",
     "NotRecordedError",
     "PoolStats",
+    "RankReport",
+    "RankReporter",
     "Results",
     "Sample",
     "Stats",
@@ -61,10 +64,12 @@ __all__ = [
     "WaitPolicy",
     "Worker",
     "as_stream",
+    "all_gather_results",
     "atomic_backend",
     "benchmark",
     "default_pool",
     "device_count",
+    "gather_results",
     "is_available",
     "profile_timer",
 ]

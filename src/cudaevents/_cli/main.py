@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             "with recycled CUDA events and no host synchronization. The script may declare its own "
             "regions on cudaevents.profile_timer() (e.g. `with cudaevents.profile_timer()"
             ".region('step', stream): ...`, on a GPU stream or a CpuStream); they are reported too. "
+            "Under torchrun (WORLD_SIZE > 1) every rank profiles and rank 0 prints the cross-rank "
+            "report (min/median/max per region with the ranks, straggler scores) and writes the one "
+            "--trace of all ranks and the report as --json PATH (each rank's own results go to "
+            "PATH with a .rankN suffix). The gather uses the script's "
+            "process group if it is still initialized, else a gloo group from torchrun's environment. "
             "Options go before SCRIPT; everything after it is the script's."
         ),
     )

@@ -5,4 +5,5 @@
 - ``benchmark``: ``benchmark(fn)``, per-call times of a callable.
 - ``torch_layers``: ``LayerTimer``, per-layer timing of PyTorch modules through hooks.
 - ``profile``: ``profile_timer()`` and ``cudaevents profile script.py``.
+- ``ranks``: timings of every rank of a torch.distributed job gathered, compared and merged.
 """

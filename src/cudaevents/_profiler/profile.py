@@ -225,21 +225,73 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
         print(f"cudaevents profile: {dropped} module region(s) left open by the script were dropped", file=err)
     if results is None:
         return code or 1
-    if len(results):
+    rank, world = _launch_rank()
+    report = report_path = None
+    if world > 1:  # under torchrun: rank 0 shows every rank, and writes the one trace of all
+        report = _gather_ranks(timer, trace_path is not None, timeout, err)
+        if json_path is not None:
+            report_path, json_path = json_path, _per_rank_path(json_path, rank)
+        if trace_path is not None and report is None:  # no gather: each rank writes its own
+            trace_path = _per_rank_path(trace_path, rank)
+        elif rank != 0:
+            trace_path = None
+    if len(results) and rank == 0:
         results.print_summary(file=out)
-    else:
+    elif not len(results):
         hint = "" if layers else " (--no-layers)"
-        print("cudaevents profile: no regions collected: no torch module ran on a CUDA device"
-              f"{hint} and the script declared none on cudaevents.profile_timer()", file=out)
+        print(f"cudaevents profile: {'' if world == 1 else f'rank {rank}: '}no regions collected: no torch module "
+              f"ran on a CUDA device{hint} and the script declared none on cudaevents.profile_timer()", file=out)
+    if report is not None:
+        report.print(file=out)
     try:
         if json_path is not None:
             results.to_json(json_path)
+        if report is not None and report_path is not None:
+            report.to_json(report_path)
         if trace_path is not None:
-            results.to_chrome_trace(trace_path)
+            (results if report is None else report).to_chrome_trace(trace_path)
     except OSError as exc:
         print(f"cudaevents profile: cannot write results: {exc}", file=err)
         return code or 1
     return code
+
+
+def _launch_rank() -> tuple[int, int]:
+    """(rank, world size) that torchrun (or any launcher setting RANK and WORLD_SIZE) gave
+    this process; (0, 1) for a plain run."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def _per_rank_path(path: str, rank: int) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}.rank{rank}{ext or '.json'}"
+
+
+def _gather_ranks(timer: Timer, samples: bool, timeout: float, err):
+    """Every rank's timings on rank 0 (a :class:`RankReport` there, None elsewhere), through
+    the script's process group if it left one initialized, else a gloo group made from the
+    launcher's environment for this gather alone."""
+    from .ranks import gather_results
+
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        print("cudaevents profile: WORLD_SIZE > 1 but torch is not installed: no cross-rank report", file=err)
+        return None
+    own = not dist.is_initialized()
+    try:
+        if own:
+            dist.init_process_group("gloo")
+        return gather_results(timer, samples=samples, timeout=timeout)
+    except Exception as exc:  # the script's own results are still shown
+        print(f"cudaevents profile: cannot gather the ranks' timings: {type(exc).__name__}: {exc}", file=err)
+        return None
+    finally:
+        if own and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _exit_code(value, err) -> int:

@@ -404,6 +404,37 @@ class Timer:
         with self._lock:
             return Results(self._samples, self._names)
 
+    def _wall_origins(self, timeout: float = 10.0) -> dict[int, tuple[float, float]]:
+        """Where this timer's reference points lie on the host's wall clock: per device with
+        regions, and -1 for CPU streams, (microseconds since the epoch, error bound in us).
+
+        On each device a timing event is recorded on an idle stream of its own and polled,
+        the wall clock read before the record and once it has completed: it ran within that
+        window (its midpoint is taken, half its width is the bound), and its elapsed time
+        from the reference event places the reference. Waits for the reference event."""
+        before = time.time_ns()
+        now = time.perf_counter_ns()
+        after = time.time_ns()
+        origins = {-1: (((before + after) / 2 - (now - self._cpu_ref_ns)) / 1e3, (after - before) / 2e3)}
+        deadline = time.monotonic() + timeout
+        for device, ref in list(self._refs.items()):
+            ref.synchronize(timeout=timeout)
+            with GpuStream(device) as idle:
+                probe = CudaEvent(device, timing=True, pool=self._pool)
+                try:
+                    before = time.time_ns()
+                    probe.record(idle)
+                    while not probe.query():
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"an event on an idle stream of device {device} did not complete "
+                                               f"within {timeout:g} s")
+                    after = time.time_ns()
+                    ms = ref.elapsed_time(probe)
+                finally:
+                    probe.close()
+            origins[device] = ((before + after) / 2e3 - ms * 1e3, (after - before) / 2e3)
+        return origins
+
     def discard(self, token: _Open, pop_nvtx: bool = True) -> None:
         """Drop a region opened by :meth:`begin` that can no longer end properly (e.g. the
         code it timed raised past every hook): no sample is kept and its events go back to
