@@ -176,3 +176,11 @@ def test_a_rank_of_a_multi_rank_run_without_torch_writes_its_own_files(script, t
     assert "load" not in r.stdout  # rank 1 leaves the summary to rank 0
     assert Results.from_json(str(tmp_path / "out.rank1.json")).names() == ["load", "step"]
     assert json.loads((tmp_path / "trace.rank1.json").read_text())["traceEvents"]
+
+
+def test_top_tree_and_match_shape_the_summary(script):
+    r = profile("--top", "1", "--match", "s*", script, "2")
+    assert r.returncode == 0, r
+    assert "step" in r.stdout and "load" not in r.stdout.split("script argv")[-1]
+    bad = profile("--top", "0", script, "2")
+    assert bad.returncode == 2 and "--top must be at least 1" in bad.stderr

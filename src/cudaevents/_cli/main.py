@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = sub.add_parser(
         "profile",
         usage=("%(prog)s [-h] [--json PATH] [--trace PATH] [--no-layers] [--backward] [--progress SECONDS] "
-               "[--timeout SECONDS] SCRIPT [ARGS ...]"),
+               "[--timeout SECONDS] [--top N] [--tree] [--match GLOB] SCRIPT [ARGS ...]"),
         help="run a Python script, timing every torch module it runs (and its own regions) on the GPU",
         description=(
             "Run SCRIPT as __main__ (sys.argv = [SCRIPT, *ARGS]) and print the time per region at "
@@ -186,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                          help="print the regions collected so far to stderr every SECONDS (default 10; 0: never)")
     profile.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                          help="at exit, wait at most SECONDS for the GPU to finish timed work (default 60)")
+    profile.add_argument("--top", type=int, metavar="N", help="show only the N regions with the most total time")
+    profile.add_argument("--tree", action="store_true",
+                         help="show modules nested under their parents, with each one's own (self) time")
+    profile.add_argument("--match", action="append", metavar="GLOB",
+                         help="show only regions whose name matches GLOB (e.g. '*.h.0.*'); may be repeated")
     profile.add_argument("argv", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS ...]",
                          help="the Python script to run, and its arguments")
     args = parser.parse_args(argv)
@@ -214,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             profile.error("--progress must be a number of seconds >= 0")
         if not 0 < args.timeout < float("inf"):
             profile.error("--timeout must be a number of seconds > 0")
+        if args.top is not None and args.top < 1:
+            profile.error("--top must be at least 1")
         from .._profiler.profile import run_profile
 
         return run_profile(args.argv[0], args.argv[1:], json_path=args.json, trace_path=args.trace,
                            layers=not args.no_layers, backward=args.backward, progress=args.progress,
-                           timeout=args.timeout)
+                           timeout=args.timeout, view={"top": args.top, "tree": args.tree, "match": args.match})
     parser.print_help()
     return 2

@@ -155,9 +155,10 @@ def _script_traceback(exc: BaseException) -> str:
 
 def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None, layers: bool = True,
                 backward: bool = False, progress: float = 10.0, timeout: float = 60.0,
-                out=None, err=None) -> int:
+                view: dict | None = None, out=None, err=None) -> int:
     """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]`` under profiling;
-    returns the exit code (the script's, 1 if it raised, 2 if it cannot be opened)."""
+    returns the exit code (the script's, 1 if it raised, 2 if it cannot be opened). ``view``
+    holds the summary's options (``top``, ``tree``, ``match``: see :meth:`Results.table`)."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
@@ -236,7 +237,7 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
         elif rank != 0:
             trace_path = None
     if len(results) and rank == 0:
-        results.print_summary(file=out)
+        results.print_summary(file=out, **{k: v for k, v in (view or {}).items() if v})
     elif not len(results):
         hint = "" if layers else " (--no-layers)"
         print(f"cudaevents profile: {'' if world == 1 else f'rank {rank}: '}no regions collected: no torch module "

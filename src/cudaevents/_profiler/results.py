@@ -74,15 +74,17 @@ def stats_of(values) -> Stats:
     )
 
 
-_COLUMNS = ("count", "total_ms", "mean_ms", "median_ms", "min_ms", "max_ms", "p99_ms")
 
 
 class Results:
     """What a :class:`Timer` measured: :attr:`samples`, and views of them."""
 
-    def __init__(self, samples, stream_names: dict | None = None):
+    def __init__(self, samples, stream_names: dict | None = None, parents: dict | None = None):
         self.samples: list[Sample] = list(samples)
         self._stream_names = dict(stream_names or {})
+        # region name -> the name of the region it is nested in (None: none), where the names
+        # alone do not say it (see tables.py); a LayerTimer gives its modules'
+        self.parents: dict[str, str | None] = dict(parents or {})
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -105,32 +107,46 @@ class Results:
             by_name.setdefault(s.name, []).append(s.duration_ms)
         return {name: stats_of(values) for name, values in by_name.items()}
 
-    def table(self) -> str:
-        """The summary as a plain-text table (ms)."""
-        summary = self.summary()
-        width = max([len("name")] + [len(n) for n in summary])
-        head = f"{'name':<{width}}" + "".join(f"{c.replace('_ms', ''):>12}" for c in _COLUMNS)
-        lines = [head, "-" * len(head)]
-        for name, st in summary.items():
-            cells = [f"{st.count:>12}"] + [f"{getattr(st, c):>12.4f}" for c in _COLUMNS[1:]]
-            lines.append(f"{name:<{width}}" + "".join(cells))
-        return "\n".join(lines)
+    def rows(self, *, sort: str = "total", top: int | None = None, match=None, depth: int | None = None,
+             tree: bool = False) -> list:
+        """The summary as rows (``tables.Row``: name, depth, stats, self_ms, share), sorted by
+        total time unless ``sort`` says otherwise; ``top``, ``match`` (a glob or a list of
+        globs), ``depth`` and ``tree`` as in :meth:`table`."""
+        from .tables import rows
 
-    def print_summary(self, file=None) -> None:
-        """Print the summary: a rich table where ``rich`` is installed, else plain text."""
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            print(self.table(), file=file)
-            return
-        table = Table(title="GPU time per region (ms)")
-        table.add_column("name")
-        for c in _COLUMNS:
-            table.add_column(c.replace("_ms", ""), justify="right")
-        for name, st in self.summary().items():
-            table.add_row(name, str(st.count), *(f"{getattr(st, c):.4f}" for c in _COLUMNS[1:]))
-        Console(file=file).print(table)
+        return rows(self.samples, self.parents, sort=sort, top=top, match=match, depth=depth, tree=tree)[0]
+
+    def table(self, *, sort: str = "total", top: int | None = None, match=None, depth: int | None = None,
+              tree: bool = False, width: int | None = None) -> str:
+        """The summary as a plain-text table: count, total, self time (where regions nest),
+        share of the total, mean, median, p99 and max in ms, fitted to ``width`` columns (the
+        terminal's by default; the last columns go first, and long names are shortened from
+        the left, keeping their last parts).
+
+        Args:
+            sort: ``total`` (largest first, the default), ``self``, ``count``, ``mean``,
+                ``median``, ``max``, ``name`` or ``first`` (the order regions first finished).
+            top: only the first N rows (a last line says what was left out).
+            match: only names matching this glob (``"transformer.h.*"``) or any of these globs.
+            depth: only regions nested at most this deep (0: the outermost).
+            tree: every region indented under the region it is nested in.
+        """
+        from .tables import render_plain, rows
+
+        table_rows, left, left_ms = rows(self.samples, self.parents, sort=sort, top=top, match=match,
+                                         depth=depth, tree=tree)
+        return render_plain(table_rows, left, left_ms, tree=tree, width=width)
+
+    def print_summary(self, file=None, *, sort: str = "total", top: int | None = None, match=None,
+                      depth: int | None = None, tree: bool = False) -> None:
+        """Print the summary (see :meth:`table` for the options): a rich table where ``rich``
+        is installed (long names wrap), else plain text."""
+        from .tables import render_plain, render_rich, rows
+
+        table_rows, left, left_ms = rows(self.samples, self.parents, sort=sort, top=top, match=match,
+                                         depth=depth, tree=tree)
+        if not render_rich(table_rows, left, left_ms, tree=tree, file=file, title="GPU time per region (ms)"):
+            print(render_plain(table_rows, left, left_ms, tree=tree), file=file)
 
     # -- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -141,6 +157,7 @@ class Results:
             "samples": [s._asdict() for s in self.samples],
             "summary": {name: dataclasses.asdict(st) for name, st in self.summary().items()},
             "streams": {f"{d}:{s}": label for (d, s), label in self._stream_names.items()},
+            "parents": self.parents,
         }
 
     def to_json(self, path=None) -> str:
@@ -165,7 +182,7 @@ class Results:
         for key, label in data.get("streams", {}).items():
             d, s = key.split(":")
             names[(int(d), int(s))] = label
-        return cls((Sample(**s) for s in data["samples"]), names)
+        return cls((Sample(**s) for s in data["samples"]), names, data.get("parents"))
 
     # -- traces and plots --------------------------------------------------------------
     def _stream_label(self, device: int, stream: int) -> str:

@@ -12,6 +12,7 @@ import weakref
 
 from .._core.streams import as_stream
 from .._sync.cpu_stream import CpuStream
+from .results import Results
 from .timer import Timer
 
 __all__ = ["LayerTimer"]
@@ -54,6 +55,21 @@ class _Module:
         self.backward_name = name + ".backward"
         self.backward_open: list = []  # tokens, one per backward begun and not yet ended
         self.ref = None if module is None else weakref.ref(module)
+
+
+def _parents(selected: dict[str, str], backward: bool) -> dict[str, str | None]:
+    """Region name -> the region name of the nearest selected ancestor module (None for the
+    outermost), for forward regions and, with ``backward``, their ``.backward`` regions."""
+    out: dict[str, str | None] = {}
+    for qualname, name in selected.items():
+        parent, path = None, qualname
+        while path and parent is None:
+            path = path.rsplit(".", 1)[0] if "." in path else ""
+            parent = selected.get(path)
+        out[name] = parent
+        if backward:
+            out[name + ".backward"] = None if parent is None else parent + ".backward"
+    return out
 
 
 class _Stack:
@@ -347,6 +363,7 @@ class LayerTimer:
         self._handles: list = []
         self._full_backward_flags: list = []  # (module, its _is_full_backward_hook before attach)
         self._names: dict[str, object] = {}
+        self._parents: dict[str, str | None] = {}  # region name -> the enclosing module's, for Results
 
     @property
     def timer(self) -> Timer:
@@ -371,6 +388,7 @@ class LayerTimer:
             self._engine = _Engine(self._timer, self._stream)
         engine = self._engine
         root_name = type(self._model).__name__
+        selected: dict[str, str] = {}  # qualname -> region name
         try:
             root_hooked = False
             for qualname, module in self._model.named_modules():
@@ -379,6 +397,7 @@ class LayerTimer:
                 if not self._select(qualname, module):
                     continue
                 state = _Module(qualname or root_name)
+                selected[qualname] = state.name
                 engine._modules.add(state)
                 self._names[state.name] = module
                 root = module is self._model
@@ -390,6 +409,7 @@ class LayerTimer:
         except BaseException:
             self.detach()
             raise
+        self._parents.update(_parents(selected, self._backward))
         return self
 
     def _hook(self, module, state: _Module, engine: _Engine, root: bool) -> None:
@@ -444,8 +464,12 @@ class LayerTimer:
 
     def results(self, timeout: float | None = None):
         """The timer's :class:`Results`, after waiting up to ``timeout`` seconds for the
-        regions still running (see :meth:`Timer.results`)."""
-        return self._timer.results(timeout)
+        regions still running (see :meth:`Timer.results`), with each module's region nested
+        in its nearest timed ancestor's (``Results.parents``: the root, named after the
+        model's class, holds the top-level modules), so ``print_summary(tree=True)`` shows
+        the model's structure with each module's own (self) time."""
+        r = self._timer.results(timeout)
+        return Results(r.samples, r._stream_names, {**r.parents, **self._parents})
 
     def __enter__(self) -> "LayerTimer":
         return self.attach()
