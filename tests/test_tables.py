@@ -145,3 +145,47 @@ def test_print_summary_with_rich_fits_80_columns_and_keeps_the_end_of_names():
     lines = out.getvalue().splitlines()
     assert all(len(line) <= 80 for line in lines)
     assert any("….query_key_value.lora_adapter" in line for line in lines), out.getvalue()
+
+
+# -- the pictures' layout (no matplotlib needed for these) -------------------------------------
+def test_timeline_depth_stacks_nested_regions_below_their_parent():
+    from cudaevents._profiler.plots import _depths
+
+    lane = [Sample("step", 0, 1, 0.0, 10.0), Sample("fwd", 0, 1, 1.0, 4.0), Sample("attn", 0, 1, 1.5, 1.0),
+            Sample("bwd", 0, 1, 5.0, 4.0), Sample("next", 0, 1, 10.0, 1.0)]
+    assert _depths(lane) == [0, 1, 2, 1, 0]  # "next" starts where "step" ends: not inside it
+
+
+def test_streams_are_named_in_order_of_appearance_not_by_handle():
+    from cudaevents._profiler.plots import _stream_names
+
+    r = Results([Sample("a", 0, 0x7F00, 0.0, 1.0), Sample("b", 0, 0x1234, 0.0, 1.0), Sample("c", 1, 0x99, 0.0, 1.0),
+                 Sample("d", -1, 3, 0.0, 1.0)], {(-1, 3): "CPU stream loader"})
+    assert _stream_names(r) == {(0, 0x7F00): "GPU 0 stream 1", (0, 0x1234): "GPU 0 stream 2",
+                                (1, 0x99): "GPU 1 stream 1", (-1, 3): "CPU stream loader"}
+
+
+def test_timeline_labels_keep_the_last_path_parts():
+    from cudaevents._profiler.plots import _fit
+
+    assert _fit("GPT2LMHeadModel.transformer.h.0", 6) == "h.0"
+    assert _fit("GPT2LMHeadModel.transformer.h.0.attn.c_attn", 12) == "attn.c_attn"
+    assert _fit("model.encoder_self_attention", 8) == "…tention"
+
+
+def test_plots_need_a_known_kind_and_say_how_to_get_matplotlib(tmp_path):
+    r = model_results()
+    with pytest.raises(ValueError, match="kind must be one of 'bars', 'timeline', 'hist'"):
+        r.plot(tmp_path / "x.png", kind="pie")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install matplotlib"):
+            r.plot(tmp_path / "x.png")
+        return
+    for kind in ("bars", "timeline", "hist"):
+        path = tmp_path / f"{kind}.png"
+        r.plot(path, kind=kind, top=5)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="none of the names"):
+        r.plot(tmp_path / "h.png", kind="hist", names=["nothing"])

@@ -181,22 +181,6 @@ def test_chrome_trace_has_one_track_per_stream(tmp_path):
     assert {"GPU 0", "CPU streams", "CPU stream loader", "stream 0x10"} <= names
 
 
-def test_plot(tmp_path):
-    r = _results()
-    with pytest.raises(ValueError, match="kind"):
-        r.plot(tmp_path / "x.png", kind="pie")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install matplotlib"):
-            r.plot(tmp_path / "x.png")
-        return
-    for kind in ("hist", "timeline"):
-        path = tmp_path / f"{kind}.png"
-        r.plot(path, kind=kind)
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_public_names():
     for name in ("Timer", "Results", "Sample", "Stats"):
         assert name in cudaevents.__all__

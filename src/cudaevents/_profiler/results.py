@@ -220,40 +220,19 @@ class Results:
                 json.dump(trace, f)
         return trace
 
-    def plot(self, path, kind: str = "hist") -> None:
-        """Save a PNG: ``"hist"`` (durations per name) or ``"timeline"`` (regions per stream).
+    def plot(self, path, kind: str = "bars", *, top: int | None = None, names=None, match=None) -> None:
+        """Save a PNG that shows where the time went (needs matplotlib):
 
-        Needs matplotlib (``pip install matplotlib``).
+        - ``"bars"`` (the default): the ``top`` regions (15) by total time, each split into its
+          own time and its nested regions', with its total and share;
+        - ``"timeline"``: a lane per stream, nested regions stacked below their parent, a
+          colour per region name;
+        - ``"hist"``: one small histogram per region, for ``names`` or the ``top`` (6) by
+          total time, with the median and p99 marked.
+
+        ``match`` (a glob or a list of globs) chooses the regions for ``bars`` and
+        ``timeline`` too, and ``names`` lists them exactly.
         """
-        if kind not in ("hist", "timeline"):
-            raise ValueError(f"kind must be 'hist' or 'timeline', got {kind!r}")
-        if not self.samples:
-            raise ValueError("no samples to plot")
-        if kind == "timeline":
-            self._need_start_times("a timeline")
-        try:
-            import matplotlib
+        from .plots import plot
 
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("Results.plot() needs matplotlib: pip install matplotlib") from None
-        fig, ax = plt.subplots(figsize=(10, 5))
-        try:
-            if kind == "hist":
-                for name in self.names():
-                    ax.hist(self.durations(name), bins=50, alpha=0.6, label=name)
-                ax.set_xlabel("duration (ms)")
-                ax.set_ylabel("regions")
-                ax.legend(fontsize="small")
-            else:
-                keys = list(dict.fromkeys((s.device, s.stream) for s in self.samples))
-                row = {k: i for i, k in enumerate(keys)}
-                for s in self.samples:
-                    ax.broken_barh([(s.start_ms, s.duration_ms)], (row[(s.device, s.stream)] - 0.4, 0.8))
-                ax.set_yticks(range(len(keys)), [self._stream_label(*k) for k in keys])
-                ax.set_xlabel("time (ms)")
-            fig.tight_layout()
-            fig.savefig(path, format="png")
-        finally:
-            plt.close(fig)
+        plot(self, path, kind, top=top, names=names, match=match)
