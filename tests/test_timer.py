@@ -227,3 +227,27 @@ def test_region_objects_are_used_once_and_by_their_own_timer(streams):
         other.discard(token)
     t.end(token)
     assert t.results(timeout=10).names() == ["once", "mine"]
+
+
+def test_step_indices_group_the_samples(streams):
+    a, _ = streams
+    t = Timer(nvtx=False)
+    for step in range(3):
+        for _ in range(step + 1):
+            with t.region("work", a):
+                pass
+        assert t.step() == step + 1
+    with t.region("after", a):
+        pass
+    r = t.results(timeout=30)
+    assert [s.step for s in r.samples] == [0, 1, 1, 2, 2, 2, 3]
+    groups = r.by_step()
+    assert list(groups) == [0, 1, 2, 3] and [len(g) for g in groups.values()] == [1, 2, 3, 1]
+    assert groups[3].names() == ["after"]
+    again = Results.from_json(r.to_json())
+    assert [s.step for s in again.samples] == [s.step for s in r.samples]
+    legacy = json.loads(r.to_json())
+    for s in legacy["samples"]:
+        del s["step"]  # a file written before samples had a step
+    assert {s.step for s in Results.from_json(json.dumps(legacy)).samples} == {0}
+    assert {e["args"]["step"] for e in r.to_chrome_trace()["traceEvents"] if e["ph"] == "X"} == {0, 1, 2, 3}

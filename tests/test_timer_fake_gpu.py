@@ -291,3 +291,16 @@ def test_regions_open_nvtx_ranges_of_the_same_name(gpu, fake_pool, monkeypatch):
     assert len(fake_nvtx.calls) == 6
     gpu.run(a)
     assert t.results(timeout=5).names() == ["inner", "outer"]
+
+
+def test_gpu_regions_carry_the_step_they_ended_in(gpu, fake_pool):
+    a, b = stream(0x10), stream(0x20)
+    t = Timer(pool=fake_pool, nvtx=False)
+    with t.region("fwd", a):
+        pass
+    t.step()
+    with t.region("fwd", a), t.region("copy", b):
+        pass
+    gpu.run()
+    r = t.results(timeout=5)
+    assert sorted((s.name, s.step) for s in r.samples) == [("copy", 1), ("fwd", 0), ("fwd", 1)]

@@ -378,8 +378,10 @@ class RankReporter:
         self.last_payload_bytes: int | None = None  # this rank's pickled payload of that report
 
     def step(self) -> RankReport | None:
-        """Mark a step boundary; every ``every``-th call reports (see the class docstring)."""
+        """Mark a step boundary (it calls :meth:`Timer.step` too: call one of the two per
+        step); every ``every``-th call reports (see the class docstring)."""
         self.steps += 1
+        self.timer.step()
         if self.steps % self.every:
             return None
         timer = self.timer

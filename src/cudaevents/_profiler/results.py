@@ -25,6 +25,8 @@ class Sample(typing.NamedTuple):
             the device's first region; a region on another stream that the GPU ran before it
             starts below 0.
         duration_ms: the region's length in ms.
+        step: the timer's step index when the region ended (:meth:`Timer.step`; 0 before
+            the first step).
     """
 
     name: str
@@ -32,6 +34,7 @@ class Sample(typing.NamedTuple):
     stream: int
     start_ms: float
     duration_ms: float
+    step: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +98,13 @@ class Results:
     def names(self) -> list[str]:
         """Region names in the order they first finished."""
         return list(dict.fromkeys(s.name for s in self.samples))
+
+    def by_step(self) -> dict[int, "Results"]:
+        """The samples grouped by :attr:`Sample.step`, in step order."""
+        groups: dict[int, list[Sample]] = {}
+        for s in self.samples:
+            groups.setdefault(s.step, []).append(s)
+        return {step: Results(groups[step], self._stream_names, self.parents) for step in sorted(groups)}
 
     def durations(self, name: str) -> list[float]:
         """Every duration (ms) of regions called ``name``."""
@@ -213,7 +223,8 @@ class Results:
                 events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tracks[key],
                                "args": {"name": self._stream_label(*key)}})
             events.append({"ph": "X", "name": s.name, "cat": "cudaevents", "pid": s.device + 1,
-                           "tid": tracks[key], "ts": s.start_ms * 1e3, "dur": s.duration_ms * 1e3})
+                           "tid": tracks[key], "ts": s.start_ms * 1e3, "dur": s.duration_ms * 1e3,
+                           "args": {"step": s.step}})
         trace = {"traceEvents": events, "displayTimeUnit": "ms"}
         if path is not None:
             with open(path, "w") as f:

@@ -131,7 +131,7 @@ class _Open:
         key = self.key
         if key[0] < 0:
             self.stream.enqueue(start.end)
-            entry = (self.name, start, None)
+            entry = (self.name, start, None, timer._step)
         else:
             s, end = self.stream, self.end
             try:
@@ -139,7 +139,7 @@ class _Open:
             except BaseException:
                 timer._spare[key[0]] += (start, end)
                 raise
-            entry = (self.name, start, end)
+            entry = (self.name, start, end, timer._step)
         queue = timer._pending.get(key)
         if queue is None:
             queue = timer._new_queue(key)
@@ -188,10 +188,12 @@ class Timer:
             raise ImportError("Timer(nvtx=True) needs the nvtx package: pip install nvtx")
         self._nvtx = module
         self._lock = threading.Lock()  # guards harvesting, the samples and new keys of _pending
-        # Per stream, the ended regions in end order: (name, start, end). On a GPU stream start
-        # and end are native event handles from the pool; on a CPU stream start is a _CpuMark.
+        # Per stream, the ended regions in end order: (name, start, end, step). On a GPU stream
+        # start and end are native event handles from the pool; on a CPU stream start is a
+        # _CpuMark (and end None).
         self._pending: dict[tuple[int, int], collections.deque] = {}
         self._since_harvest = 0
+        self._step = 0  # the step index regions ending now carry (step())
         self._samples: list[Sample] = []
         self._refs: dict[int, CudaEvent] = {}  # per device: the event times are measured from
         self._ref_done: set[int] = set()  # devices whose reference event has completed
@@ -306,6 +308,13 @@ class Timer:
                     self._names[(-1, n)] = f"CPU stream {stream.thread.name}"
         return n
 
+    def step(self) -> int:
+        """Begin the next step of a loop: regions that end from now on carry the next step
+        index (``Sample.step``; 0 before the first call), so results can be grouped by step
+        (:meth:`Results.by_step`). Returns the new index. Costs nothing on the GPU."""
+        self._step += 1
+        return self._step
+
     # -- harvesting ---------------------------------------------------------------------
     def harvest(self) -> int:
         """Collect finished regions without waiting; returns how many were collected."""
@@ -338,13 +347,13 @@ class Timer:
         done = []
         try:
             for _ in range(finished):
-                name, start, end = queue[0]
+                name, start, end, step = queue[0]
                 ms = elapsed(start, end)
                 at = _NAN if ms is None or ref is None else elapsed(ref, start)
                 if ms is None or at is None:  # threads ended regions out of stream order
                     break
                 queue.popleft()
-                append(new_sample((name, device, stream, at, ms)))
+                append(new_sample((name, device, stream, at, ms, step)))
                 done.append(start)
                 done.append(end)
         finally:
@@ -379,12 +388,12 @@ class Timer:
         device, stream = key
         n = 0
         while queue:
-            name, mark, _ = queue[0]
+            name, mark, _, step = queue[0]
             if mark.end_ns is None:
                 break
             queue.popleft()
             self._samples.append(Sample(name, device, stream, (mark.start_ns - self._cpu_ref_ns) / 1e6,
-                                        (mark.end_ns - mark.start_ns) / 1e6))
+                                        (mark.end_ns - mark.start_ns) / 1e6, step))
             n += 1
         return n
 
@@ -472,7 +481,7 @@ class Timer:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"Timer.synchronize() timed out after {timeout:g} s with {self.pending} region(s) unfinished")
-            (device, _), (_, _, end) = heads[0]
+            (device, _), (_, _, end, _) = heads[0]
             if end is None:  # a CPU stream's region: its thread sets the mark
                 time.sleep(min(1e-4, remaining) if remaining is not None else 1e-4)
                 continue
@@ -500,7 +509,7 @@ class Timer:
             give_back = self._pool.release_many_deferred
             for (device, _), queue in self._pending.items():
                 if device >= 0 and queue:
-                    handles = [h for _, start, end in queue for h in (start, end)]
+                    handles = [h for _, start, end, _ in queue for h in (start, end)]
                     queue.clear()
                     give_back(device, TIMING_FLAGS, handles)
             for device, spare in self._spare.items():
