@@ -76,7 +76,7 @@ class Net(nn.Module):
 def test_forward_and_backward_per_module():
     model = mlp()
     x = torch.randn(128, 32, device="cuda")
-    with LayerTimer(model) as layers:
+    with LayerTimer(model, backward=True) as layers:
         assert layers.names == ["Sequential", "0", "1", "2", "3"]
         for _ in range(3):
             model.zero_grad()
@@ -99,7 +99,7 @@ def test_detach_leaves_no_hooks_and_outputs_are_identical():
     before = hook_state(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     plain = model(x)
-    layers = LayerTimer(model).attach()
+    layers = LayerTimer(model, backward=True).attach()
     timed = model(x)
     timed.sum().backward()
     assert hook_state(model) != before
@@ -115,7 +115,7 @@ def test_detach_leaves_no_hooks_and_outputs_are_identical():
 def test_nested_modules_and_a_module_called_twice():
     model = Net().cuda()
     x = torch.randn(8, 16, device="cuda", requires_grad=True)
-    with LayerTimer(model) as layers:
+    with LayerTimer(model, backward=True) as layers:
         for _ in range(2):
             model(x).sum().backward()
     c = counts(layers.results(timeout=60))
@@ -176,7 +176,7 @@ def test_exception_in_forward_does_not_leak_regions():
 def test_hooks_do_not_wait_for_the_gpu():
     model = mlp()
     x = torch.randn(16, 32, device="cuda")
-    with LayerTimer(model) as layers:
+    with LayerTimer(model, backward=True) as layers:
         model(x).sum().backward()  # warm up: kernels loaded, streams borrowed
         torch.cuda.synchronize()
         torch.cuda._sleep(2_000_000_000)  # ~1 s or more of GPU time ahead of the model
@@ -213,15 +213,16 @@ def test_cli_profiles_a_torch_training_script(tmp_path):
     r = run_cli("profile", "--backward", "--json", out_json, script, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert "final loss" in r.stdout
-    for name in ("Net.fc1", "Net.norm", "Net.fc2", "CrossEntropyLoss", "step"):
+    for name in ("fc1", "norm", "fc2", "CrossEntropyLoss", "step"):  # named as LayerTimer names them
         assert name in r.stdout
     data = json.loads(out_json.read_text())
     c = {n: s["count"] for n, s in data["summary"].items()}
     assert c["step"] == 4
-    for name in ("Net", "Net.fc1", "Net.act", "Net.norm", "Net.fc2", "CrossEntropyLoss"):
+    for name in ("Net", "fc1", "act", "norm", "fc2", "CrossEntropyLoss"):
         assert c[name] == 4, c
-    for name in ("Net.backward", "Net.fc1.backward", "Net.fc2.backward"):
+    for name in ("Net.backward", "fc1.backward", "fc2.backward"):
         assert c[name] == 4, c
+    assert data["parents"]["fc1"] == "Net" and data["parents"]["fc1.backward"] == "Net.backward"
     # no-layers: only the script's own region
     r = run_cli("profile", "--no-layers", "--json", out_json, script, timeout=300, env=env)
     assert r.returncode == 0, r.stderr

@@ -64,7 +64,7 @@ def test_names_counts_and_detach(cpu):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 4))
     x = torch.randn(5, 8)
     before, plain = hook_state(model), model(x)
-    with LayerTimer(model, stream=cpu) as layers:
+    with LayerTimer(model, stream=cpu, backward=True) as layers:
         assert layers.attached and layers.names == ["Sequential", "0", "1", "2", "3"]
         for _ in range(3):
             out = model(x)
@@ -79,7 +79,7 @@ def test_names_counts_and_detach(cpu):
 
 def test_nested_shared_and_exceptions(cpu):
     model = Net()
-    layers = LayerTimer(model, stream=cpu).attach()
+    layers = LayerTimer(model, stream=cpu, backward=True).attach()
     x = torch.randn(2, 4, requires_grad=True)
     model(x).sum().backward()
     model.inner[0].fail = RuntimeError("block failed")
@@ -124,7 +124,7 @@ def test_detach_drops_open_regions(cpu):
 
 def test_backward_regions_without_input_gradients_are_dropped(cpu):
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
-    layers = LayerTimer(model, stream=cpu).attach()
+    layers = LayerTimer(model, stream=cpu, backward=True).attach()
     seen = {}
     model[0].register_forward_hook(lambda m, a, out: seen.setdefault("h", out))
     out = model(torch.randn(2, 4, requires_grad=True))
@@ -149,7 +149,7 @@ def test_reentrant_checkpoint(cpu):
             return self.b(checkpoint(self.a, x, use_reentrant=True)).sum()
 
     model = C()
-    with LayerTimer(model, stream=cpu) as layers:
+    with LayerTimer(model, stream=cpu, backward=True) as layers:
         model(torch.randn(2, 4, requires_grad=True)).backward()
         assert all(not s.backward_open for s in layers._engine._modules)
     # the recomputation inside backward is a second forward of `a`
@@ -167,8 +167,21 @@ def test_include_leaf_only_and_kwargs(cpu):
     with LayerTimer(model, stream=cpu, backward=False, include=(nn.Linear, nn.LayerNorm)) as layers:
         model(x)
     assert counts(layers.results(timeout=30)) == {"shared.lin": 2, "inner.0.lin": 1, "inner.1": 1, "head": 1}
+    with LayerTimer(model, stream=cpu, include="inner.*") as layers:  # a glob on region names
+        model(x)
+    assert set(counts(layers.results(timeout=30))) == {"inner.0", "inner.0.lin", "inner.0.act", "inner.1"}
+    with LayerTimer(model, stream=cpu, include=["Net", nn.LayerNorm]) as layers:  # the root's name, a class
+        model(x)
+    assert set(counts(layers.results(timeout=30))) == {"Net", "inner.1"}
+    with LayerTimer(model, stream=cpu, depth=1) as layers:  # the root and its children
+        model(x)
+    assert set(counts(layers.results(timeout=30))) == {"Net", "shared", "inner", "head"}
+    with pytest.raises(TypeError, match="a name glob such as 'transformer.h.\\*'"):
+        LayerTimer(model, include=3)
     with pytest.raises(TypeError):
-        LayerTimer(model, include="Linear")
+        LayerTimer(model, include=[])
+    with pytest.raises(ValueError, match="depth must be an int >= 0"):
+        LayerTimer(model, depth=-1)
     with pytest.raises(TypeError):
         LayerTimer(object())
 
@@ -196,7 +209,7 @@ def test_threads_pair_their_own_regions(cpu):
 
 def test_cpu_inputs_are_not_timed_without_a_stream():
     model = nn.Linear(4, 4)
-    with LayerTimer(model) as layers:
+    with LayerTimer(model, backward=True) as layers:
         model(torch.randn(2, 4)).sum().backward()
     assert len(layers.results(timeout=30)) == 0
 
@@ -236,10 +249,16 @@ def test_global_hooks_name_modules_by_root(cpu):
                 or mm._global_backward_pre_hooks or mm._global_forward_hooks_always_called)
     assert mm._global_is_full_backward_hook is None
     c = counts(timer.results(timeout=30))
-    for root in ("Model", "Model#2"):
-        for name in ("", ".enc", ".enc.0", ".enc.1", ".ReLU", ".head"):
-            assert c[root + name] == 2 and c[root + name + ".backward"] == 2
+    # as LayerTimer names them: the first root's modules by their path in it; the second
+    # root's, whose paths are taken, under its name; a module built in forward after its caller
+    for name in ("Model", "enc", "enc.0", "enc.1", "Model.ReLU", "head",
+                 "Model#2", "Model#2.enc", "Model#2.enc.0", "Model#2.enc.1", "Model#2.ReLU", "Model#2.head"):
+        assert c[name] == 2 and c[name + ".backward"] == 2, (name, c)
     assert c["MSELoss"] == 4 and c["Linear"] == 2
+    parents = hooks.parents
+    assert parents["enc.0"] == "enc" and parents["enc"] == "Model" and parents["Model"] is None
+    assert parents["Model#2.enc.1"] == "Model#2.enc" and parents["Model.ReLU"] == "Model"
+    assert parents["enc.0.backward"] == "enc.backward"
 
 
 @pytest.mark.parametrize("options, expect", [([], "global hooks: 1 1 0"), (["--backward"], "global hooks: 1 1 1"),
@@ -326,7 +345,7 @@ def test_auto_stream_resolution_is_cached_per_device_and_handle(monkeypatch):
 
 def test_backward_that_raises_leaves_nothing_open_after_the_next_forward(cpu):
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
-    layers = LayerTimer(model, stream=cpu).attach()
+    layers = LayerTimer(model, stream=cpu, backward=True).attach()
 
     def fail(grad):
         raise RuntimeError("backward failed")
@@ -340,3 +359,13 @@ def test_backward_that_raises_leaves_nothing_open_after_the_next_forward(cpu):
     assert not engine._callback_queued
     assert all(not s.backward_open for s in engine._modules)
     layers.detach()
+
+
+def test_reset_forgets_what_was_collected_and_keeps_timing(cpu):
+    model = nn.Linear(2, 2)
+    with LayerTimer(model, stream=cpu) as layers:
+        model(torch.randn(1, 2))
+        layers.timer.synchronize(timeout=30)
+        layers.reset()
+        model(torch.randn(1, 2))
+        assert counts(layers.results(timeout=30)) == {"Linear": 1}

@@ -11,6 +11,7 @@ import time
 import traceback
 import warnings
 
+from .results import Results
 from .timer import Timer
 
 __all__ = ["profile_timer", "run_profile"]
@@ -220,6 +221,8 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
         err.write(_script_traceback(failure))
         err.flush()
     results = _collect(timer, timeout, err)
+    if results is not None and hooks:  # the modules' nesting, for the tree view
+        results = Results(results.samples, results._stream_names, {**results.parents, **hooks[0].parents})
     if failure is not None:
         print(f"cudaevents profile: the script raised {type(failure).__name__}; regions collected until then:", file=out)
     if dropped:

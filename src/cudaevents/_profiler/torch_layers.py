@@ -7,6 +7,7 @@ imports it.
 
 from __future__ import annotations
 
+import fnmatch
 import threading
 import weakref
 
@@ -278,14 +279,37 @@ class _Engine:
         return n
 
 
-def _selector(include):
+def _selector(include, root_name: str, depth: int | None):
+    """``(qualname, module) -> bool``: whether LayerTimer times that module. ``include`` is
+    None (all), a module class, a name glob (matched against region names: the root's is
+    its class name), a list or tuple of classes and globs (any may match), or a callable
+    ``(qualname, module) -> bool``; ``depth`` keeps modules at most that many levels below
+    the root."""
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise ValueError(f"depth must be an int >= 0 or None, got {depth!r}")
     if include is None:
-        return lambda name, module: True
-    if isinstance(include, type) or (isinstance(include, tuple) and all(isinstance(t, type) for t in include)):
-        return lambda name, module: isinstance(module, include)
-    if callable(include):
-        return include
-    raise TypeError(f"include must be None, a module class, a tuple of classes or a callable (name, module) -> bool, got {include!r}")
+        chosen = _everything
+    elif callable(include) and not isinstance(include, type):
+        chosen = include
+    else:
+        items = [include] if isinstance(include, (type, str)) else include
+        if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, (type, str)) for i in items):
+            raise TypeError("include must be None, a module class, a name glob such as 'transformer.h.*', a list "
+                            f"of classes and globs, or a callable (name, module) -> bool; got {include!r}")
+        classes = tuple(i for i in items if isinstance(i, type))
+        globs = [i for i in items if isinstance(i, str)]
+
+        def chosen(qualname, module):
+            name = qualname or root_name
+            return isinstance(module, classes) or any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+    if depth is None:
+        return chosen
+    return lambda qualname, module: (qualname.count(".") + 1 if qualname else 0) <= depth and chosen(qualname, module)
+
+
+def _everything(qualname, module) -> bool:
+    return True
 
 
 class LayerTimer:
@@ -336,10 +360,14 @@ class LayerTimer:
     Args:
         model: the ``torch.nn.Module`` to time.
         timer: the :class:`Timer` to put regions on (default: a new one).
-        backward: also time each module's backward.
-        include: which modules to time: ``None`` (all), a module class or tuple of classes,
-            or a callable ``(name, module) -> bool`` with the ``named_modules()`` name (``""``
-            for the root).
+        backward: also time each module's backward (off by default, as in ``cudaevents
+            profile``: PyTorch's full backward hooks cost far more than the events).
+        include: which modules to time: ``None`` (all), a module class, a glob on region
+            names (``"transformer.h.*"``; the root's name is its class name), a list or
+            tuple of classes and globs (any may match), or a callable ``(name, module) ->
+            bool`` with the ``named_modules()`` name (``""`` for the root).
+        depth: time only modules at most this many levels below the root (``depth=1``: the
+            root and its children; the coarse, always-on view).
         leaf_only: time only modules without submodules.
         stream: put every region on this stream instead, whatever the inputs: anything
             :meth:`Timer.begin` accepts, e.g. a :class:`CpuStream` stand-in where there is
@@ -347,8 +375,8 @@ class LayerTimer:
             when it reaches its end: about the host time of the call while the thread is idle).
     """
 
-    def __init__(self, model, *, timer: Timer | None = None, backward: bool = True, include=None,
-                 leaf_only: bool = False, stream=None):
+    def __init__(self, model, *, timer: Timer | None = None, backward: bool = False, include=None,
+                 depth: int | None = None, leaf_only: bool = False, stream=None):
         import torch
 
         if not isinstance(model, torch.nn.Module):
@@ -356,7 +384,7 @@ class LayerTimer:
         self._model = model
         self._timer = Timer() if timer is None else timer
         self._backward = bool(backward)
-        self._select = _selector(include)
+        self._select = _selector(include, type(model).__name__, depth)
         self._leaf_only = bool(leaf_only)
         self._stream = stream
         self._engine = None
@@ -462,6 +490,10 @@ class LayerTimer:
             self._engine._modules.clear()
         self._names = {}
 
+    def reset(self) -> None:
+        """Forget the regions collected so far (the hooks stay; regions in flight are kept)."""
+        self._timer.reset()
+
     def results(self, timeout: float | None = None):
         """The timer's :class:`Results`, after waiting up to ``timeout`` seconds for the
         regions still running (see :meth:`Timer.results`), with each module's region nested
@@ -486,12 +518,15 @@ class GlobalLayerHooks:
     """Hooks on every ``torch.nn.Module`` of the process (``cudaevents profile``): global
     forward (and optionally backward) hooks of ``torch.nn.modules.module``.
 
-    A module is named when first seen. One first called inside a timed module on the same
-    thread is looked up among that module's submodules (``"Net.layers.0"``), or, if it is not
-    one of them (built inside ``forward``, say), named ``"<that module>.<its class>"``. Any
-    other is a root, named by its class (``"Net"``; ``"Net#2"`` while another live root
-    already has that name), and its submodules are named under it. Names of modules that are
+    A module is named when first seen, as :class:`LayerTimer` names a model's modules: a
+    root (a module first called outside every timed module) by its class (``"Net"``;
+    ``"Net#2"`` while another live root already has that name), its submodules by their path
+    in it (``"layers.0"``), unless a live module of another root holds that name already
+    (then ``"Net#2.layers.0"``). One first called inside a timed module on the same thread is
+    looked up among that module's submodules, or, if it is not one of them (built inside
+    ``forward``, say), named ``"<that module>.<its class>"``. Names of modules that are
     garbage collected are forgotten, so modules built anew every step reuse their names.
+    :attr:`parents` maps each name to the region it is nested in (for ``Results``).
     """
 
     def __init__(self, timer: Timer, *, backward: bool = False, stream=None):
@@ -502,6 +537,9 @@ class GlobalLayerHooks:
         self._backward = backward
         self._by_id: dict[int, _Module] = {}
         self._roots: dict[str, _Module] = {}  # root name -> its state (whose ref may be dead)
+        self._by_name: dict[str, _Module] = {}  # names held by modules (dead ones are forgotten)
+        self._paths: dict[str, tuple[str, str]] = {}  # name -> (its root's name, its path there)
+        self.parents: dict[str, str | None] = {}  # name -> the enclosing region's name
         self._lock = threading.RLock()
         self._handles: list = []
         self._full_flag = None
@@ -521,36 +559,52 @@ class GlobalLayerHooks:
             parent = stack.modules[-1] if stack.modules else None
             parent_module = None if parent is None or parent.ref is None else parent.ref()
             if parent_module is not None:
+                root, path = self._paths.get(parent.name, (parent.name, parent.name))
                 for sub, child in parent_module.named_modules():
                     if child is module and sub:
-                        return self._add(module, f"{parent.name}.{sub}")
-                return self._add(module, f"{parent.name}.{type(module).__name__}")
+                        return self._add(module, root, f"{path}.{sub}" if path else sub, parent.name)
+                return self._add(module, root, f"{parent.name}.{type(module).__name__}", parent.name, prefix=False)
             cls = type(module).__name__
             root, n = cls, 1
             while (held := self._roots.get(root)) is not None and held.ref() is not None:
                 n += 1
                 root = f"{cls}#{n}"
-            state = self._roots[root] = self._add(module, root)
+            state = self._roots[root] = self._add(module, root, "", None)
+            names = {"": root}  # path in the root -> the name given
             for sub, child in module.named_modules():
                 if sub:
                     known = self._by_id.get(id(child))
                     if known is None or known.ref() is not child:
-                        self._add(child, f"{root}.{sub}")
+                        known = self._add(child, root, sub, names.get(sub.rpartition(".")[0], root))
+                    names[sub] = known.name
             return state
 
-    def _add(self, module, name: str) -> _Module:
+    def _add(self, module, root: str, path: str, parent: str | None, prefix: bool = True) -> _Module:
+        """Name ``module``: ``path`` (the root's own name for ""), or ``root.path`` where a live
+        module holds ``path`` already; ``prefix=False``: ``path`` is the whole name."""
+        name = path or root
+        held = self._by_name.get(name)
+        if prefix and path and held is not None and held.ref is not None and held.ref() is not None:
+            name = f"{root}.{path}"
         state = _Module(name)
         key = id(module)
-        by_id, modules = self._by_id, self._engine._modules
+        by_id, by_name, modules = self._by_id, self._by_name, self._engine._modules
 
         def forget(_ref, state=state):  # the module was garbage collected
             if by_id.get(key) is state:
                 del by_id[key]
+            if by_name.get(state.name) is state:
+                del by_name[state.name]
             modules.discard(state)
 
         state.ref = weakref.ref(module, forget)
         by_id[key] = state
+        by_name[name] = state
         modules.add(state)
+        self._paths[name] = (root, path)
+        self.parents[name] = parent
+        if self._backward:
+            self.parents[state.backward_name] = None if parent is None else parent + ".backward"
         return state
 
     def attach(self) -> "GlobalLayerHooks":
