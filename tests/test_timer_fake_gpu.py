@@ -304,3 +304,29 @@ def test_gpu_regions_carry_the_step_they_ended_in(gpu, fake_pool):
     gpu.run()
     r = t.results(timeout=5)
     assert sorted((s.name, s.step) for s in r.samples) == [("copy", 1), ("fwd", 0), ("fwd", 1)]
+
+
+def test_a_region_without_a_stream_follows_torchs_current_stream(gpu, fake_pool, monkeypatch):
+    """Where the program uses CUDA through torch, a bare region times torch's current stream
+    (inside ``with torch.cuda.stream(s):``, ``s``), as LayerTimer and benchmark() do; a
+    stand-in torch says which stream is current."""
+    import sys
+    import types
+
+    current = {"raw": 0x51}
+    cuda = types.SimpleNamespace(is_initialized=lambda: True, current_device=lambda: 0)
+    fake_torch = types.SimpleNamespace(cuda=cuda, _C=types.SimpleNamespace(
+        _cuda_getCurrentRawStream=lambda device: current["raw"]))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    t = Timer(pool=fake_pool, nvtx=False)
+    with t.region("on torch's stream"):
+        pass
+    current["raw"] = 0x52  # `with torch.cuda.stream(other):`
+    with t.region("on the other"):
+        pass
+    cuda.is_initialized = lambda: False  # torch imported, its CUDA never started: the legacy stream
+    with t.region("legacy"):
+        pass
+    gpu.run()
+    r = t.results(timeout=5)
+    assert {s.name: s.stream for s in r.samples} == {"on torch's stream": 0x51, "on the other": 0x52, "legacy": 0}

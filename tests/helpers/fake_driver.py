@@ -28,7 +28,7 @@ The simulated GPU:
   the value, a wait passes. With ``stream_order=True`` a write waits in its stream's queue
   like a record and stores when :meth:`FakeDriver.run` gets there.
 - With ``reuse_streams=True`` a new stream gets the handle of the last one destroyed, as the
-  real driver does most of the time.
+  real driver does most of the time. ``cuStreamGetDevice`` says device 0 for any handle.
 - :meth:`FakeDriver.fail` makes an entry point fail with an error code from then on.
 - ``calls`` counts the calls of each entry point; ``child_calls`` lists those made in another
   process than the one that made the fake (a forked child), where cudaevents must make none.
@@ -215,6 +215,9 @@ class FakeDriver:
             if self.reuse_streams and self.destroyed:
                 return (0, self.destroyed.pop())
         return (0, next(self.ids))
+
+    def cuStreamGetDevice(self, stream):  # every raw handle is a stream of device 0
+        return (0, 0)
 
     def cuStreamDestroy(self, stream):
         with self.lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import threading
 
 from . import driver
@@ -12,7 +13,7 @@ from .errors import ClosedError, DeviceMismatchError
 from .lifetime import defer, state
 from .wait import check_timeout, wait_until
 
-__all__ = ["GpuStream", "as_stream", "helper_stream", "stream_identity"]
+__all__ = ["GpuStream", "as_stream", "helper_stream", "stream_identity", "torch_current_stream"]
 
 # Handle values with a meaning of their own: the default stream (0), CU_STREAM_LEGACY (1) and
 # CU_STREAM_PER_THREAD (2). They name a stream of whatever context is current, so every call
@@ -351,3 +352,21 @@ def helper_stream(device: int) -> GpuStream:
             if s is None:
                 s = _helpers[device] = GpuStream(device)
     return s
+
+
+def torch_current_stream() -> tuple[int, int] | None:
+    """(raw handle, device) of torch's current CUDA stream on its current device when this
+    program uses CUDA through torch (torch imported and its CUDA initialized), else None.
+    Imports nothing and initializes nothing: a program that has not started torch's CUDA
+    has not made another stream current either."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is None:
+        return None
+    try:
+        if not cuda.is_initialized():
+            return None
+        device = cuda.current_device()
+        return int(torch._C._cuda_getCurrentRawStream(device)), device
+    except Exception:  # a torch without CUDA, or one in a bad state: not in use
+        return None

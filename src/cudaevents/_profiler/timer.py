@@ -12,7 +12,7 @@ import weakref
 from .._core import driver
 from .._core.cuda_event import TIMING_FLAGS, CudaEvent, synchronize_handle
 from .._core.pool import default_pool
-from .._core.streams import GpuStream, as_stream, stream_identity
+from .._core.streams import GpuStream, as_stream, stream_identity, torch_current_stream
 from .._core.wait import check_timeout
 from .._sync.cpu_stream import CpuStream
 from .results import Results, Sample
@@ -213,8 +213,10 @@ class Timer:
     def region(self, name: str, stream=None) -> _Open:
         """A context manager timing the work enqueued on ``stream`` inside the block.
 
-        ``stream`` is anything :func:`as_stream` accepts, a :class:`CpuStream`, or ``None``
-        for the legacy default stream of the current device.
+        ``stream`` is anything :func:`as_stream` accepts, a :class:`CpuStream`, or ``None``:
+        torch's current stream at the region's beginning where the program uses CUDA through
+        torch (inside ``with torch.cuda.stream(s):`` that is ``s``, as for LayerTimer and
+        :func:`benchmark`), else the legacy default stream of the current device.
         """
         return _Open(self, name, stream)  # (instances call _Open directly: see __init__)
 
@@ -285,13 +287,15 @@ class Timer:
 
     def _gpu_stream(self, stream) -> GpuStream:
         """``as_stream(stream)``, without re-wrapping a stream object seen before: streams
-        that state their device are cached as (handle, device) -> wrapper."""
-        identity = None if stream is None else stream_identity(stream)
+        that state their device are cached as (handle, device) -> wrapper. ``None`` is
+        torch's current stream where the program uses CUDA through torch (as LayerTimer and
+        benchmark() take it), else the legacy default stream of the current device."""
+        identity = torch_current_stream() if stream is None else stream_identity(stream)
         if identity is None or identity[1] is None:
             return as_stream(stream)
         s = self._streams.get(identity)
         if s is None:
-            s = as_stream(stream)
+            s = as_stream(*identity) if stream is None else as_stream(stream)
             if len(self._streams) >= _MAX_CACHED_STREAMS:
                 self._streams.clear()
             # the wrapper keeps no owner: each region records while its caller holds the stream
