@@ -175,7 +175,11 @@ def test_include_leaf_only_and_kwargs(cpu):
     assert set(counts(layers.results(timeout=30))) == {"Net", "inner.1"}
     with LayerTimer(model, stream=cpu, depth=1) as layers:  # the root and its children
         model(x)
-    assert set(counts(layers.results(timeout=30))) == {"Net", "shared", "inner", "head"}
+    r = layers.results(timeout=30)
+    assert set(counts(r)) == {"Net", "shared", "inner", "head"}
+    assert r.classes["inner"] == "Sequential" and r.parents["inner"] == "Net"
+    again = type(r).from_json(r.to_json())
+    assert again.classes == r.classes and again.parents == r.parents
     with pytest.raises(TypeError, match="a name glob such as 'transformer.h.\\*'"):
         LayerTimer(model, include=3)
     with pytest.raises(TypeError):
@@ -259,6 +263,7 @@ def test_global_hooks_name_modules_by_root(cpu):
     assert parents["enc.0"] == "enc" and parents["enc"] == "Model" and parents["Model"] is None
     assert parents["Model#2.enc.1"] == "Model#2.enc" and parents["Model.ReLU"] == "Model"
     assert parents["enc.0.backward"] == "enc.backward"
+    assert hooks.classes["enc.0"] == "Linear" and hooks.classes["Model#2"] == "Model"
 
 
 @pytest.mark.parametrize("options, expect", [([], "global hooks: 1 1 0"), (["--backward"], "global hooks: 1 1 1"),

@@ -222,7 +222,8 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
         err.flush()
     results = _collect(timer, timeout, err)
     if results is not None and hooks:  # the modules' nesting, for the tree view
-        results = Results(results.samples, results._stream_names, {**results.parents, **hooks[0].parents})
+        results = Results(results.samples, results._stream_names, {**results.parents, **hooks[0].parents},
+                          {**results.classes, **hooks[0].classes})
     if failure is not None:
         print(f"cudaevents profile: the script raised {type(failure).__name__}; regions collected until then:", file=out)
     if dropped:

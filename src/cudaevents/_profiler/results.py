@@ -82,12 +82,15 @@ def stats_of(values) -> Stats:
 class Results:
     """What a :class:`Timer` measured: :attr:`samples`, and views of them."""
 
-    def __init__(self, samples, stream_names: dict | None = None, parents: dict | None = None):
+    def __init__(self, samples, stream_names: dict | None = None, parents: dict | None = None,
+                 classes: dict | None = None):
         self.samples: list[Sample] = list(samples)
         self._stream_names = dict(stream_names or {})
         # region name -> the name of the region it is nested in (None: none), where the names
         # alone do not say it (see tables.py); a LayerTimer gives its modules'
         self.parents: dict[str, str | None] = dict(parents or {})
+        # region name -> the class of the torch module it times (LayerTimer, cudaevents profile)
+        self.classes: dict[str, str] = dict(classes or {})
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -104,7 +107,7 @@ class Results:
         groups: dict[int, list[Sample]] = {}
         for s in self.samples:
             groups.setdefault(s.step, []).append(s)
-        return {step: Results(groups[step], self._stream_names, self.parents) for step in sorted(groups)}
+        return {step: Results(groups[step], self._stream_names, self.parents, self.classes) for step in sorted(groups)}
 
     def durations(self, name: str) -> list[float]:
         """Every duration (ms) of regions called ``name``."""
@@ -168,6 +171,7 @@ class Results:
             "summary": {name: dataclasses.asdict(st) for name, st in self.summary().items()},
             "streams": {f"{d}:{s}": label for (d, s), label in self._stream_names.items()},
             "parents": self.parents,
+            "classes": self.classes,
         }
 
     def to_json(self, path=None) -> str:
@@ -192,7 +196,7 @@ class Results:
         for key, label in data.get("streams", {}).items():
             d, s = key.split(":")
             names[(int(d), int(s))] = label
-        return cls((Sample(**s) for s in data["samples"]), names, data.get("parents"))
+        return cls((Sample(**s) for s in data["samples"]), names, data.get("parents"), data.get("classes"))
 
     # -- traces and plots --------------------------------------------------------------
     def _stream_label(self, device: int, stream: int) -> str:
@@ -224,7 +228,7 @@ class Results:
                                "args": {"name": self._stream_label(*key)}})
             events.append({"ph": "X", "name": s.name, "cat": "cudaevents", "pid": s.device + 1,
                            "tid": tracks[key], "ts": s.start_ms * 1e3, "dur": s.duration_ms * 1e3,
-                           "args": {"step": s.step}})
+                           "args": {"step": s.step, **({"module": self.classes[s.name]} if s.name in self.classes else {})}})
         trace = {"traceEvents": events, "displayTimeUnit": "ms"}
         if path is not None:
             with open(path, "w") as f:

@@ -392,6 +392,7 @@ class LayerTimer:
         self._full_backward_flags: list = []  # (module, its _is_full_backward_hook before attach)
         self._names: dict[str, object] = {}
         self._parents: dict[str, str | None] = {}  # region name -> the enclosing module's, for Results
+        self._classes: dict[str, str] = {}  # region name -> the module's class, for Results
 
     @property
     def timer(self) -> Timer:
@@ -426,6 +427,7 @@ class LayerTimer:
                     continue
                 state = _Module(qualname or root_name)
                 selected[qualname] = state.name
+                self._classes[state.name] = self._classes[state.backward_name] = type(module).__name__
                 engine._modules.add(state)
                 self._names[state.name] = module
                 root = module is self._model
@@ -501,7 +503,7 @@ class LayerTimer:
         model's class, holds the top-level modules), so ``print_summary(tree=True)`` shows
         the model's structure with each module's own (self) time."""
         r = self._timer.results(timeout)
-        return Results(r.samples, r._stream_names, {**r.parents, **self._parents})
+        return Results(r.samples, r._stream_names, {**r.parents, **self._parents}, {**r.classes, **self._classes})
 
     def __enter__(self) -> "LayerTimer":
         return self.attach()
@@ -526,7 +528,8 @@ class GlobalLayerHooks:
     looked up among that module's submodules, or, if it is not one of them (built inside
     ``forward``, say), named ``"<that module>.<its class>"``. Names of modules that are
     garbage collected are forgotten, so modules built anew every step reuse their names.
-    :attr:`parents` maps each name to the region it is nested in (for ``Results``).
+    :attr:`parents` maps each name to the region it is nested in, :attr:`classes` to its
+    module's class (for ``Results``).
     """
 
     def __init__(self, timer: Timer, *, backward: bool = False, stream=None):
@@ -540,6 +543,7 @@ class GlobalLayerHooks:
         self._by_name: dict[str, _Module] = {}  # names held by modules (dead ones are forgotten)
         self._paths: dict[str, tuple[str, str]] = {}  # name -> (its root's name, its path there)
         self.parents: dict[str, str | None] = {}  # name -> the enclosing region's name
+        self.classes: dict[str, str] = {}  # name (and its .backward) -> the module's class
         self._lock = threading.RLock()
         self._handles: list = []
         self._full_flag = None
@@ -603,6 +607,7 @@ class GlobalLayerHooks:
         modules.add(state)
         self._paths[name] = (root, path)
         self.parents[name] = parent
+        self.classes[name] = self.classes[state.backward_name] = type(module).__name__
         if self._backward:
             self.parents[state.backward_name] = None if parent is None else parent + ".backward"
         return state
