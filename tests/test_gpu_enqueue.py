@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from cudaevents import AtomicEvent, CudaEvent, Event, GpuStream, Timer, Worker
+from cudaevents import AtomicEvent, CudaEvent, Event, Timer, Worker
 from cudaevents._core import driver
 
 pytestmark = pytest.mark.gpu
