@@ -227,3 +227,35 @@ def test_cli_profiles_a_torch_training_script(tmp_path):
     r = run_cli("profile", "--no-layers", "--json", out_json, script, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert set(json.loads(out_json.read_text())["summary"]) == {"step"}
+
+
+def test_a_transformer_from_a_config_end_to_end(tmp_path):
+    """GPT-2 from a config (random weights, bf16, nothing downloaded): a training step's forward
+    timed per module down to 4 levels of module path, read back as a tree, a trace and pictures."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=128, n_head=2, vocab_size=256, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).cuda().to(torch.bfloat16)
+    x = torch.randint(0, 256, (2, 32), device="cuda")
+    with LayerTimer(model, depth=4) as layers:
+        for _ in range(3):
+            model(x).logits.float().sum().backward()
+            layers.timer.step()
+    r = layers.results(timeout=60)
+    c = counts(r)
+    for name in ("GPT2LMHeadModel", "transformer", "transformer.h.0", "transformer.h.1.attn", "lm_head"):
+        assert c[name] == 3, c
+    assert "transformer.h.0.attn.c_attn" not in c  # 5 levels down
+    summary = r.summary()
+    assert summary["GPT2LMHeadModel"].total_ms >= summary["transformer"].total_ms > 0
+    tree = r.rows(tree=True)
+    assert tree[0].name == "GPT2LMHeadModel" and tree[1].name == "transformer" and tree[0].self_ms >= 0
+    assert r.classes["transformer.h.0"] == "GPT2Block" and {s.step for s in r.samples} == {0, 1, 2}
+    trace = r.to_chrome_trace(tmp_path / "trace.json")
+    assert {e["args"].get("module") for e in trace["traceEvents"] if e["ph"] == "X"} >= {"GPT2Block", "GPT2Attention"}
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    for kind in ("bars", "timeline", "hist"):
+        r.plot(tmp_path / f"{kind}.png", kind=kind)

@@ -170,6 +170,7 @@ def test_timeline_labels_keep_the_last_path_parts():
 
     assert _fit("GPT2LMHeadModel.transformer.h.0", 6) == "h.0"
     assert _fit("GPT2LMHeadModel.transformer.h.0.attn.c_attn", 12) == "attn.c_attn"
+    assert _fit("transformer.h.1.mlp", 6) == "mlp" and _fit("transformer.h.1.mlp", 8) == "h.1.mlp"
     assert _fit("model.encoder_self_attention", 8) == "…tention"
 
 

@@ -374,3 +374,26 @@ def test_reset_forgets_what_was_collected_and_keeps_timing(cpu):
         layers.reset()
         model(torch.randn(1, 2))
         assert counts(layers.results(timeout=30)) == {"Linear": 1}
+
+
+def test_a_transformer_from_a_config_reads_as_its_module_tree(cpu):
+    """GPT-2 from a config (random weights, nothing downloaded), forward timed on a CpuStream
+    stand-in: every module is a region named by its path, and the tree and the trace follow
+    the model's structure. (On the GPU: test_gpu_torch_layers.py.)"""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with LayerTimer(model, stream=cpu) as layers, torch.no_grad():
+        for _ in range(2):
+            model(torch.randint(0, 128, (1, 16)))
+            layers.timer.step()
+    r = layers.results(timeout=60)
+    names = {("GPT2LMHeadModel" if q == "" else q) for q, _ in model.named_modules()}
+    assert set(r.names()) <= names and {"GPT2LMHeadModel", "transformer", "transformer.h.1.mlp"} <= set(r.names())
+    assert all(st.count == 2 for st in r.summary().values() if st.count)
+    tree = [row for row in r.rows(tree=True, depth=2)]
+    assert [row.name for row in tree[:2]] == ["GPT2LMHeadModel", "transformer"]
+    assert {row.name for row in tree if row.depth == 2} >= {"transformer.h.0", "transformer.h.1", "transformer.wte"}
+    assert r.classes["transformer.h.0"] == "GPT2Block" and r.parents["transformer.h.0.attn"] == "transformer.h.0"
+    assert {s.step for s in r.samples} == {0, 1}

@@ -79,17 +79,20 @@ def _bars(plt, results, *, top, names, match):
 
 
 def _fit(name: str, chars: int) -> str:
-    """The last path parts of ``name`` that fit in ``chars`` (a numeric part keeps the one
-    before it: ``h.0``, not ``0``), else ``name`` shortened from the left."""
+    """The last path parts of ``name`` that fit in ``chars``, a numeric part only with the one
+    before it (``h.1.mlp`` or ``mlp``, never ``1.mlp``), else ``name`` shortened from the left."""
     parts = name.split(".")
-    label = parts[-1]
+
+    def step_back(i: int) -> int:  # where the label starts if it takes one more part
+        i -= 1
+        return i - 1 if parts[i].isdigit() and i > 0 else i
+
     i = len(parts) - 1
-    if label.isdigit() and i > 0:
+    if parts[i].isdigit() and i > 0:
         i -= 1
-        label = f"{parts[i]}.{label}"
-    while i > 0 and len(parts[i - 1]) + 1 + len(label) <= chars:
-        i -= 1
-        label = f"{parts[i]}.{label}"
+    while i > 0 and len(".".join(parts[step_back(i):])) <= chars:
+        i = step_back(i)
+    label = ".".join(parts[i:])
     return label if len(label) <= chars else shorten(name, chars)
 
 

@@ -366,8 +366,9 @@ class LayerTimer:
             names (``"transformer.h.*"``; the root's name is its class name), a list or
             tuple of classes and globs (any may match), or a callable ``(name, module) ->
             bool`` with the ``named_modules()`` name (``""`` for the root).
-        depth: time only modules at most this many levels below the root (``depth=1``: the
-            root and its children; the coarse, always-on view).
+        depth: time only modules at most this many levels of module path below the root
+            (``depth=1``: the root and its children, the coarse always-on view;
+            ``transformer.h.0`` is 3 levels down, ``h`` being a ModuleList).
         leaf_only: time only modules without submodules.
         stream: put every region on this stream instead, whatever the inputs: anything
             :meth:`Timer.begin` accepts, e.g. a :class:`CpuStream` stand-in where there is
