@@ -60,7 +60,7 @@ def test_names_that_only_some_ranks_have_are_kept():
 
 
 def test_threshold_and_bad_payloads_are_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\]"):
         RankReport([payload(0, {})], threshold=1.5)
     with pytest.raises(ValueError, match="same rank"):
         RankReport([payload(0, {}), payload(0, {})])
@@ -197,6 +197,38 @@ def test_the_reporter_reports_every_n_steps_on_windows(monkeypatch, cpu):
     assert "relative" not in scores[0]["why"]  # (a microsecond region's windows may differ: individual)
     with pytest.raises(ValueError, match="every must be an int >= 1"):
         RankReporter(timer, every=0)
+
+
+def test_bad_thresholds_and_sources_are_refused_before_the_gather(monkeypatch):
+    stand_in = _Ranks(monkeypatch, 2, 1, lambda r: payload(r, {}))
+    for bad in (0, 1.5, "0.8", True):
+        with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\]"):
+            ce.gather_results(_results([("a", 1.0)]), threshold=bad)
+        with pytest.raises(ValueError, match="threshold"):
+            RankReporter(ce.Timer(), threshold=bad)
+    assert stand_in.sent == []  # refused before any rank entered the collective
+    with pytest.raises(TypeError, match="needs a Timer, a LayerTimer or"):
+        ce.gather_results([1.0, 2.0])
+    with pytest.raises(TypeError, match="RankReporter needs a Timer"):
+        RankReporter(object())
+
+
+def test_the_reporter_follows_a_timer_reset(monkeypatch, cpu):
+    stream = cpu()
+    timer = ce.Timer()
+    stand_in = _Ranks(monkeypatch, 1, 0, None)
+    reporter = RankReporter(timer, every=1, print_report=False)
+    for _ in range(2):
+        with timer.region("step", stream):
+            pass
+    stream.synchronize(timeout=10)
+    reporter.step()
+    timer.reset()  # a new sample list: the next window starts at its beginning
+    with timer.region("after reset", stream):
+        pass
+    stream.synchronize(timeout=10)
+    reporter.step()
+    assert stand_in.sent[0]["regions"]["step"][0] == 2 and list(stand_in.sent[1]["regions"]) == ["after reset"]
 
 
 def test_a_rank_without_regions_in_a_window_sends_an_empty_one(monkeypatch):

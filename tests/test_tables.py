@@ -104,6 +104,8 @@ def test_bad_options_say_what_is_allowed():
         r.rows(top=0)
     with pytest.raises(ValueError, match="depth must be an int >= 0"):
         r.rows(depth=-1)
+    with pytest.raises(TypeError, match="match must be a name glob such as 'transformer.h.\\*'"):
+        r.rows(match=3)
 
 
 def test_parents_override_the_names_and_survive_json():

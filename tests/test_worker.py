@@ -444,6 +444,9 @@ def test_gpu_commits_record_plain_events_and_the_worker_sleeps_on_one_blocking_s
         w.synchronize(timeout=10)
         assert ran == list(range(100))
         assert len([e for e, _ in records if flags_of[e] & BLOCKING_SYNC]) == 1  # one at a time, reused
+        w.close(timeout=10)
+        assert int(own) in fake_driver.destroyed  # the worker's own stream goes when its thread ends
+        assert w._runner.pending() == 0
     finally:
         fake_driver.run()
         w.close(timeout=10)

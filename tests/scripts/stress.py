@@ -1803,21 +1803,27 @@ def _misuse(actor):
         case(actor, name)
 
 
-def _m_sync_own_task(actor, name):
-    s = actor.rng.choice(WORLD.consumers)
-    box = []
+def _recording(box: list, fn, expected):
+    """A task that calls ``fn()`` and puts in ``box`` "raised" (``expected`` was raised),
+    "returned", or the other exception."""
 
-    def own():
+    def task():
         try:
-            s.synchronize(timeout=1)
-        except RuntimeError:
+            fn()
+        except expected:
             box.append("raised")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
             box.append(exc)
         else:
             box.append("returned")
 
-    s.enqueue(own)
+    return task
+
+
+def _m_sync_own_task(actor, name):
+    s = actor.rng.choice(WORLD.consumers)
+    box = []
+    s.enqueue(_recording(box, lambda: s.synchronize(timeout=1), RuntimeError))
     must_come("CpuStream.synchronize()", s.synchronize, timeout=WAIT)
     if box != ["raised"]:
         raise Failure(f"MISUSE {name}: CpuStream.synchronize() from its own task gave {box}, not RuntimeError")
@@ -1827,18 +1833,7 @@ def _m_sync_own_task(actor, name):
 def _m_worker_sync_own_task(actor, name):
     w = Worker(f"misuse-worker-{actor.name}")
     box = []
-
-    def own():
-        try:
-            w.synchronize(timeout=1)
-        except RuntimeError:
-            box.append("raised")
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            box.append(exc)
-        else:
-            box.append("returned")
-
-    w.add_task(own)
+    w.add_task(_recording(box, lambda: w.synchronize(timeout=1), RuntimeError))
     w.close(timeout=WAIT)
     if box != ["raised"]:
         raise Failure(f"MISUSE {name}: Worker.synchronize() from its own task gave {box}, not RuntimeError")

@@ -15,7 +15,7 @@ import math
 import zlib
 
 from .results import stats_of
-from .tables import rows, shorten
+from .tables import globs, rows, shorten
 
 __all__ = ["KINDS", "plot"]
 
@@ -130,7 +130,7 @@ def _depths(samples) -> list[int]:
 def _timeline(plt, results, *, top, names, match):
     import fnmatch
 
-    patterns = list(names or ([match] if isinstance(match, str) else match or []))
+    patterns = globs(names or match)
     samples = [s for s in results.samples
                if not patterns or any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
     if not samples:

@@ -19,7 +19,6 @@ below the report's threshold.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -27,7 +26,8 @@ import socket
 import statistics
 import time
 
-from .results import Results, stats_of
+from .results import Results, read_json, stats_of, write_json
+from .timer import Timer
 
 __all__ = ["RankReport", "RankReporter", "all_gather_results", "gather_results"]
 
@@ -60,10 +60,10 @@ def rank_payload(source, rank: int, *, samples: bool = False, timeout: float | N
     ``source`` is a :class:`Timer` (its regions are waited for, ``timeout`` seconds at most),
     a :class:`LayerTimer`, or a :class:`Results` (summaries only: samples need the timer,
     whose clocks are aligned here)."""
-    timer = getattr(source, "timer", source)  # a LayerTimer's Timer
     if isinstance(source, Results):
         results, timer = source, None
     else:
+        timer = _timer_of(source, "rank_payload()")
         results = timer.results(timeout)
     payload = _header(rank)
     payload["regions"] = _summaries(results.samples)
@@ -101,8 +101,7 @@ class RankReport:
     """
 
     def __init__(self, payloads, threshold: float = DEFAULT_THRESHOLD):
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        _check_threshold(threshold)
         self.payloads = sorted((_check_payload(p) for p in payloads), key=lambda p: p["rank"])
         if not self.payloads:
             raise ValueError("a RankReport needs the payload of at least one rank")
@@ -220,22 +219,12 @@ class RankReport:
 
     def to_json(self, path=None) -> str:
         """The report as JSON text, also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
+        return write_json(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, text_or_path: str) -> "RankReport":
         """Load what :meth:`to_json` wrote (JSON text or a path to it)."""
-        text = text_or_path
-        if not text.lstrip().startswith("{"):
-            with open(text_or_path) as f:
-                text = f.read()
-        data = json.loads(text)
-        if data.get("format") != "cudaevents.rank_report" or data.get("version") != 1:
-            raise ValueError("not a cudaevents rank report (format 'cudaevents.rank_report', version 1)")
+        data = read_json(text_or_path, "cudaevents.rank_report", "a cudaevents rank report")
         return cls(data["payloads"], data["threshold"])
 
     def to_chrome_trace(self, path=None) -> dict:
@@ -268,9 +257,21 @@ class RankReport:
                                "ts": start_us - t0, "dur": dur_us})
         trace = {"traceEvents": events, "displayTimeUnit": "ms"}
         if path is not None:
-            with open(path, "w") as f:
-                json.dump(trace, f)
+            write_json(trace, path, indent=None)
         return trace
+
+
+def _timer_of(source, what: str) -> Timer:
+    timer = getattr(source, "timer", source)  # a LayerTimer's Timer
+    if not isinstance(timer, Timer):
+        raise TypeError(f"{what} needs a Timer, a LayerTimer or (for summaries) a Results, got "
+                        f"{type(source).__name__}")
+    return timer
+
+
+def _check_threshold(threshold) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
 
 
 def _individual(payload: dict, name: str):
@@ -333,6 +334,7 @@ def gather_results(source, group=None, dst: int = 0, *, samples: bool = False, t
 
     The transport is torch.distributed's ``gather_object`` (any backend; with NCCL, set
     ``torch.cuda.set_device`` first, as torch requires)."""
+    _check_threshold(threshold)  # on every rank, before the collective
     payloads = _exchange(rank_payload(source, _rank_of(group), samples=samples, timeout=timeout), group, dst)
     return None if payloads is None else RankReport(payloads, threshold)
 
@@ -340,6 +342,7 @@ def gather_results(source, group=None, dst: int = 0, *, samples: bool = False, t
 def all_gather_results(source, group=None, *, samples: bool = False, timeout: float | None = None,
                        threshold: float = DEFAULT_THRESHOLD) -> RankReport:
     """:func:`gather_results` to every rank: each gets the whole :class:`RankReport`."""
+    _check_threshold(threshold)
     payloads = _exchange(rank_payload(source, _rank_of(group), samples=samples, timeout=timeout), group, None)
     return RankReport(payloads, threshold)
 
@@ -368,11 +371,13 @@ class RankReporter:
                  threshold: float = DEFAULT_THRESHOLD, print_report: bool = True, file=None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
-        self.timer = getattr(timer, "timer", timer)
+        _check_threshold(threshold)
+        self.timer = _timer_of(timer, "RankReporter")
         self.every, self.group, self.dst = every, group, dst
         self.threshold, self.print_report, self.file = threshold, print_report, file
         self.steps = 0
-        self._seen = 0  # samples of the timer already reported
+        self._seen = 0  # samples of the timer's list (_reported) already reported
+        self._reported = None
         self._best: dict[str, float] = {}
         self.last_gather_s: float | None = None  # how long the last report's gather took
         self.last_payload_bytes: int | None = None  # this rank's pickled payload of that report
@@ -387,6 +392,8 @@ class RankReporter:
         timer = self.timer
         timer.harvest()
         with timer._lock:
+            if timer._samples is not self._reported:  # a new list: Timer.reset() since
+                self._reported, self._seen = timer._samples, 0
             window = timer._samples[self._seen:]
             self._seen += len(window)
         current = _summaries(window)

@@ -79,6 +79,28 @@ def stats_of(values) -> Stats:
 
 
 
+def write_json(data, path=None, indent: int | None = 1) -> str:
+    """``data`` as JSON text, also written to ``path`` when given."""
+    text = json.dumps(data, indent=indent)
+    if path is not None:
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
+def read_json(text_or_path: str, fmt: str, what: str) -> dict:
+    """The dict in JSON text or a file at a path, checked to be of format ``fmt``, version 1
+    (``ValueError`` naming ``what`` otherwise)."""
+    text = text_or_path
+    if not text.lstrip().startswith("{"):
+        with open(text_or_path) as f:
+            text = f.read()
+    data = json.loads(text)
+    if data.get("format") != fmt or data.get("version") != 1:
+        raise ValueError(f"not {what} (format {fmt!r}, version 1)")
+    return data
+
+
 class Results:
     """What a :class:`Timer` measured: :attr:`samples`, and views of them."""
 
@@ -176,22 +198,12 @@ class Results:
 
     def to_json(self, path=None) -> str:
         """The results as JSON text, also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
+        return write_json(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, text_or_path: str) -> "Results":
         """Load what :meth:`to_json` wrote (JSON text or a path to it)."""
-        text = text_or_path
-        if not text.lstrip().startswith("{"):
-            with open(text_or_path) as f:
-                text = f.read()
-        data = json.loads(text)
-        if data.get("format") != "cudaevents.results" or data.get("version") != 1:
-            raise ValueError("not a cudaevents results file (format/version 1 expected)")
+        data = read_json(text_or_path, "cudaevents.results", "a cudaevents results file")
         names = {}
         for key, label in data.get("streams", {}).items():
             d, s = key.split(":")
@@ -231,8 +243,7 @@ class Results:
                            "args": {"step": s.step, **({"module": self.classes[s.name]} if s.name in self.classes else {})}})
         trace = {"traceEvents": events, "displayTimeUnit": "ms"}
         if path is not None:
-            with open(path, "w") as f:
-                json.dump(trace, f)
+            write_json(trace, path, indent=None)
         return trace
 
     def plot(self, path, kind: str = "bars", *, top: int | None = None, names=None, match=None) -> None:

@@ -16,7 +16,7 @@ import typing
 
 from .results import Stats, stats_of
 
-__all__ = ["Row", "rows", "render_plain", "render_rich"]
+__all__ = ["Row", "globs", "render_plain", "render_rich", "rows", "shorten"]
 
 _BACKWARD = ".backward"
 SORTS = ("total", "self", "count", "mean", "median", "max", "name", "first")
@@ -88,7 +88,7 @@ def rows(samples, parents: dict | None = None, *, sort: str = "total", top: int 
         raise ValueError(f"top must be an int >= 1 or None, got {top!r}")
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
         raise ValueError(f"depth must be an int >= 0 or None, got {depth!r}")
-    patterns = [match] if isinstance(match, str) else list(match or [])
+    patterns = globs(match)
     by_name: dict[str, list[float]] = {}
     for s in samples:
         by_name.setdefault(s.name, []).append(s.duration_ms)
@@ -140,6 +140,17 @@ def rows(samples, parents: dict | None = None, *, sort: str = "total", top: int 
         ordered += [r for r in kept if r not in ordered]  # under a parent cycle: still shown
         kept = ordered
     return kept, len(left), sum(r.stats.total_ms for r in left)
+
+
+def globs(match) -> list[str]:
+    """``match`` (None, a glob, or a list or tuple of globs) as a list of globs."""
+    if match is None:
+        return []
+    if isinstance(match, str):
+        return [match]
+    if isinstance(match, (list, tuple)) and all(isinstance(m, str) for m in match):
+        return list(match)
+    raise TypeError(f"match must be a name glob such as 'transformer.h.*' or a list of globs, got {match!r}")
 
 
 def _sort_key(sort: str, first: dict):

@@ -27,15 +27,18 @@ class Runner:
     """Runs ``fn(*args, **kwargs)`` items on its own thread, one at a time, in order.
 
     ``on_error(exc, fn)`` is called on the thread when an item raises (any BaseException);
-    the thread always goes on with the next item.
+    the thread always goes on with the next item. ``on_exit()``, if given, runs on the thread
+    after the last item once the runner is stopped (not in a forked child, not at interpreter
+    exit); it is not an item: :meth:`pending` and :meth:`wait` do not count it.
 
     ``orphaned`` is True in a process forked after the Runner was made (while it was open or
     had unfinished items): its thread does not exist there, and ``closed`` is True too.
     """
 
-    __slots__ = ("queue", "cond", "submitted", "done", "closed", "orphaned", "thread", "_on_error", "__weakref__")
+    __slots__ = ("queue", "cond", "submitted", "done", "closed", "orphaned", "thread", "_on_error", "_on_exit",
+                 "__weakref__")
 
-    def __init__(self, name: str, on_error):
+    def __init__(self, name: str, on_error, on_exit=None):
         self.queue = queue.SimpleQueue()
         self.cond = threading.Condition(threading.Lock())
         self.submitted = 0
@@ -43,6 +46,7 @@ class Runner:
         self.closed = False  # no more submissions; _STOP is on the queue
         self.orphaned = False  # made before a fork of this (child) process: no thread here
         self._on_error = on_error
+        self._on_exit = on_exit
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         _runners.add(self)  # before start(): a fork in between must not miss a running thread
         self.thread.start()
@@ -52,6 +56,11 @@ class Runner:
         while True:
             item = get()
             if item is _STOP:
+                if self._on_exit is not None:
+                    try:
+                        self._on_exit()
+                    except BaseException as exc:  # noqa: BLE001 - reported through on_error
+                        self._on_error(exc, self._on_exit)
                 return
             fn, args, kwargs = item
             item = None

@@ -157,7 +157,7 @@ class Worker:
         self._closed = False
         self._errors: list[BaseException] = []
         self._sleeper = _Sleeper()  # used by the worker's thread only
-        self._runner = Runner(name or f"cudaevents-worker-{next(_names)}", _unexpected)
+        self._runner = Runner(name or f"cudaevents-worker-{next(_names)}", _unexpected, self._sleeper.close)
         _workers.add(self)
 
     # -- properties ---------------------------------------------------------------------
@@ -370,7 +370,6 @@ class Worker:
         leftover = _take_all(self._pending)
         if leftover:
             r.submit(_run_batch, (self._errors, self.name, None, None, leftover))
-        r.submit(self._sleeper.close, ())
         r.stop()
 
     def __enter__(self) -> "Worker":
