@@ -6,6 +6,7 @@ versions are in test_gpu_torch_layers.py."""
 from __future__ import annotations
 
 import threading
+import warnings
 
 import pytest
 from helpers.subproc import NO_GPU, SCRIPTS, run_cli
@@ -122,18 +123,18 @@ def test_detach_drops_open_regions(cpu):
     assert set(counts(layers.results(timeout=30))) == {"shared", "shared.lin", "shared.act"}
 
 
-def test_backward_regions_without_input_gradients_are_dropped(cpu):
+def test_a_backward_pass_that_stops_inside_the_model_ends_its_regions_with_it(cpu):
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
     layers = LayerTimer(model, stream=cpu, backward=True).attach()
     seen = {}
     model[0].register_forward_hook(lambda m, a, out: seen.setdefault("h", out))
     out = model(torch.randn(2, 4, requires_grad=True))
-    # stops inside the model: the backward of the model and of its first layer never ends
+    # the gradient of the first layer's output only: its backward never begins
     torch.autograd.grad(out.sum(), seen["h"])
-    assert all(not s.backward_open for s in layers._engine._modules)
+    assert layers._engine.open_backward() == 0
     layers.detach()
     assert counts(layers.results(timeout=30)) == {"Sequential": 1, "0": 1, "1": 1, "2": 1, "2.backward": 1,
-                                                  "1.backward": 1}
+                                                  "1.backward": 1, "Sequential.backward": 1}
 
 
 def test_reentrant_checkpoint(cpu):
@@ -151,7 +152,7 @@ def test_reentrant_checkpoint(cpu):
     model = C()
     with LayerTimer(model, stream=cpu, backward=True) as layers:
         model(torch.randn(2, 4, requires_grad=True)).backward()
-        assert all(not s.backward_open for s in layers._engine._modules)
+        assert layers._engine.open_backward() == 0
     # the recomputation inside backward is a second forward of `a`
     assert counts(layers.results(timeout=30)) == {"a": 2, "b": 1, "C": 1, "C.backward": 1, "b.backward": 1,
                                                   "a.backward": 1}
@@ -266,7 +267,8 @@ def test_global_hooks_name_modules_by_root(cpu):
     assert hooks.classes["enc.0"] == "Linear" and hooks.classes["Model#2"] == "Model"
 
 
-@pytest.mark.parametrize("options, expect", [([], "global hooks: 1 1 0"), (["--backward"], "global hooks: 1 1 1"),
+# --backward adds no module backward hooks: backward is timed through autograd nodes
+@pytest.mark.parametrize("options, expect", [([], "global hooks: 1 1 0"), (["--backward"], "global hooks: 1 1 0"),
                                              (["--no-layers"], "global hooks: 0 0 0")])
 def test_cli_hooks_torch_when_the_script_imports_it(options, expect):
     script = SCRIPTS / "profiled" / "torch_hooks.py"
@@ -362,7 +364,7 @@ def test_backward_that_raises_leaves_nothing_open_after_the_next_forward(cpu):
     engine = layers._engine
     model(torch.randn(2, 4))
     assert not engine._callback_queued
-    assert all(not s.backward_open for s in engine._modules)
+    assert engine.open_backward() == 0
     layers.detach()
 
 
@@ -397,3 +399,129 @@ def test_a_transformer_from_a_config_reads_as_its_module_tree(cpu):
     assert {row.name for row in tree if row.depth == 2} >= {"transformer.h.0", "transformer.h.1", "transformer.wte"}
     assert r.classes["transformer.h.0"] == "GPT2Block" and r.parents["transformer.h.0.attn"] == "transformer.h.0"
     assert {s.step for s in r.samples} == {0, 1}
+
+
+class _Tag(torch.autograd.Function):
+    """An identity whose backward writes its name to a log: where autograd runs it."""
+
+    @staticmethod
+    def forward(ctx, x, name, log):
+        ctx.name, ctx.log = name, log
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.log.append(("ran", ctx.name))
+        return grad, None, None
+
+
+class _Leaf(nn.Module):
+    def __init__(self, tag, log):
+        super().__init__()
+        self.tag, self.log = tag, log
+
+    def forward(self, x):
+        return _Tag.apply(x, self.tag, self.log)
+
+
+class _Attention(nn.Module):
+    """Three children reading one input (as q, k and v projections do), with work of its own
+    before, between and after them."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+        self.q, self.k, self.v = _Leaf("q", log), _Leaf("k", log), _Leaf("v", log)
+
+    def forward(self, x):
+        h = _Tag.apply(x, "pre", self.log)
+        return _Tag.apply(self.q(h) * self.k(h) + self.v(h), "post", self.log)
+
+
+class _LoggingTimer:
+    """Stands for a Timer: logs each region's begin and end."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def begin(self, name, stream):
+        if name.endswith(".backward"):
+            self.log.append(("begin", name))
+        return name
+
+    def end(self, token):
+        if token.endswith(".backward"):
+            self.log.append(("end", token))
+
+    def discard(self, token, pop_nvtx=True):
+        self.log.append(("discard", token))
+
+
+def test_backward_regions_hold_their_own_modules_work(cpu):
+    """Each backward region begins where autograd is about to run the node that made the
+    module's output and ends before the work of what came before it: siblings reading one
+    input end one another, the enclosing module's own work outside them, the first layer
+    with the pass."""
+    log = []
+    model = nn.Sequential(_Leaf("first", log), _Attention(log), _Leaf("last", log))
+    x = torch.randn(3, requires_grad=True)
+    with LayerTimer(model, timer=_LoggingTimer(log), stream=cpu, backward=True) as layers:
+        out = model(x)
+        assert log == []  # the forward only armed hooks
+        out.sum().backward()
+        assert layers._engine.open_backward() == 0
+    b, e = (lambda n: ("begin", n + ".backward")), (lambda n: ("end", n + ".backward"))
+    assert log == [b("Sequential"), b("2"), ("ran", "last"), e("2"),
+                   b("1"), ("ran", "post"),
+                   b("1.v"), ("ran", "v"), e("1.v"),
+                   b("1.k"), ("ran", "k"), e("1.k"),
+                   b("1.q"), ("ran", "q"), e("1.q"),
+                   ("ran", "pre"), e("1"),
+                   b("0"), ("ran", "first"), e("0"), e("Sequential")]
+
+
+def test_backward_timing_changes_no_gradient_and_warns_nothing(cpu):
+    """In-place activations after hooked modules, a dict output, a pass-through module and
+    inputs that need no gradient: what PyTorch's full backward hooks refuse or warn about."""
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.act = nn.ReLU(inplace=True)
+            self.same = nn.Identity()
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return {"y": self.out(self.same(self.act(self.lin(x)))), "n": 3}
+
+    torch.manual_seed(0)
+    model, x = Model(), torch.randn(5, 4)
+
+    def grads():
+        model.zero_grad()
+        model(x)["y"].square().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    with LayerTimer(model, stream=cpu, backward=True) as layers, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            timed = grads()
+    assert all(torch.equal(a, b) for a, b in zip(plain, timed))
+    c = counts(layers.results(timeout=30))
+    assert c == {"Model": 2, "lin": 2, "act": 2, "same": 2, "out": 2, "Model.backward": 2, "lin.backward": 2,
+                 "act.backward": 2, "out.backward": 2}  # nn.Identity has no backward of its own
+
+
+def test_detach_disarms_the_backward_of_a_forward_before_it(cpu):
+    log = []
+    model = nn.Sequential(_Leaf("a", log), _Leaf("b", log))
+    layers = LayerTimer(model, timer=_LoggingTimer(log), stream=cpu, backward=True).attach()
+    out = model(torch.randn(2, requires_grad=True))
+    layers.detach()
+    out.sum().backward()
+    assert log == [("ran", "b"), ("ran", "a")]
+    with torch.no_grad(), LayerTimer(model, timer=_LoggingTimer(log), stream=cpu, backward=True) as layers:
+        model(torch.randn(2))  # no autograd graph: nothing armed, nothing held
+        assert layers._engine._stack().calls == [] and layers._engine._stack().last_node is None

@@ -47,15 +47,61 @@ def _device_of(values, Tensor) -> int:
 
 
 class _Module:
-    """What the hooks know about one module: its region names and its open backward regions."""
+    """What the hooks know about one module: its region names and its timed ancestors."""
 
-    __slots__ = ("name", "backward_name", "backward_open", "ref", "__weakref__")
+    __slots__ = ("name", "backward_name", "ancestors", "ref", "__weakref__")
 
-    def __init__(self, name: str, module=None):
+    def __init__(self, name: str, module=None, ancestors: frozenset = frozenset()):
         self.name = name
         self.backward_name = name + ".backward"
-        self.backward_open: list = []  # tokens, one per backward begun and not yet ended
+        self.ancestors = ancestors  # the states of the timed modules it sits in, statically
         self.ref = None if module is None else weakref.ref(module)
+
+
+class _Call:
+    """One forward call of a module while autograd records: what its backward region needs.
+
+    ``parent`` is the call it ran inside (on the same thread), ``inputs`` the autograd nodes
+    that made its inputs (kept only until its forward ends), ``token`` its backward region
+    once begun."""
+
+    __slots__ = ("state", "parent", "inputs", "token", "begun")
+
+    def __init__(self, state: _Module, parent: "_Call | None"):
+        self.state = state
+        self.parent = parent
+        self.inputs = ()
+        self.token = None
+        self.begun = False
+
+
+def _encloses(outer: _Call, call: _Call) -> bool:
+    """Whether ``call``'s backward nests in ``outer``'s: ``call`` ran inside ``outer``'s
+    forward, or (a forward recomputed inside backward, as checkpointing does, has no
+    enclosing call) ``outer``'s module contains ``call``'s."""
+    c = call.parent
+    while c is not None:
+        if c is outer:
+            return True
+        c = c.parent
+    return outer.state in call.state.ancestors
+
+
+def _grad_nodes(values, Tensor, into: list) -> list:
+    """Append to ``into`` the distinct autograd nodes (``grad_fn``) of the tensors in
+    ``values``, looking one level into lists, tuples and dicts; returns ``into``."""
+    for v in values:
+        if isinstance(v, Tensor):
+            node = v.grad_fn
+            if node is not None and not any(n is node for n in into):
+                into.append(node)
+        elif type(v) is tuple or type(v) is list or isinstance(v, dict):
+            for w in (v.values() if isinstance(v, dict) else v):
+                if isinstance(w, Tensor):
+                    node = w.grad_fn
+                    if node is not None and not any(n is node for n in into):
+                        into.append(node)
+    return into
 
 
 def _parents(selected: dict[str, str], backward: bool) -> dict[str, str | None]:
@@ -74,14 +120,18 @@ def _parents(selected: dict[str, str], backward: bool) -> dict[str, str | None]:
 
 
 class _Stack:
-    """One thread's open forward regions, innermost last (two lists, so that a push allocates
-    nothing)."""
+    """One thread's open forward regions, innermost last (parallel lists, so that a push
+    allocates nothing), and, while backward is timed, their calls and the autograd node that
+    last got a backward-begin hook (with the calls that hook begins)."""
 
-    __slots__ = ("modules", "tokens")
+    __slots__ = ("modules", "tokens", "calls", "last_node", "last_calls")
 
     def __init__(self):
         self.modules: list[_Module] = []
         self.tokens: list = []
+        self.calls: list = []  # a _Call or None per entry, while backward is timed
+        self.last_node = None
+        self.last_calls: list = []
 
 
 class _Engine:
@@ -89,15 +139,23 @@ class _Engine:
     of ``cudaevents profile``.
 
     Forward regions are paired per thread (a stack), so a module may run in several threads,
-    be called several times and nest. Backward regions are paired per module (LIFO).
+    be called several times and nest. With ``backward``, each forward call while autograd
+    records also arms hooks on autograd nodes (``Node.register_prehook``; nothing wraps the
+    module's inputs or outputs, so the graph and the gradients stay as they are): a call's
+    backward region begins when the node that made its output is about to run, and ends when
+    the node that made one of its inputs is about to run, when a backward region begins that
+    does not nest in it (autograd runs one device's nodes one at a time, on one thread), or
+    when the backward pass ends, whichever comes first.
     """
 
-    def __init__(self, timer: Timer, stream=None):
+    def __init__(self, timer: Timer, stream=None, backward: bool = False):
         import torch
 
         self.timer = timer
+        self.backward = backward
         self._torch = torch
         self._Tensor = torch.Tensor
+        self._grad_enabled = torch.is_grad_enabled
         self._fixed = stream if stream is None or isinstance(stream, CpuStream) else as_stream(stream)
         self._compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
         self._raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
@@ -105,10 +163,12 @@ class _Engine:
         self._streams: list[dict] = []  # per device: native handle -> GpuStream
         self._last_device = -1
         self._local = threading.local()
-        self._stacks: list[_Stack] = []  # every thread's stack, for discard_open()
+        self._stacks: list[_Stack] = []  # every thread's forward stack, for discard_open()
+        self._backward_stacks: list[list] = []  # every thread's open backward calls, innermost last
         self._lock = threading.Lock()
-        self._modules: set[_Module] = set()  # every module state, for discard_open()
+        self._modules: set[_Module] = set()  # every module state
         self._callback_queued = False
+        self._epoch = 0  # hooks armed before the last discard_open() do nothing
 
     # -- streams ---------------------------------------------------------------------------
     def _gpu_stream(self, device: int):
@@ -169,17 +229,27 @@ class _Engine:
         stream = self._stream_for(args, kwargs)
         token = None if stream is None else self.timer.begin(state.name, stream)
         stack = self._stack()
+        if self.backward:
+            call = None
+            if token is not None and self._grad_enabled():  # an untimed forward has no backward region
+                calls = stack.calls
+                call = _Call(state, calls[-1] if calls else None)
+                self._arm_end(call, args, kwargs, stack)
+            stack.calls.append(call)
         stack.modules.append(state)
         stack.tokens.append(token)
 
-    def end_forward(self, state: _Module) -> None:
+    def end_forward(self, state: _Module, output=None) -> None:
         if self._compiling():
             return
         stack = self._stack()
         modules = stack.modules
+        call = None
         if modules and modules[-1] is state:
             modules.pop()
             token = stack.tokens.pop()
+            if self.backward and stack.calls:
+                call = stack.calls.pop()
         else:
             # Entries above this module's are stale (their forward raised past their hooks,
             # e.g. a KeyboardInterrupt, which always_call hooks do not see); none at all means
@@ -194,9 +264,17 @@ class _Engine:
             for stale in tokens[i + 1:]:
                 if stale is not None:
                     _discard(self.timer, stale, pop_nvtx=True)
+            if self.backward and len(stack.calls) > i:
+                call = stack.calls[i]
+                del stack.calls[i:]
             del modules[i:], tokens[i:]
         if token is not None:
             self.timer.end(token)
+        if call is not None:
+            self._arm_begin(call, output, stack)
+        if not modules:  # the outermost timed forward is over: hold no node of its graph
+            stack.last_node = None
+            stack.last_calls = []
 
     def discard_stale_forward(self) -> None:
         """At a forward of the hooked model itself: anything of this engine still open on this
@@ -213,65 +291,142 @@ class _Engine:
                     _discard(self.timer, token, pop_nvtx=True)
             stack.modules.clear()
             stack.tokens.clear()
+            stack.calls.clear()
         if self._callback_queued:
             # The end of the last backward pass never came (it raised, which skips autograd's
             # final callbacks), or another thread is in a backward pass of this model now.
-            self._end_of_backward()
+            self._end_of_backward(discard=True)
 
     # -- backward --------------------------------------------------------------------------
-    def begin_backward(self, state: _Module, grad_output) -> None:
-        if self._compiling():
+    def _arm_end(self, call: _Call, args, kwargs, stack: _Stack) -> None:
+        """At a forward's begin: hook the nodes that made its inputs, to end its backward."""
+        nodes = _grad_nodes(args, self._Tensor, [])
+        if kwargs:
+            _grad_nodes(kwargs.values(), self._Tensor, nodes)
+        if not nodes:
+            return
+        call.inputs = nodes
+        end, epoch = self.end_backward, self._epoch
+        for node in nodes:
+            # The node that got the last begin hook begins another module's backward there,
+            # which ends this one anyway: spare the hook.
+            if node is not stack.last_node:
+                node.register_prehook(lambda grad_outputs, call=call: end(call, epoch))
+
+    def _arm_begin(self, call: _Call, output, stack: _Stack) -> None:
+        """At a forward's end: hook the nodes that made its outputs, to begin its backward."""
+        inputs, call.inputs = call.inputs, ()
+        nodes = _grad_nodes(output if type(output) is tuple or type(output) is list else (output,), self._Tensor, [])
+        for node in nodes:
+            if any(n is node for n in inputs):
+                continue  # an input passed through (nn.Identity): no backward of its own
+            if node is stack.last_node:
+                # The output of the module that ended last (inside this one), returned as is:
+                # one hook begins the outer module's backward, then the inner one's.
+                stack.last_calls.insert(0, call)
+                continue
+            calls = [call]
+            begin, epoch = self.begin_backward, self._epoch
+            node.register_prehook(lambda grad_outputs, calls=calls: begin(calls, grad_outputs, epoch))
+            stack.last_node = node
+            stack.last_calls = calls
+
+    def _backward_stack(self) -> list:
+        try:
+            return self._local.backward
+        except AttributeError:
+            open_ = self._local.backward = []
+            with self._lock:
+                self._backward_stacks.append(open_)
+            return open_
+
+    def begin_backward(self, calls: list, grad_outputs, epoch: int) -> None:
+        if epoch != self._epoch or self._compiling():
             return
         if not self._callback_queued:
             self._queue_end_of_backward()
-        stream = self._stream_for(grad_output)
-        state.backward_open.append(None if stream is None else self.timer.begin(state.backward_name, stream))
+        open_ = self._backward_stack()
+        stream = False
+        timer = self.timer
+        for call in calls:
+            if call.begun:
+                continue
+            call.begun = True
+            while open_ and not _encloses(open_[-1], call):
+                token = open_.pop().token
+                if token is not None:
+                    timer.end(token)
+            if stream is False:
+                stream = self._stream_for(grad_outputs)
+            if stream is not None:
+                call.token = timer.begin(call.state.backward_name, stream)
+            open_.append(call)
 
-    def end_backward(self, state: _Module) -> None:
-        if self._compiling():
+    def end_backward(self, call: _Call, epoch: int) -> None:
+        """End ``call``'s backward region (and those still open inside it) if it is open on
+        this thread."""
+        if epoch != self._epoch or not call.begun:
             return
-        open_ = state.backward_open
-        if open_:
-            token = open_.pop()
+        open_ = self._backward_stack()
+        for i in range(len(open_) - 1, -1, -1):
+            if open_[i] is call:
+                break
+        else:
+            return
+        timer = self.timer
+        while len(open_) > i:
+            token = open_.pop().token
             if token is not None:
-                self.timer.end(token)
+                timer.end(token)
 
     def _queue_end_of_backward(self) -> None:
-        # When the backward pass ends, drop the backward regions that began and never ended
-        # (a module whose output got a gradient but whose inputs did not, e.g. with
-        # torch.autograd.grad(..., inputs=<an intermediate>)). Queued once per outermost
-        # pass: a reentrant pass (checkpointing) running inside it does not queue its own.
+        # When the backward pass ends, end the backward regions still open (the first layers,
+        # whose inputs need no gradient). Queued once per outermost pass: a reentrant pass
+        # (checkpointing) running inside it does not queue its own.
         try:
             self._torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
-        except Exception:  # not inside a backward pass after all: nothing to clean up later
+        except Exception:  # not inside a backward pass after all: nothing to end later
             return
         self._callback_queued = True
 
-    def _end_of_backward(self) -> None:
+    def _end_of_backward(self, discard: bool = False) -> None:
         self._callback_queued = False
-        for state in list(self._modules):
-            open_ = state.backward_open
+        with self._lock:
+            stacks = list(self._backward_stacks)
+        for open_ in stacks:
             while open_:
-                token = open_.pop()
+                token = open_.pop().token
                 if token is not None:
-                    _discard(self.timer, token)
+                    if discard:
+                        _discard(self.timer, token)
+                    else:
+                        self.timer.end(token)
 
     # -- cleanup ---------------------------------------------------------------------------
+    def open_backward(self) -> int:
+        """How many backward regions are open, in every thread."""
+        with self._lock:
+            return sum(len(open_) for open_ in self._backward_stacks)
+
     def discard_open(self) -> int:
-        """Drop every region still open, in every thread; returns how many."""
+        """Drop every region still open, in every thread, and disarm the backward hooks armed
+        so far; returns how many regions were dropped."""
+        self._epoch += 1
         n = 0
         with self._lock:
             stacks = list(self._stacks)
+            backward = list(self._backward_stacks)
         for stack in stacks:
             tokens, stack.tokens = stack.tokens, []
-            stack.modules = []
+            stack.modules, stack.calls = [], []
+            stack.last_node, stack.last_calls = None, []
             for token in tokens:
                 if token is not None:
                     _discard(self.timer, token)
                     n += 1
-        for state in list(self._modules):
-            open_, state.backward_open = state.backward_open, []
-            for token in open_:
+        for open_ in backward:
+            while open_:
+                token = open_.pop().token
                 if token is not None:
                     _discard(self.timer, token)
                     n += 1
@@ -344,24 +499,29 @@ class LayerTimer:
     by an exception no hook sees (``KeyboardInterrupt``) leaves its regions open until the
     next forward of the model, or ``detach()``, which drops them without a sample.
 
-    Backward (``backward=True``) uses ``register_full_backward_pre_hook`` and
-    ``register_full_backward_hook``: the region runs from when the gradient of the module's
-    output is ready until the gradient of its inputs is (on the autograd thread's current
-    stream). PyTorch's full backward hooks have limits: the module must return a tensor or a
-    tuple of tensors (PyTorch warns otherwise, and no backward region is taken), and a
-    module's inputs and outputs must not be modified in place afterwards (PyTorch raises,
-    e.g. for ``nn.ReLU(inplace=True)`` after a hooked module): pass ``backward=False`` for
-    such models. PyTorch also warns, harmlessly, that a full backward hook fires at the
-    output's gradient where the module's inputs need none (the first layer). Modules that
-    already use legacy ``register_backward_hook`` hooks get no backward timing. Backward regions still open when a backward pass ends (their inputs got
-    no gradient) are dropped. Concurrent backward passes of one model in several threads
-    may lose backward regions.
+    Backward (``backward=True``) is timed through the autograd graph, not PyTorch's full
+    backward module hooks (which wrap every module's inputs and outputs in extra autograd
+    functions, cost several times the events, warn, and refuse in-place changes of those
+    tensors): a forward call while autograd records hooks the autograd nodes at the module's
+    boundary (``Node.register_prehook``, a callback before a node runs; the graph and the
+    gradients are unchanged, and no warning is printed). The module's backward region begins
+    when the node that made its output is about to run, and ends at the first of: the node
+    that made one of its inputs being about to run; the backward of a module outside it
+    beginning (autograd runs one device's nodes one at a time, so the two cannot overlap);
+    the end of the backward pass (the first layers, whose inputs need no gradient, end
+    there). A region is on the autograd thread's current stream at its begin (the stream of
+    the module's forward, as autograd sets it). A module that returns one of its inputs
+    unchanged (``nn.Identity``) has no backward region; a forward recomputed in backward
+    (checkpointing) is timed again as a forward and its backward nests in its module's
+    ancestors. Each backward region costs what a forward one does plus about two autograd
+    hook registrations in the forward. Concurrent backward passes of one model in several
+    threads cut each other's backward regions short.
 
     Args:
         model: the ``torch.nn.Module`` to time.
         timer: the :class:`Timer` to put regions on (default: a new one).
         backward: also time each module's backward (off by default, as in ``cudaevents
-            profile``: PyTorch's full backward hooks cost far more than the events).
+            profile``: it doubles the regions).
         include: which modules to time: ``None`` (all), a module class, a glob on region
             names (``"transformer.h.*"``; the root's name is its class name), a list or
             tuple of classes and globs (any may match), or a callable ``(name, module) ->
@@ -390,7 +550,6 @@ class LayerTimer:
         self._stream = stream
         self._engine = None
         self._handles: list = []
-        self._full_backward_flags: list = []  # (module, its _is_full_backward_hook before attach)
         self._names: dict[str, object] = {}
         self._parents: dict[str, str | None] = {}  # region name -> the enclosing module's, for Results
         self._classes: dict[str, str] = {}  # region name -> the module's class, for Results
@@ -415,10 +574,11 @@ class LayerTimer:
         if self._handles:
             raise RuntimeError("this LayerTimer is already attached; detach() it first")
         if self._engine is None:
-            self._engine = _Engine(self._timer, self._stream)
+            self._engine = _Engine(self._timer, self._stream, self._backward)
         engine = self._engine
         root_name = type(self._model).__name__
         selected: dict[str, str] = {}  # qualname -> region name
+        states: dict[str, _Module] = {}  # qualname -> its state (named_modules() lists parents first)
         try:
             root_hooked = False
             for qualname, module in self._model.named_modules():
@@ -426,7 +586,12 @@ class LayerTimer:
                     continue
                 if not self._select(qualname, module):
                     continue
-                state = _Module(qualname or root_name)
+                path, ancestors = qualname, []
+                while path:  # the timed modules this one sits in
+                    path = path.rpartition(".")[0]
+                    if path in states:
+                        ancestors.append(states[path])
+                state = states[qualname] = _Module(qualname or root_name, ancestors=frozenset(ancestors))
                 selected[qualname] = state.name
                 self._classes[state.name] = self._classes[state.backward_name] = type(module).__name__
                 engine._modules.add(state)
@@ -456,7 +621,7 @@ class LayerTimer:
                 begin(state, args, kwargs)
 
         def post(mod, args, output):
-            end(state)
+            end(state, output)
 
         handles = self._handles
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
@@ -464,19 +629,6 @@ class LayerTimer:
             handles.append(module.register_forward_hook(post, prepend=True, always_call=True))
         except TypeError:  # torch < 2.1: no always_call (a raising forward is cleaned up later)
             handles.append(module.register_forward_hook(post, prepend=True))
-        if not self._backward or module._is_full_backward_hook is False:
-            return
-        begin_bw, end_bw = engine.begin_backward, engine.end_backward
-
-        def bw_pre(mod, grad_output):
-            begin_bw(state, grad_output)
-
-        def bw_post(mod, grad_input, grad_output):
-            end_bw(state)
-
-        self._full_backward_flags.append((module, module._is_full_backward_hook))
-        handles.append(module.register_full_backward_pre_hook(bw_pre))
-        handles.append(module.register_full_backward_hook(bw_post))
 
     def detach(self) -> None:
         """Remove every hook (the model's hook dictionaries are as before :meth:`attach`) and
@@ -484,10 +636,6 @@ class LayerTimer:
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
-        flags, self._full_backward_flags = self._full_backward_flags, []
-        for module, before in flags:
-            if not module._backward_hooks:
-                module._is_full_backward_hook = before
         if self._engine is not None:
             self._engine.discard_open()
             self._engine._modules.clear()
@@ -519,7 +667,8 @@ class LayerTimer:
 
 class GlobalLayerHooks:
     """Hooks on every ``torch.nn.Module`` of the process (``cudaevents profile``): global
-    forward (and optionally backward) hooks of ``torch.nn.modules.module``.
+    forward hooks of ``torch.nn.modules.module`` (and, with ``backward``, backward timed as
+    :class:`LayerTimer` times it, through the autograd graph).
 
     A module is named when first seen, as :class:`LayerTimer` names a model's modules: a
     root (a module first called outside every timed module) by its class (``"Net"``;
@@ -537,7 +686,7 @@ class GlobalLayerHooks:
         import torch
 
         self._torch = torch
-        self._engine = _Engine(timer, stream)  # stream: as LayerTimer's
+        self._engine = _Engine(timer, stream, backward)  # stream: as LayerTimer's
         self._backward = backward
         self._by_id: dict[int, _Module] = {}
         self._roots: dict[str, _Module] = {}  # root name -> its state (whose ref may be dead)
@@ -547,7 +696,6 @@ class GlobalLayerHooks:
         self.classes: dict[str, str] = {}  # name (and its .backward) -> the module's class
         self._lock = threading.RLock()
         self._handles: list = []
-        self._full_flag = None
 
     def _state(self, module) -> _Module:
         state = self._by_id.get(id(module))
@@ -591,7 +739,8 @@ class GlobalLayerHooks:
         held = self._by_name.get(name)
         if prefix and path and held is not None and held.ref is not None and held.ref() is not None:
             name = f"{root}.{path}"
-        state = _Module(name)
+        above = self._by_name.get(parent) if parent is not None else None
+        state = _Module(name, ancestors=frozenset() if above is None else above.ancestors | {above})
         key = id(module)
         by_id, by_name, modules = self._by_id, self._by_name, self._engine._modules
 
@@ -622,25 +771,13 @@ class GlobalLayerHooks:
             begin(state_of(mod), args)
 
         def post(mod, args, output):
-            end(state_of(mod))
+            end(state_of(mod), output)
 
         self._handles.append(mm.register_module_forward_pre_hook(pre))
         try:
             self._handles.append(mm.register_module_forward_hook(post, always_call=True))
         except TypeError:
             self._handles.append(mm.register_module_forward_hook(post))
-        if self._backward:
-            begin_bw, end_bw = engine.begin_backward, engine.end_backward
-
-            def bw_pre(mod, grad_output):
-                begin_bw(state_of(mod), grad_output)
-
-            def bw_post(mod, grad_input, grad_output):
-                end_bw(state_of(mod))
-
-            self._full_flag = getattr(mm, "_global_is_full_backward_hook", None)
-            self._handles.append(mm.register_module_full_backward_pre_hook(bw_pre))
-            self._handles.append(mm.register_module_full_backward_hook(bw_post))
         return self
 
     def detach(self) -> int:
@@ -648,7 +785,4 @@ class GlobalLayerHooks:
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
-        mm = self._torch.nn.modules.module
-        if self._backward and not getattr(mm, "_global_backward_hooks", True):
-            mm._global_is_full_backward_hook = self._full_flag
         return self._engine.discard_open()
