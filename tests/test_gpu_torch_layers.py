@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import pytest
 from helpers.subproc import SCRIPTS, run_cli
@@ -107,7 +108,6 @@ def test_detach_leaves_no_hooks_and_outputs_are_identical():
     assert hook_state(model) == before
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert torch.equal(plain, timed) and torch.equal(plain, model(x))
-    model[0].register_backward_hook(lambda *a: None)  # legacy hooks allowed again
     layers.detach()  # twice is fine
     assert len(layers.results(timeout=60)) == 10
 
@@ -230,24 +230,37 @@ def test_cli_profiles_a_torch_training_script(tmp_path):
 
 
 def test_a_transformer_from_a_config_end_to_end(tmp_path):
-    """GPT-2 from a config (random weights, bf16, nothing downloaded): a training step's forward
-    timed per module down to 4 levels of module path, read back as a tree, a trace and pictures."""
+    """GPT-2 from a config (random weights, bf16, nothing downloaded): training steps' forward
+    and backward timed per module down to 4 levels of module path, with no PyTorch warning and
+    the same gradients as untimed, read back as a tree, a trace and pictures."""
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(n_layer=2, n_embd=128, n_head=2, vocab_size=256, n_positions=64,
-                                  bos_token_id=0, eos_token_id=0)
+                                  bos_token_id=0, eos_token_id=0, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
     model = transformers.GPT2LMHeadModel(cfg).cuda().to(torch.bfloat16)
     x = torch.randint(0, 256, (2, 32), device="cuda")
-    with LayerTimer(model, depth=4) as layers:
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(x, labels=x).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = step()
+    with LayerTimer(model, depth=4, backward=True) as layers, warnings.catch_warnings():
+        warnings.simplefilter("error")
         for _ in range(3):
-            model(x).logits.float().sum().backward()
+            timed = step()
             layers.timer.step()
+    assert all(torch.equal(a, b) for a, b in zip(plain, timed))
     r = layers.results(timeout=60)
     c = counts(r)
     for name in ("GPT2LMHeadModel", "transformer", "transformer.h.0", "transformer.h.1.attn", "lm_head"):
-        assert c[name] == 3, c
+        assert c[name] == 3 and c[name + ".backward"] == 3, c
     assert "transformer.h.0.attn.c_attn" not in c  # 5 levels down
     summary = r.summary()
     assert summary["GPT2LMHeadModel"].total_ms >= summary["transformer"].total_ms > 0
+    blocks = summary["transformer.h.0.backward"].total_ms + summary["transformer.h.1.backward"].total_ms
+    assert summary["GPT2LMHeadModel.backward"].total_ms >= summary["transformer.backward"].total_ms >= blocks > 0
+    assert r.parents["transformer.h.0.backward"] == "transformer.h.backward"
     tree = r.rows(tree=True)
     assert tree[0].name == "GPT2LMHeadModel" and tree[1].name == "transformer" and tree[0].self_ms >= 0
     assert r.classes["transformer.h.0"] == "GPT2Block" and {s.step for s in r.samples} == {0, 1, 2}
@@ -259,3 +272,40 @@ def test_a_transformer_from_a_config_end_to_end(tmp_path):
         return
     for kind in ("bars", "timeline", "hist"):
         r.plot(tmp_path / f"{kind}.png", kind=kind)
+
+
+class _SlowBackward(torch.autograd.Function):
+    """An identity whose backward spins the GPU for ``cycles`` clock cycles."""
+
+    @staticmethod
+    def forward(ctx, x, cycles):
+        ctx.cycles = cycles
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        torch.cuda._sleep(ctx.cycles)
+        return grad, None
+
+
+class _Slow(nn.Module):
+    def forward(self, x):
+        return _SlowBackward.apply(x, 2_000_000)  # about 1 ms at the H200's clock, and more below it
+
+
+def test_backward_regions_hold_each_modules_own_gpu_work():
+    """The spin kernel of the middle module's backward lands in its backward region (and its
+    parent's), not in its neighbours'; forward regions do not see it."""
+    model = nn.Sequential(nn.Linear(64, 64), _Slow(), nn.Linear(64, 64)).cuda()
+    x = torch.randn(32, 64, device="cuda")
+    model(x).sum().backward()  # warm up the kernels, the spin kernel too
+    with LayerTimer(model, backward=True) as layers:
+        for _ in range(3):
+            model(x).sum().backward()
+    s = layers.results(timeout=60).summary()
+    slow = s["1.backward"].median_ms
+    assert slow > 0.5, s
+    assert slow > 10 * max(s["0.backward"].median_ms, s["2.backward"].median_ms, s["1"].median_ms), s
+    assert s["Sequential.backward"].median_ms >= slow
+    stream = torch.cuda.current_stream().cuda_stream
+    assert {smp.stream for smp in layers.results(timeout=60).samples} == {stream}

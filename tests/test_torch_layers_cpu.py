@@ -75,7 +75,6 @@ def test_names_counts_and_detach(cpu):
     assert hook_state(model) == before
     forward = ["Sequential", "0", "1", "2", "3"]
     assert counts(layers.results(timeout=30)) == {**{n: 3 for n in forward}, **{f"{n}.backward": 3 for n in forward}}
-    model[0].register_backward_hook(lambda *a: None)  # legacy backward hooks are allowed again
 
 
 def test_nested_shared_and_exceptions(cpu):
@@ -525,3 +524,38 @@ def test_detach_disarms_the_backward_of_a_forward_before_it(cpu):
     with torch.no_grad(), LayerTimer(model, timer=_LoggingTimer(log), stream=cpu, backward=True) as layers:
         model(torch.randn(2))  # no autograd graph: nothing armed, nothing held
         assert layers._engine._stack().calls == [] and layers._engine._stack().last_node is None
+
+
+def test_a_transformer_training_step_times_every_modules_backward(cpu):
+    """GPT-2 from a config, trained a step with forward and backward of every module timed: no
+    warning, the gradients of the untimed step, and a backward region for each module that
+    does work of its own (not the ModuleList, which never runs)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    x = torch.randint(0, 128, (2, 16))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(x, labels=x).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = step()
+    with LayerTimer(model, stream=cpu, backward=True) as layers, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        timed = step()
+        assert layers._engine.open_backward() == 0
+    assert all(torch.equal(a, b) for a, b in zip(plain, timed))
+    r = layers.results(timeout=60)
+    c = counts(r)
+    ran = {n for n in c if not n.endswith(".backward")}
+    assert "transformer.h" not in ran and "transformer.h.1.mlp.c_fc" in ran
+    no_backward = {n for n in ran if n + ".backward" not in c}
+    assert no_backward <= {"transformer.drop", "transformer.h.0.attn.attn_dropout", "transformer.h.1.attn.attn_dropout",
+                           "transformer.h.0.attn.resid_dropout", "transformer.h.1.attn.resid_dropout",
+                           "transformer.h.0.mlp.dropout", "transformer.h.1.mlp.dropout"}, no_backward
+    assert r.parents["transformer.h.0.backward"] == "transformer.h.backward"
+    rows = {row.name: row for row in r.rows(tree=True)}
+    assert rows["transformer.h.0.backward"].depth > rows["transformer.backward"].depth

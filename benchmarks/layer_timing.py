@@ -1,0 +1,363 @@
+"""Per-module timing of a real model: what LayerTimer costs and whether its times are right.
+
+    PYTHONPATH=src python3 benchmarks/layer_timing.py [--quick] [--out layer_timing.json]
+
+The model is GPT-2 small from ``transformers``, built from its config (random weights, 124M
+parameters, nothing downloaded), in bf16 on one GPU. Every figure is a ratio to a baseline
+measured in the same run; the methods of a section take turns trial by trial (each trial
+starting from a different method), and each figure is the median over trials of the wall
+time per iteration (``torch.cuda.synchronize()`` around a trial's iterations).
+
+Sections:
+
+1. **Training step** (8 x 512 tokens: forward with the loss, backward, AdamW step): untimed;
+   LayerTimer forward only; LayerTimer forward and backward of every module; the coarse view
+   (``depth=3``: the model, its two children, the embeddings, the final norm and the twelve
+   blocks) with backward; the same hook points as LayerTimer with a ``torch.cuda.Event(
+   enable_timing=True)`` pair made per region, as one writes by hand; and hand-written
+   ``torch.cuda.Event`` pairs in PyTorch's full backward hooks, the usual way to time a
+   module's backward. PyTorch warnings during each method's trials are counted.
+2. **Agreement**: per module, the median region time of LayerTimer (forward and backward)
+   over the median of the hand-written ``torch.cuda.Event`` pairs at the same hook points,
+   from the training-step trials; reported: the median of those ratios over modules and the
+   median absolute deviation from 1, over all modules and over modules of at least 20 us.
+3. **Inference forward** (8 x 512, ``torch.no_grad()``): untimed; LayerTimer on every module;
+   LayerTimer ``depth=3``; ``torch.cuda.Event`` pairs in module hooks, made per call.
+4. **Host-bound forward** (1 x 64 tokens, no_grad): the host time each timing method adds
+   per timed module call: (time per forward - untimed) / module calls per forward; methods:
+   empty PyTorch module hooks, LayerTimer, ``torch.cuda.Event`` hooks.
+5. **Inference forward against torch.profiler** (8 x 512): untimed, LayerTimer, and
+   ``torch.profiler`` with CUDA activity only and with CPU and CUDA; last, since a CUPTI
+   session can leave kernel launches slower for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import transformers
+
+import cudaevents as ce
+
+DEVICE = "cuda"
+
+
+# -- timing methods: each is a context manager factory taking the model ---------------------------
+class Untimed:
+    def __init__(self, model, **_):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def collect(self):
+        return {}
+
+
+class Layers:
+    """LayerTimer with the given options; collect() returns name -> durations (ms)."""
+
+    def __init__(self, model, **options):
+        self.layers = ce.LayerTimer(model, **options)
+
+    def __enter__(self):
+        self.layers.attach()
+        return self
+
+    def __exit__(self, *exc):
+        self.layers.detach()
+
+    def collect(self):
+        r = self.layers.results(timeout=120)
+        self.layers.reset()
+        out: dict[str, list[float]] = {}
+        for s in r.samples:
+            out.setdefault(s.name, []).append(s.duration_ms)
+        return out
+
+
+class TorchEventTimer:
+    """Stands for a Timer inside LayerTimer's hooks: a torch.cuda.Event pair made per region,
+    recorded on torch's current stream, read with elapsed_time() after a synchronize."""
+
+    def __init__(self):
+        self.pairs: list = []
+
+    def begin(self, name, stream):
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        return name, start
+
+    def end(self, token):
+        stop = torch.cuda.Event(enable_timing=True)
+        stop.record()
+        self.pairs.append((token[0], token[1], stop))
+
+    def discard(self, token, pop_nvtx=True):
+        pass
+
+    def collect(self):
+        torch.cuda.synchronize()
+        out: dict[str, list[float]] = {}
+        for name, start, stop in self.pairs:
+            out.setdefault(name, []).append(start.elapsed_time(stop))
+        self.pairs = []
+        return out
+
+
+class SameHooksTorchEvents:
+    """LayerTimer's hook points (forward and backward), torch.cuda.Event pairs in them."""
+
+    def __init__(self, model, **options):
+        self.timer = TorchEventTimer()
+        self.layers = ce.LayerTimer(model, timer=self.timer, **options)
+
+    def __enter__(self):
+        self.layers.attach()
+        return self
+
+    def __exit__(self, *exc):
+        self.layers.detach()
+
+    def collect(self):
+        return self.timer.collect()
+
+
+class HandHooks:
+    """torch.cuda.Event pairs in plain module hooks, the usual hand-written pattern: forward
+    pre/post hooks, and with ``backward`` PyTorch's full backward pre/post hooks."""
+
+    def __init__(self, model, backward=False, empty=False):
+        self.model, self.backward, self.empty = model, backward, empty
+        self.timer = TorchEventTimer()
+        self.handles = []
+
+    def __enter__(self):
+        timer, empty = self.timer, self.empty
+        for name, module in self.model.named_modules():
+            name = name or type(module).__name__
+            fwd, bwd = [], []
+            if empty:
+                self.handles.append(module.register_forward_pre_hook(lambda m, a: None))
+                self.handles.append(module.register_forward_hook(lambda m, a, o: None))
+                continue
+            self.handles.append(module.register_forward_pre_hook(
+                lambda m, a, name=name, fwd=fwd: fwd.append(timer.begin(name, None))))
+            self.handles.append(module.register_forward_hook(
+                lambda m, a, o, fwd=fwd: timer.end(fwd.pop()) if fwd else None))
+            if self.backward:
+                self.handles.append(module.register_full_backward_pre_hook(
+                    lambda m, g, name=name + ".backward", bwd=bwd: bwd.append(timer.begin(name, None))))
+                self.handles.append(module.register_full_backward_hook(
+                    lambda m, gi, go, bwd=bwd: timer.end(bwd.pop()) if bwd else None))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def collect(self):
+        return self.timer.collect()
+
+
+class Profiler:
+    def __init__(self, model, cpu=False):
+        acts = [torch.profiler.ProfilerActivity.CUDA]
+        if cpu:
+            acts.append(torch.profiler.ProfilerActivity.CPU)
+        self.prof = torch.profiler.profile(activities=acts)
+
+    def __enter__(self):
+        self.prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.prof.__exit__(*exc)
+
+    def collect(self):
+        return {}
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def run_trials(methods: dict, model, work, iters: int, trials: int, samples: dict | None = None):
+    """Interleaved trials: per method, the median over trials of ms per iteration, the
+    PyTorch warnings seen, and (in ``samples``) every region time per name."""
+    times = {name: [] for name in methods}
+    warned = {name: 0 for name in methods}
+    names = list(methods)
+    for trial in range(trials + 1):  # trial 0 warms every method up and is not counted
+        order = names[trial % len(names):] + names[:trial % len(names)]
+        for name in order:
+            if name not in times:
+                continue  # failed in the warm-up
+            factory, options = methods[name]
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                try:
+                    method = factory(model, **options)
+                    with method:
+                        torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        for _ in range(iters):
+                            work()
+                        torch.cuda.synchronize()
+                        t1 = time.perf_counter()
+                    got = method.collect()
+                except Exception as e:
+                    print(f"!! {name} failed: {type(e).__name__}: {e}", flush=True)
+                    del times[name]
+                    continue
+            if trial == 0:
+                continue
+            warned[name] += len(seen)
+            times[name].append((t1 - t0) / iters * 1e3)
+            if samples is not None and got:
+                per = samples.setdefault(name, {})
+                for k, v in got.items():
+                    per.setdefault(k, []).extend(v)
+    return {n: statistics.median(v) for n, v in times.items() if v}, warned
+
+
+def agreement(ours: dict, theirs: dict, floor_ms: float = 0.0):
+    ratios = []
+    for name, v in ours.items():
+        w = theirs.get(name)
+        if not w:
+            continue
+        a, b = statistics.median(v), statistics.median(w)
+        if b > 0 and b >= floor_ms:
+            ratios.append(a / b)
+    if not ratios:
+        return None
+    return {"modules": len(ratios), "median_ratio": statistics.median(ratios),
+            "median_abs_dev": statistics.median(abs(r - 1) for r in ratios)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few iterations: a smoke test")
+    ap.add_argument("--out", help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    iters, trials = (2, 1) if args.quick else (10, 5)
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config()
+    model = transformers.GPT2LMHeadModel(cfg).to(DEVICE, torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_modules = sum(1 for _ in model.named_modules())
+    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; transformers {transformers.__version__}; "
+          f"GPT-2 small: {n_params / 1e6:.0f}M parameters, {n_modules} modules, bf16", flush=True)
+    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+    # 1 + 2: training step
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+    x = torch.randint(0, cfg.vocab_size, (8, 512), device=DEVICE)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        model(x, labels=x).loss.backward()
+        opt.step()
+
+    methods = {
+        "untimed": (Untimed, {}),
+        "LayerTimer forward": (Layers, {}),
+        "LayerTimer forward+backward": (Layers, {"backward": True}),
+        "LayerTimer depth=3 forward+backward": (Layers, {"backward": True, "depth": 3}),
+        "same hooks, torch.cuda.Event pairs": (SameHooksTorchEvents, {"backward": True}),
+        "torch.cuda.Event in full backward hooks": (HandHooks, {"backward": True}),
+    }
+    samples: dict = {}
+    step_ms, warned = run_trials(methods, model, train_step, iters, trials, samples)
+    base = step_ms["untimed"]
+    print("\n== training step, 8 x 512 (ms per step; x untimed; PyTorch warnings in the trials)")
+    for name, ms in step_ms.items():
+        print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x  warnings: {warned[name]}")
+    per_step = {k: len(v) / (iters * trials) for k, v in samples.get("LayerTimer forward+backward", {}).items()}
+    regions = sum(per_step.values())
+    print(f"  LayerTimer forward+backward: {regions:.0f} regions per step "
+          f"({sum(1 for k in per_step if k.endswith('.backward'))} modules with a backward region)")
+    report["training_step"] = {"ms": step_ms, "x_untimed": {k: v / base for k, v in step_ms.items()},
+                               "warnings": warned, "regions_per_step": regions}
+
+    ours = samples.get("LayerTimer forward+backward", {})
+    theirs = samples.get("same hooks, torch.cuda.Event pairs", {})
+    print("\n== agreement with torch.cuda.Event pairs at the same hook points (LayerTimer / torch, per module)")
+    report["agreement"] = {}
+    for label, keep in (("forward", lambda n: not n.endswith(".backward")), ("backward", lambda n: n.endswith(".backward"))):
+        o = {k: v for k, v in ours.items() if keep(k)}
+        for floor in (0.0, 0.02):
+            a = agreement(o, theirs, floor)
+            key = f"{label}, modules >= {floor * 1e3:.0f} us" if floor else f"{label}, all modules"
+            report["agreement"][key] = a
+            if a:
+                print(f"  {key:34s} {a['modules']:4d} modules: median ratio {a['median_ratio']:.4f}, "
+                      f"median |ratio - 1| {a['median_abs_dev']:.4f}")
+
+    # 3: inference forward
+    model.eval()
+    with torch.no_grad():
+        fwd_methods = {
+            "untimed": (Untimed, {}),
+            "LayerTimer": (Layers, {}),
+            "LayerTimer depth=3": (Layers, {"depth": 3}),
+            "torch.cuda.Event hooks": (HandHooks, {}),
+        }
+        fwd_ms, _ = run_trials(fwd_methods, model, lambda: model(x), iters, trials)
+        base = fwd_ms["untimed"]
+        print("\n== inference forward, 8 x 512 (ms per forward; x untimed)")
+        for name, ms in fwd_ms.items():
+            print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x")
+        report["forward_8x512"] = {"ms": fwd_ms, "x_untimed": {k: v / base for k, v in fwd_ms.items()}}
+
+        # 4: host-bound forward
+        small = torch.randint(0, cfg.vocab_size, (1, 64), device=DEVICE)
+        counted: dict = {}
+        host_methods = {
+            "untimed": (Untimed, {}),
+            "empty PyTorch hooks": (HandHooks, {"empty": True}),
+            "LayerTimer": (Layers, {}),
+            "torch.cuda.Event hooks": (HandHooks, {}),
+        }
+        host_ms, _ = run_trials(host_methods, model, lambda: model(small), iters * 5, trials, counted)
+        calls = sum(len(v) for v in counted["LayerTimer"].values()) / (iters * 5 * trials)
+        base = host_ms["untimed"]
+        print(f"\n== host-bound forward, 1 x 64 ({calls:.0f} timed module calls per forward): "
+              f"untimed {base:.2f} ms; host time added per module call")
+        added = {}
+        for name, ms in host_ms.items():
+            if name != "untimed":
+                added[name] = (ms - base) / calls * 1e3
+                print(f"  {name:42s} {added[name]:8.2f} us")
+        report["host_bound_1x64"] = {"ms": host_ms, "module_calls": calls, "added_us_per_call": added}
+
+        # 5: last, since a CUPTI session can leave launches slower for the rest of the process
+        prof_methods = {
+            "untimed": (Untimed, {}),
+            "LayerTimer": (Layers, {}),
+            "torch.profiler CUDA": (Profiler, {}),
+            "torch.profiler CPU+CUDA": (Profiler, {"cpu": True}),
+        }
+        prof_ms, _ = run_trials(prof_methods, model, lambda: model(x), iters, trials)
+        base = prof_ms["untimed"]
+        print("\n== inference forward, 8 x 512, against torch.profiler (ms per forward; x untimed)")
+        for name, ms in prof_ms.items():
+            print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x")
+        report["forward_8x512_profiler"] = {"ms": prof_ms, "x_untimed": {k: v / base for k, v in prof_ms.items()}}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
