@@ -13,14 +13,19 @@ Sections:
 1. **Training step** (8 x 512 tokens: forward with the loss, backward, AdamW step): untimed;
    LayerTimer forward only; LayerTimer forward and backward of every module; the coarse view
    (``depth=3``: the model, its two children, the embeddings, the final norm and the twelve
-   blocks) with backward; the same hook points as LayerTimer with a ``torch.cuda.Event(
-   enable_timing=True)`` pair made per region, as one writes by hand; and hand-written
-   ``torch.cuda.Event`` pairs in PyTorch's full backward hooks, the usual way to time a
-   module's backward. PyTorch warnings during each method's trials are counted.
+   blocks) with backward. Then the peers, against an untimed baseline of their own: the same
+   hook points as LayerTimer with a ``torch.cuda.Event(enable_timing=True)`` pair made per
+   region, as one writes by hand; and hand-written ``torch.cuda.Event`` pairs in PyTorch's
+   full backward hooks, the usual way to time a module's backward. PyTorch warnings during
+   each method's trials are counted.
 2. **Agreement**: per module, the median region time of LayerTimer (forward and backward)
-   over the median of the hand-written ``torch.cuda.Event`` pairs at the same hook points,
-   from the training-step trials; reported: the median of those ratios over modules and the
-   median absolute deviation from 1, over all modules and over modules of at least 20 us.
+   over the median of the hand-written ``torch.cuda.Event`` pairs at the same hook points;
+   reported: the median of those ratios over modules and the median absolute deviation from
+   1, over all modules and over modules of at least 20 us. Twice: from the training-step
+   trials as they ran (where the GPU waits for the host, as in this model's forward, a
+   region also holds the host time of its own timing, which differs between the methods),
+   and "queued", with a ~50 ms spin kernel ahead of each step, so that the GPU runs behind
+   the host and each pair brackets its module's kernels alone.
 3. **Inference forward** (8 x 512, ``torch.no_grad()``): untimed; LayerTimer on every module;
    LayerTimer ``depth=3``; ``torch.cuda.Event`` pairs in module hooks, made per call.
 4. **Host-bound forward** (1 x 64 tokens, no_grad): the host time each timing method adds
@@ -268,40 +273,61 @@ def main(argv=None) -> int:
         model(x, labels=x).loss.backward()
         opt.step()
 
-    methods = {
+    ours_methods = {
         "untimed": (Untimed, {}),
         "LayerTimer forward": (Layers, {}),
         "LayerTimer forward+backward": (Layers, {"backward": True}),
         "LayerTimer depth=3 forward+backward": (Layers, {"backward": True, "depth": 3}),
+    }
+    # The peers make and free a torch.cuda.Event pair per region: their own section, so that
+    # churn does not weigh on the rows above.
+    peer_methods = {
+        "untimed": (Untimed, {}),
         "same hooks, torch.cuda.Event pairs": (SameHooksTorchEvents, {"backward": True}),
         "torch.cuda.Event in full backward hooks": (HandHooks, {"backward": True}),
     }
     samples: dict = {}
-    step_ms, warned = run_trials(methods, model, train_step, iters, trials, samples)
-    base = step_ms["untimed"]
-    print("\n== training step, 8 x 512 (ms per step; x untimed; PyTorch warnings in the trials)")
-    for name, ms in step_ms.items():
-        print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x  warnings: {warned[name]}")
+    report["training_step"] = {}
+    for title, methods in (("cudaevents", ours_methods), ("peers", peer_methods)):
+        step_ms, warned = run_trials(methods, model, train_step, iters, trials, samples)
+        base = step_ms["untimed"]
+        print(f"\n== training step, 8 x 512, {title} (ms per step; x untimed; PyTorch warnings in the trials)")
+        for name, ms in step_ms.items():
+            print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x  warnings: {warned[name]}")
+        report["training_step"][title] = {"ms": step_ms, "x_untimed": {k: v / base for k, v in step_ms.items()},
+                                          "warnings": warned}
     per_step = {k: len(v) / (iters * trials) for k, v in samples.get("LayerTimer forward+backward", {}).items()}
     regions = sum(per_step.values())
     print(f"  LayerTimer forward+backward: {regions:.0f} regions per step "
           f"({sum(1 for k in per_step if k.endswith('.backward'))} modules with a backward region)")
-    report["training_step"] = {"ms": step_ms, "x_untimed": {k: v / base for k, v in step_ms.items()},
-                               "warnings": warned, "regions_per_step": regions}
+    report["training_step"]["regions_per_step"] = regions
 
-    ours = samples.get("LayerTimer forward+backward", {})
-    theirs = samples.get("same hooks, torch.cuda.Event pairs", {})
+    # Queued: a spin kernel ahead of each step keeps the GPU behind the host, so each pair
+    # brackets its module's kernels alone, whatever either method costs on the host.
+    spin = 100_000_000  # clock cycles: ~50 ms at an H200's ~2 GHz
+
+    def queued_step():
+        torch.cuda._sleep(spin)
+        train_step()
+
+    queued: dict = {}
+    run_trials({"ours": (Layers, {"backward": True}), "torch": (SameHooksTorchEvents, {"backward": True})},
+               model, queued_step, max(iters // 2, 1), max(trials - 2, 1), queued)
     print("\n== agreement with torch.cuda.Event pairs at the same hook points (LayerTimer / torch, per module)")
     report["agreement"] = {}
-    for label, keep in (("forward", lambda n: not n.endswith(".backward")), ("backward", lambda n: n.endswith(".backward"))):
-        o = {k: v for k, v in ours.items() if keep(k)}
-        for floor in (0.0, 0.02):
-            a = agreement(o, theirs, floor)
-            key = f"{label}, modules >= {floor * 1e3:.0f} us" if floor else f"{label}, all modules"
-            report["agreement"][key] = a
-            if a:
-                print(f"  {key:34s} {a['modules']:4d} modules: median ratio {a['median_ratio']:.4f}, "
-                      f"median |ratio - 1| {a['median_abs_dev']:.4f}")
+    pairs = (("as run", samples.get("LayerTimer forward+backward", {}), samples.get("same hooks, torch.cuda.Event pairs", {})),
+             ("queued", queued.get("ours", {}), queued.get("torch", {})))
+    for regime, ours, theirs in pairs:
+        for label, keep in (("forward", lambda n: not n.endswith(".backward")),
+                            ("backward", lambda n: n.endswith(".backward"))):
+            o = {k: v for k, v in ours.items() if keep(k)}
+            for floor in (0.0, 0.02):
+                a = agreement(o, theirs, floor)
+                key = f"{regime}, {label}, " + (f"modules >= {floor * 1e3:.0f} us" if floor else "all modules")
+                report["agreement"][key] = a
+                if a:
+                    print(f"  {key:42s} {a['modules']:4d} modules: median ratio {a['median_ratio']:.4f}, "
+                          f"median |ratio - 1| {a['median_abs_dev']:.4f}")
 
     # 3: inference forward
     model.eval()

@@ -11,7 +11,7 @@ import fnmatch
 import threading
 import weakref
 
-from .._core.streams import as_stream
+from .._core.streams import GpuStream, as_stream
 from .._sync.cpu_stream import CpuStream
 from .results import Results
 from .timer import Timer
@@ -62,14 +62,16 @@ class _Call:
     """One forward call of a module while autograd records: what its backward region needs.
 
     ``parent`` is the call it ran inside (on the same thread), ``inputs`` the autograd nodes
-    that made its inputs (kept only until its forward ends), ``token`` its backward region
-    once begun."""
+    that made its inputs (kept only until its forward ends), ``device`` the CUDA ordinal of
+    its forward region's stream (-1 on a CpuStream), ``token`` its backward region once
+    begun."""
 
-    __slots__ = ("state", "parent", "inputs", "token", "begun")
+    __slots__ = ("state", "parent", "inputs", "device", "token", "begun")
 
-    def __init__(self, state: _Module, parent: "_Call | None"):
+    def __init__(self, state: _Module, parent: "_Call | None", device: int):
         self.state = state
         self.parent = parent
+        self.device = device
         self.inputs = ()
         self.token = None
         self.begun = False
@@ -90,16 +92,16 @@ def _encloses(outer: _Call, call: _Call) -> bool:
 def _grad_nodes(values, Tensor, into: list) -> list:
     """Append to ``into`` the distinct autograd nodes (``grad_fn``) of the tensors in
     ``values``, looking one level into lists, tuples and dicts; returns ``into``."""
-    for v in values:
+    for v in values:  # (nodes compare by identity)
         if isinstance(v, Tensor):
             node = v.grad_fn
-            if node is not None and not any(n is node for n in into):
+            if node is not None and node not in into:
                 into.append(node)
         elif type(v) is tuple or type(v) is list or isinstance(v, dict):
             for w in (v.values() if isinstance(v, dict) else v):
                 if isinstance(w, Tensor):
                     node = w.grad_fn
-                    if node is not None and not any(n is node for n in into):
+                    if node is not None and node not in into:
                         into.append(node)
     return into
 
@@ -233,7 +235,7 @@ class _Engine:
             call = None
             if token is not None and self._grad_enabled():  # an untimed forward has no backward region
                 calls = stack.calls
-                call = _Call(state, calls[-1] if calls else None)
+                call = _Call(state, calls[-1] if calls else None, stream._device if type(stream) is GpuStream else -1)
                 self._arm_end(call, args, kwargs, stack)
             stack.calls.append(call)
         stack.modules.append(state)
@@ -318,7 +320,7 @@ class _Engine:
         inputs, call.inputs = call.inputs, ()
         nodes = _grad_nodes(output if type(output) is tuple or type(output) is list else (output,), self._Tensor, [])
         for node in nodes:
-            if any(n is node for n in inputs):
+            if node in inputs:
                 continue  # an input passed through (nn.Identity): no backward of its own
             if node is stack.last_node:
                 # The output of the module that ended last (inside this one), returned as is:
@@ -327,7 +329,7 @@ class _Engine:
                 continue
             calls = [call]
             begin, epoch = self.begin_backward, self._epoch
-            node.register_prehook(lambda grad_outputs, calls=calls: begin(calls, grad_outputs, epoch))
+            node.register_prehook(lambda grad_outputs, calls=calls: begin(calls, epoch))
             stack.last_node = node
             stack.last_calls = calls
 
@@ -340,7 +342,7 @@ class _Engine:
                 self._backward_stacks.append(open_)
             return open_
 
-    def begin_backward(self, calls: list, grad_outputs, epoch: int) -> None:
+    def begin_backward(self, calls: list, epoch: int) -> None:
         if epoch != self._epoch or self._compiling():
             return
         if not self._callback_queued:
@@ -356,8 +358,11 @@ class _Engine:
                 token = open_.pop().token
                 if token is not None:
                     timer.end(token)
-            if stream is False:
-                stream = self._stream_for(grad_outputs)
+            if stream is False:  # torch's current stream on the forward's device, as autograd sets it
+                stream = self._fixed
+                if stream is None:
+                    capturing = self._capturing
+                    stream = None if capturing is not None and capturing() else self._gpu_stream(call.device)
             if stream is not None:
                 call.token = timer.begin(call.state.backward_name, stream)
             open_.append(call)
@@ -367,7 +372,10 @@ class _Engine:
         this thread."""
         if epoch != self._epoch or not call.begun:
             return
-        open_ = self._backward_stack()
+        try:
+            open_ = self._local.backward
+        except AttributeError:
+            return
         for i in range(len(open_) - 1, -1, -1):
             if open_[i] is call:
                 break
