@@ -330,3 +330,65 @@ def test_a_region_without_a_stream_follows_torchs_current_stream(gpu, fake_pool,
     gpu.run()
     r = t.results(timeout=5)
     assert {s.name: s.stream for s in r.samples} == {"on torch's stream": 0x51, "on the other": 0x52, "legacy": 0}
+
+
+def test_regions_that_meet_share_one_event(gpu, fake_pool):
+    """Where regions end as others begin with nothing enqueued between (LayerTimer's
+    backward), one record serves them all, and each handle goes back to the pool once."""
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    x = t.begin("x", a)
+    y = t.begin("y", a)
+    records = gpu.records
+    z, w = t._meet([y, x], ["z", "w"], a)
+    assert gpu.records == records + 1
+    t.end(w)
+    t.end(z)
+    gpu.run(a)
+    r = {s.name: s for s in t.results(timeout=5).samples}
+    assert r["x"].start_ms + r["x"].duration_ms == r["y"].start_ms + r["y"].duration_ms == r["z"].start_ms
+    assert r["z"].start_ms == r["w"].start_ms and r["w"].duration_ms < r["z"].duration_ms
+    assert fake_pool.stats().live == 1  # the reference event: every shared handle given back once
+
+
+def test_alone_a_meeting_is_a_plain_end_or_begin(gpu, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    x = t.begin("x", a)
+    records = gpu.records
+    assert t._meet([x], [], a) == []
+    (y,) = t._meet([], ["y"], a)
+    t.end(y)
+    assert gpu.records == records + 3 and not t._shared
+    gpu.run(a)
+    assert t.results(timeout=5).names() == ["x", "y"] and fake_pool.stats().live == 1
+
+
+@pytest.mark.parametrize("harvested_first", [False, True])
+def test_discarding_a_region_that_began_at_a_shared_event(gpu, fake_pool, harvested_first):
+    """The region that ended there keeps its sample; the shared handle goes back once, after
+    both are done with it, in either order."""
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    x = t.begin("x", a)
+    (z,) = t._meet([x], ["z"], a)
+    if harvested_first:
+        gpu.run(a)
+        assert t.harvest() == 1
+    t.discard(z)
+    gpu.run(a)
+    assert t.results(timeout=5).names() == ["x"]
+    assert fake_pool.stats().live == 1 and not t._shared
+
+
+def test_a_dropped_timer_gives_shared_events_back_once(gpu, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    x = t.begin("x", a)
+    (z,) = t._meet([x], ["z"], a)
+    t.end(z)  # both pending, sharing a handle
+    del t, x, z
+    import gc
+
+    gc.collect()
+    assert fake_pool.stats().live == 0

@@ -559,3 +559,26 @@ def test_a_transformer_training_step_times_every_modules_backward(cpu):
     assert r.parents["transformer.h.0.backward"] == "transformer.h.backward"
     rows = {row.name: row for row in r.rows(tree=True)}
     assert rows["transformer.h.0.backward"].depth > rows["transformer.backward"].depth
+
+
+def test_backward_regions_that_meet_share_one_record(fake_driver, fake_pool):
+    """On a GPU stream (here of the simulated driver), where one module's backward ends as the
+    next one's begins, one timing event serves both: the backward of four modules costs four
+    records, not eight, and every event goes back to the pool once."""
+    from helpers.fakes import fake_stream
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    timer = Timer(pool=fake_pool, nvtx=False)
+    with LayerTimer(model, timer=timer, stream=fake_stream(0x10), backward=True):
+        out = model(torch.randn(2, 4))
+        forward = fake_driver.records  # 4 pairs and the timer's reference event
+        out.sum().backward()
+        assert forward == 9 and fake_driver.records - forward == 4
+    fake_driver.run()
+    r = timer.results(timeout=5)
+    assert counts(r) == {n: 1 for n in ["Sequential", "0", "1", "2", "Sequential.backward", "2.backward",
+                                         "1.backward", "0.backward"]}
+    s = {smp.name: smp for smp in r.samples}
+    assert s["2.backward"].start_ms == s["Sequential.backward"].start_ms
+    assert s["2.backward"].start_ms + s["2.backward"].duration_ms == s["1.backward"].start_ms
+    assert fake_pool.stats().live == 1  # the reference event

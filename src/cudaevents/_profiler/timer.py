@@ -205,6 +205,9 @@ class Timer:
         # go back to the pool, and all of them when synchronize() finds nothing pending).
         self._spare: dict[int, list] = {}
         self._spare_cap = 2 * harvest_every
+        # Handles that several regions share (_meet): how many of them have not yet been
+        # harvested or discarded; the last one gives the handle back.
+        self._shared: dict[int, int] = {}
         self._timeline = bool(timeline)
         # region() without a Python-level call of its own: the same as the method below
         self.region = functools.partial(_Open, self)
@@ -251,6 +254,82 @@ class Timer:
         """Close a region opened by :meth:`begin`."""
         self._check_token(token, "end")
         token.__exit__(None, None, None)
+
+    def _meet(self, ending: list, names: list, stream: GpuStream) -> list:
+        """End the regions ``ending`` (tokens) and begin a region per name of ``names`` on
+        ``stream``, at one point: those ending on ``stream`` and those beginning share one
+        timing event, recorded there once. The caller makes sure that nothing is enqueued
+        on ``stream`` between these ends and begins (LayerTimer's backward, where one module's
+        backward ends as the next one's begins). Returns the new tokens, in ``names`` order."""
+        s = stream
+        key = (s._device, s._id)
+        here = []
+        for token in ending:
+            if token.start is None:
+                continue
+            if token.key == key:
+                here.append(token)
+            else:
+                token.__exit__(None, None, None)
+        if len(here) + len(names) < 2:  # nothing to share
+            for token in here:
+                token.__exit__(None, None, None)
+            return [_Open(self, name, s).__enter__() for name in names]
+        device = s._device
+        spare = self._spare.get(device)
+        if spare is None:
+            spare = self._first_region_on(s)
+        handles = []
+        try:
+            for _ in range(1 + len(names)):
+                handles.append(spare.pop())
+        except IndexError:
+            handles += self._pool.acquire_many(device, TIMING_FLAGS, 1 + len(names) - len(handles))
+        mark = handles[0]
+        try:
+            s._record(mark)
+        except BaseException:
+            spare += handles
+            raise
+        with self._lock:
+            self._shared[mark] = len(here) + len(names)
+        nvtx, step = self._nvtx, self._step
+        queue = self._pending.get(key)
+        if queue is None:
+            queue = self._new_queue(key)
+        for token in here:
+            start, token.start = token.start, None
+            if token.nvtx:
+                nvtx.pop_range()
+            spare.append(token.end)  # taken at its begin, not needed now
+            token.end = mark
+            queue.append((token.name, start, mark, step))
+        began = []
+        for name, end in zip(names, handles[1:]):
+            token = _Open(self, name, s)
+            token.start, token.end, token.key = mark, end, key
+            if nvtx is not None:
+                self._push_nvtx(token)
+            began.append(token)
+        self._since_harvest += len(here)
+        if self._since_harvest >= self._harvest_every:
+            self.harvest()
+        return began
+
+    def _unshared(self, handles: list) -> list:
+        """Of ``handles`` that regions are done with, those to give back: all but shared ones
+        that other regions still use. Called under the lock."""
+        shared, out = self._shared, []
+        for h in handles:
+            n = shared.get(h)
+            if n is None:
+                out.append(h)
+            elif n == 1:
+                del shared[h]
+                out.append(h)
+            else:
+                shared[h] = n - 1
+        return out
 
     def _check_token(self, token, what: str) -> None:
         if type(token) is not _Open:
@@ -361,9 +440,12 @@ class Timer:
                 done.append(start)
                 done.append(end)
         finally:
+            n = len(done) // 2
+            if done and self._shared:
+                done = self._unshared(done)
             if done:
                 self._keep_spare(device, done)
-        return len(done) // 2
+        return n
 
     def _keep_spare(self, device: int, handles: list) -> None:
         """Keep harvested handles for the next regions, up to the cap; the rest go to the pool."""
@@ -464,7 +546,11 @@ class Timer:
             except Exception:  # NVTX ranges are per thread; one pushed elsewhere just stays open
                 pass
         if token.key[0] >= 0:
-            self._spare[token.key[0]] += (start, token.end)
+            handles = [start, token.end]
+            if self._shared:
+                with self._lock:
+                    handles = self._unshared(handles)
+            self._spare[token.key[0]] += handles
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Wait for every ended region to finish and harvest it; then the events the timer
@@ -513,7 +599,7 @@ class Timer:
             give_back = self._pool.release_many_deferred
             for (device, _), queue in self._pending.items():
                 if device >= 0 and queue:
-                    handles = [h for _, start, end, _ in queue for h in (start, end)]
+                    handles = list(dict.fromkeys(h for _, start, end, _ in queue for h in (start, end)))
                     queue.clear()
                     give_back(device, TIMING_FLAGS, handles)
             for device, spare in self._spare.items():

@@ -171,6 +171,7 @@ class _Engine:
         self._modules: set[_Module] = set()  # every module state
         self._callback_queued = False
         self._epoch = 0  # hooks armed before the last discard_open() do nothing
+        self._timer_meet = getattr(timer, "_meet", None)  # a Timer's; a stand-in may have none
 
     # -- streams ---------------------------------------------------------------------------
     def _gpu_stream(self, device: int):
@@ -303,7 +304,7 @@ class _Engine:
     def _arm_end(self, call: _Call, args, kwargs, stack: _Stack) -> None:
         """At a forward's begin: hook the nodes that made its inputs, to end its backward."""
         nodes = _grad_nodes(args, self._Tensor, [])
-        if kwargs:
+        if kwargs and not nodes:  # keyword arguments only where no positional one needs a gradient
             _grad_nodes(kwargs.values(), self._Tensor, nodes)
         if not nodes:
             return
@@ -348,24 +349,43 @@ class _Engine:
         if not self._callback_queued:
             self._queue_end_of_backward()
         open_ = self._backward_stack()
-        stream = False
-        timer = self.timer
+        ending, starting = [], []
         for call in calls:
             if call.begun:
                 continue
             call.begun = True
             while open_ and not _encloses(open_[-1], call):
-                token = open_.pop().token
-                if token is not None:
-                    timer.end(token)
-            if stream is False:  # torch's current stream on the forward's device, as autograd sets it
-                stream = self._fixed
-                if stream is None:
-                    capturing = self._capturing
-                    stream = None if capturing is not None and capturing() else self._gpu_stream(call.device)
-            if stream is not None:
-                call.token = timer.begin(call.state.backward_name, stream)
+                ended = open_.pop()
+                if ended in starting:  # begun by this same hook: not a region after all
+                    starting.remove(ended)
+                else:
+                    ending.append(ended)
+            starting.append(call)
             open_.append(call)
+        stream = None
+        if starting:  # torch's current stream on the forward's device, as autograd sets it
+            stream = self._fixed
+            if stream is None:
+                capturing = self._capturing
+                stream = None if capturing is not None and capturing() else self._gpu_stream(starting[0].device)
+        self._meet([c.token for c in ending if c.token is not None], starting, stream)
+
+    def _meet(self, tokens: list, starting: list, stream) -> None:
+        """End ``tokens`` and begin the backward regions of ``starting`` on ``stream`` (None:
+        untimed) at one point: on a GPU stream the timer shares one event among them all
+        (nothing is enqueued between)."""
+        timer = self.timer
+        names = [] if stream is None else [c.state.backward_name for c in starting]
+        meet = self._timer_meet
+        where = stream if stream is not None or meet is None or not tokens else tokens[0].stream
+        if meet is not None and type(where) is GpuStream:
+            began = meet(tokens, names, where)
+        else:
+            for token in tokens:
+                timer.end(token)
+            began = [timer.begin(name, stream) for name in names]
+        for call, token in zip(starting, began):
+            call.token = token
 
     def end_backward(self, call: _Call, epoch: int) -> None:
         """End ``call``'s backward region (and those still open inside it) if it is open on
@@ -381,11 +401,9 @@ class _Engine:
                 break
         else:
             return
-        timer = self.timer
-        while len(open_) > i:
-            token = open_.pop().token
-            if token is not None:
-                timer.end(token)
+        ending = open_[i:]
+        del open_[i:]
+        self._meet([c.token for c in reversed(ending) if c.token is not None], [], None)
 
     def _queue_end_of_backward(self) -> None:
         # When the backward pass ends, end the backward regions still open (the first layers,
@@ -402,13 +420,13 @@ class _Engine:
         with self._lock:
             stacks = list(self._backward_stacks)
         for open_ in stacks:
-            while open_:
-                token = open_.pop().token
-                if token is not None:
-                    if discard:
-                        _discard(self.timer, token)
-                    else:
-                        self.timer.end(token)
+            ending, open_[:] = open_[::-1], []
+            tokens = [c.token for c in ending if c.token is not None]
+            if discard:
+                for token in tokens:
+                    _discard(self.timer, token)
+            else:
+                self._meet(tokens, [], None)
 
     # -- cleanup ---------------------------------------------------------------------------
     def open_backward(self) -> int:
@@ -517,13 +535,15 @@ class LayerTimer:
     that made one of its inputs being about to run; the backward of a module outside it
     beginning (autograd runs one device's nodes one at a time, so the two cannot overlap);
     the end of the backward pass (the first layers, whose inputs need no gradient, end
-    there). A region is on the autograd thread's current stream at its begin (the stream of
-    the module's forward, as autograd sets it). A module that returns one of its inputs
-    unchanged (``nn.Identity``) has no backward region; a forward recomputed in backward
-    (checkpointing) is timed again as a forward and its backward nests in its module's
-    ancestors. Each backward region costs what a forward one does plus about two autograd
-    hook registrations in the forward. Concurrent backward passes of one model in several
-    threads cut each other's backward regions short.
+    there). The end hooks go on the nodes of the positional tensor inputs (or, where none
+    needs a gradient, the keyword ones). A region is on the autograd thread's current stream
+    at its begin (the stream of the module's forward, as autograd sets it). Where regions end
+    as others begin, in one hook, one timing event serves them all, so a model's backward
+    costs about one timing record per module, plus an autograd hook registration per module
+    in the forward. A module that returns one of its inputs unchanged (``nn.Identity``) has
+    no backward region; a forward recomputed in backward (checkpointing) is timed again as a
+    forward, and its backward nests in its module's ancestors. Concurrent backward passes of
+    one model in several threads cut each other's backward regions short.
 
     Args:
         model: the ``torch.nn.Module`` to time.
