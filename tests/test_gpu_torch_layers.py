@@ -290,7 +290,9 @@ class _SlowBackward(torch.autograd.Function):
 
 class _Slow(nn.Module):
     def forward(self, x):
-        return _SlowBackward.apply(x, 2_000_000)  # about 1 ms at the H200's clock, and more below it
+        # about 10 ms at the H200's clock, and more below it: far beyond the host time a region
+        # of this host-bound model spends waiting for its next launch
+        return _SlowBackward.apply(x, 20_000_000)
 
 
 def test_backward_regions_hold_each_modules_own_gpu_work():
@@ -304,8 +306,8 @@ def test_backward_regions_hold_each_modules_own_gpu_work():
             model(x).sum().backward()
     s = layers.results(timeout=60).summary()
     slow = s["1.backward"].median_ms
-    assert slow > 0.5, s
-    assert slow > 10 * max(s["0.backward"].median_ms, s["2.backward"].median_ms, s["1"].median_ms), s
+    assert slow > 5, s
+    assert slow > 5 * max(s["0.backward"].median_ms, s["2.backward"].median_ms, s["1"].median_ms), s
     assert s["Sequential.backward"].median_ms >= slow
     stream = torch.cuda.current_stream().cuda_stream
     assert {smp.stream for smp in layers.results(timeout=60).samples} == {stream}
