@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--no-layers", action="store_true",
                          help="do not hook torch modules; only the regions the script declares are timed")
     profile.add_argument("--backward", action="store_true",
-                         help="also time each module's backward (full backward hooks; PyTorch refuses these "
-                              "where a module's input or output is later modified in place)")
+                         help="also time each module's backward (through autograd node hooks: the "
+                              "gradients and the graph stay as they are)")
     profile.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
                          help="print the regions collected so far to stderr every SECONDS (default 10; 0: never)")
     profile.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",

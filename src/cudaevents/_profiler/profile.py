@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 
 from .results import Results
 from .timer import Timer
@@ -180,10 +179,6 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
     def on_torch(torch):
         from .torch_layers import GlobalLayerHooks
 
-        if backward:  # what PyTorch says about the hooks' semantics is not the script's business
-            for message in ("Full backward hook is firing when gradients are computed with respect to module outputs",
-                            "For backward hooks to be called, module output should be a Tensor"):
-                warnings.filterwarnings("ignore", message=message, category=UserWarning)
         hooks.append(GlobalLayerHooks(timer, backward=backward).attach())
 
     watcher = _TorchWatcher(on_torch) if layers else None
