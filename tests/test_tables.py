@@ -174,6 +174,9 @@ def test_timeline_labels_keep_the_last_path_parts():
     assert _fit("GPT2LMHeadModel.transformer.h.0.attn.c_attn", 12) == "attn.c_attn"
     assert _fit("transformer.h.1.mlp", 6) == "mlp" and _fit("transformer.h.1.mlp", 8) == "h.1.mlp"
     assert _fit("model.encoder_self_attention", 8) == "…tention"
+    assert _fit("transformer.h.5.backward", 8) == "h.5.bwd" and _fit("transformer.h.5.attn.backward", 8) == "attn.bwd"
+    assert _fit("Net.backward", 12) == "Net.bwd" and _fit("backward", 8) == "backward"
+    assert _fit("transformer.h.5.mlp.backward", 4) == "mlp"
 
 
 def test_plots_need_a_known_kind_and_say_how_to_get_matplotlib(tmp_path):

@@ -80,20 +80,33 @@ def _bars(plt, results, *, top, names, match):
 
 def _fit(name: str, chars: int) -> str:
     """The last path parts of ``name`` that fit in ``chars``, a numeric part only with the one
-    before it (``h.1.mlp`` or ``mlp``, never ``1.mlp``), else ``name`` shortened from the left."""
+    before it (``h.1.mlp`` or ``mlp``, never ``1.mlp``) and a LayerTimer's ``backward`` too,
+    written ``bwd`` (``h.1.bwd``, or ``mlp`` alone where ``mlp.bwd`` does not fit), else
+    ``name`` shortened from the left."""
     parts = name.split(".")
+    if len(parts) > 1 and parts[-1] == "backward":
+        parts[-1] = "bwd"
+
+    def tied(part: str) -> bool:  # says nothing without the part before it
+        return part.isdigit() or part == "bwd"
 
     def step_back(i: int) -> int:  # where the label starts if it takes one more part
         i -= 1
-        return i - 1 if parts[i].isdigit() and i > 0 else i
+        while i > 0 and tied(parts[i]):
+            i -= 1
+        return i
 
     i = len(parts) - 1
-    if parts[i].isdigit() and i > 0:
+    while i > 0 and tied(parts[i]):
         i -= 1
     while i > 0 and len(".".join(parts[step_back(i):])) <= chars:
         i = step_back(i)
     label = ".".join(parts[i:])
-    return label if len(label) <= chars else shorten(name, chars)
+    if len(label) <= chars:
+        return label
+    if parts[-1] == "bwd" and len(label) - 4 <= chars and i < len(parts) - 1:
+        return label[:-4]  # the module alone: its parent's bar says it is the backward
+    return shorten(".".join(parts), chars)
 
 
 def _stream_names(results) -> dict:
