@@ -4,9 +4,12 @@
 
 The model is GPT-2 small from ``transformers``, built from its config (random weights, 124M
 parameters, nothing downloaded), in bf16 on one GPU. Every figure is a ratio to a baseline
-measured in the same run; the methods of a section take turns trial by trial (each trial
-starting from a different method), and each figure is the median over trials of the wall
-time per iteration (``torch.cuda.synchronize()`` around a trial's iterations).
+measured in the same run: the methods of a section take turns, round by round (each round
+starting from a different method), a trial being a method's wall time per iteration
+(``torch.cuda.synchronize()`` around its iterations); a row gives the median trial and the
+median over rounds of the trial's ratio to the untimed trial of the same round. A row
+"LayerTimer's hooks alone" runs LayerTimer's hooks with a Timer stand-in that records
+nothing: what the hooks cost without the events.
 
 Sections:
 
@@ -17,7 +20,8 @@ Sections:
    hook points as LayerTimer with a ``torch.cuda.Event(enable_timing=True)`` pair made per
    region, as one writes by hand; and hand-written ``torch.cuda.Event`` pairs in PyTorch's
    full backward hooks, the usual way to time a module's backward. PyTorch warnings during
-   each method's trials are counted.
+   each method's trials are counted. Then the GPU time of a step (an event pair around it,
+   with the GPU queued behind the host) untimed and timed: what the timing costs the GPU.
 2. **Agreement**: per module, the median region time of LayerTimer (forward and backward)
    over the median of the hand-written ``torch.cuda.Event`` pairs at the same hook points;
    reported: the median of those ratios over modules and the median absolute deviation from
@@ -88,6 +92,27 @@ class Layers:
         for s in r.samples:
             out.setdefault(s.name, []).append(s.duration_ms)
         return out
+
+
+class NullTimer:
+    """Stands for a Timer and records nothing: what LayerTimer's hooks cost without events."""
+
+    def begin(self, name, stream):
+        return name
+
+    def end(self, token):
+        pass
+
+    def discard(self, token, pop_nvtx=True):
+        pass
+
+
+class NullLayers(Layers):
+    def __init__(self, model, **options):
+        self.layers = ce.LayerTimer(model, timer=NullTimer(), **options)
+
+    def collect(self):
+        return {}
 
 
 class TorchEventTimer:
@@ -194,9 +219,14 @@ class Profiler:
 
 
 # -- the loop ---------------------------------------------------------------------------------------
+CURRENT = None  # the method whose trial runs now (for work that keeps figures per method)
+
+
 def run_trials(methods: dict, model, work, iters: int, trials: int, samples: dict | None = None):
-    """Interleaved trials: per method, the median over trials of ms per iteration, the
-    PyTorch warnings seen, and (in ``samples``) every region time per name."""
+    """Interleaved trials: per method, ms per iteration in each trial (trial i of every method
+    ran in the same round), the PyTorch warnings seen, and (in ``samples``) every region time
+    per name."""
+    global CURRENT
     times = {name: [] for name in methods}
     warned = {name: 0 for name in methods}
     names = list(methods)
@@ -206,6 +236,7 @@ def run_trials(methods: dict, model, work, iters: int, trials: int, samples: dic
             if name not in times:
                 continue  # failed in the warm-up
             factory, options = methods[name]
+            CURRENT = name
             with warnings.catch_warnings(record=True) as seen:
                 warnings.simplefilter("always")
                 try:
@@ -230,7 +261,36 @@ def run_trials(methods: dict, model, work, iters: int, trials: int, samples: dic
                 per = samples.setdefault(name, {})
                 for k, v in got.items():
                     per.setdefault(k, []).extend(v)
-    return {n: statistics.median(v) for n, v in times.items() if v}, warned
+    return {n: v for n, v in times.items() if v}, warned
+
+
+def section(title: str, methods: dict, model, work, iters: int, trials: int, samples: dict | None = None,
+            per_call_of: str | None = None) -> dict:
+    """Run one section's trials and print its rows: per method the median ms per iteration and
+    the median over trials of its ratio to the untimed run of the same round; with
+    ``per_call_of``, also the host time added per timed module call (that method's regions
+    per iteration), in us. Returns the rows."""
+    got = {} if samples is None else samples
+    times, warned = run_trials(methods, model, work, iters, trials, got)
+    base = times["untimed"]
+    calls = None
+    if per_call_of is not None:
+        calls = sum(len(v) for v in got[per_call_of].values()) / (iters * trials)
+        title += f" ({calls:.0f} timed module calls per iteration; host time added per call)"
+    print(f"\n== {title}")
+    rows = {}
+    for name, t in times.items():
+        row = {"ms": statistics.median(t), "x_untimed": statistics.median(a / b for a, b in zip(t, base)),
+               "warnings": warned[name]}
+        line = f"  {name:44s} {row['ms']:8.2f} ms  {row['x_untimed']:6.3f}x"
+        if calls and name != "untimed":
+            row["added_us_per_call"] = statistics.median((a - b) / calls * 1e3 for a, b in zip(t, base))
+            line += f"  {row['added_us_per_call']:+7.2f} us per call"
+        if warned[name]:
+            line += f"  PyTorch warnings: {warned[name]}"
+        print(line, flush=True)
+        rows[name] = row
+    return rows
 
 
 def agreement(ours: dict, theirs: dict, floor_ms: float = 0.0):
@@ -253,7 +313,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few iterations: a smoke test")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
-    iters, trials = (2, 1) if args.quick else (10, 5)
+    iters, trials = (2, 1) if args.quick else (10, 7)
     torch.manual_seed(0)
     cfg = transformers.GPT2Config()
     model = transformers.GPT2LMHeadModel(cfg).to(DEVICE, torch.bfloat16)
@@ -278,6 +338,7 @@ def main(argv=None) -> int:
         "LayerTimer forward": (Layers, {}),
         "LayerTimer forward+backward": (Layers, {"backward": True}),
         "LayerTimer depth=3 forward+backward": (Layers, {"backward": True, "depth": 3}),
+        "LayerTimer's hooks alone (no events), fwd+bwd": (NullLayers, {"backward": True}),
     }
     # The peers make and free a torch.cuda.Event pair per region: their own section, so that
     # churn does not weigh on the rows above.
@@ -287,15 +348,11 @@ def main(argv=None) -> int:
         "torch.cuda.Event in full backward hooks": (HandHooks, {"backward": True}),
     }
     samples: dict = {}
-    report["training_step"] = {}
-    for title, methods in (("cudaevents", ours_methods), ("peers", peer_methods)):
-        step_ms, warned = run_trials(methods, model, train_step, iters, trials, samples)
-        base = step_ms["untimed"]
-        print(f"\n== training step, 8 x 512, {title} (ms per step; x untimed; PyTorch warnings in the trials)")
-        for name, ms in step_ms.items():
-            print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x  warnings: {warned[name]}")
-        report["training_step"][title] = {"ms": step_ms, "x_untimed": {k: v / base for k, v in step_ms.items()},
-                                          "warnings": warned}
+    report["training_step"] = {
+        "cudaevents": section("training step, 8 x 512, cudaevents", ours_methods, model, train_step, iters, trials,
+                              samples),
+        "peers": section("training step, 8 x 512, peers", peer_methods, model, train_step, iters, trials, samples),
+    }
     per_step = {k: len(v) / (iters * trials) for k, v in samples.get("LayerTimer forward+backward", {}).items()}
     regions = sum(per_step.values())
     print(f"  LayerTimer forward+backward: {regions:.0f} regions per step "
@@ -303,16 +360,29 @@ def main(argv=None) -> int:
     report["training_step"]["regions_per_step"] = regions
 
     # Queued: a spin kernel ahead of each step keeps the GPU behind the host, so each pair
-    # brackets its module's kernels alone, whatever either method costs on the host.
+    # brackets its module's kernels alone, whatever either method costs on the host; an event
+    # pair around each step gives the GPU time of the step (what the timing costs the GPU).
     spin = 100_000_000  # clock cycles: ~50 ms at an H200's ~2 GHz
+    gpu_steps: dict = {}
 
     def queued_step():
         torch.cuda._sleep(spin)
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
         train_step()
+        e1.record()
+        gpu_steps.setdefault(CURRENT, []).append((e0, e1))
 
     queued: dict = {}
-    run_trials({"ours": (Layers, {"backward": True}), "torch": (SameHooksTorchEvents, {"backward": True})},
+    run_trials({"untimed": (Untimed, {}), "ours": (Layers, {"backward": True}),
+                "torch": (SameHooksTorchEvents, {"backward": True})},
                model, queued_step, max(iters // 2, 1), max(trials - 2, 1), queued)
+    torch.cuda.synchronize()
+    gpu_ms = {k: statistics.median(a.elapsed_time(b) for a, b in v[max(iters // 2, 1):]) for k, v in gpu_steps.items()}
+    print(f"\n== GPU time of a training step, the GPU queued behind the host: untimed {gpu_ms['untimed']:.2f} ms, "
+          f"LayerTimer forward+backward {gpu_ms['ours']:.2f} ms ({gpu_ms['ours'] / gpu_ms['untimed']:.3f}x), "
+          f"torch.cuda.Event pairs at the same hooks {gpu_ms['torch']:.2f} ms ({gpu_ms['torch'] / gpu_ms['untimed']:.3f}x)")
+    report["gpu_ms_per_step_queued"] = gpu_ms
     print("\n== agreement with torch.cuda.Event pairs at the same hook points (LayerTimer / torch, per module)")
     report["agreement"] = {}
     pairs = (("as run", samples.get("LayerTimer forward+backward", {}), samples.get("same hooks, torch.cuda.Event pairs", {})),
@@ -329,56 +399,29 @@ def main(argv=None) -> int:
                     print(f"  {key:42s} {a['modules']:4d} modules: median ratio {a['median_ratio']:.4f}, "
                           f"median |ratio - 1| {a['median_abs_dev']:.4f}")
 
-    # 3: inference forward
     model.eval()
     with torch.no_grad():
-        fwd_methods = {
+        report["forward_8x512"] = section("inference forward, 8 x 512", {
             "untimed": (Untimed, {}),
             "LayerTimer": (Layers, {}),
             "LayerTimer depth=3": (Layers, {"depth": 3}),
             "torch.cuda.Event hooks": (HandHooks, {}),
-        }
-        fwd_ms, _ = run_trials(fwd_methods, model, lambda: model(x), iters, trials)
-        base = fwd_ms["untimed"]
-        print("\n== inference forward, 8 x 512 (ms per forward; x untimed)")
-        for name, ms in fwd_ms.items():
-            print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x")
-        report["forward_8x512"] = {"ms": fwd_ms, "x_untimed": {k: v / base for k, v in fwd_ms.items()}}
-
-        # 4: host-bound forward
+        }, model, lambda: model(x), iters, trials)
         small = torch.randint(0, cfg.vocab_size, (1, 64), device=DEVICE)
-        counted: dict = {}
-        host_methods = {
+        report["host_bound_1x64"] = section("host-bound forward, 1 x 64", {
             "untimed": (Untimed, {}),
             "empty PyTorch hooks": (HandHooks, {"empty": True}),
+            "LayerTimer's hooks alone (no events)": (NullLayers, {}),
             "LayerTimer": (Layers, {}),
             "torch.cuda.Event hooks": (HandHooks, {}),
-        }
-        host_ms, _ = run_trials(host_methods, model, lambda: model(small), iters * 5, trials, counted)
-        calls = sum(len(v) for v in counted["LayerTimer"].values()) / (iters * 5 * trials)
-        base = host_ms["untimed"]
-        print(f"\n== host-bound forward, 1 x 64 ({calls:.0f} timed module calls per forward): "
-              f"untimed {base:.2f} ms; host time added per module call")
-        added = {}
-        for name, ms in host_ms.items():
-            if name != "untimed":
-                added[name] = (ms - base) / calls * 1e3
-                print(f"  {name:42s} {added[name]:8.2f} us")
-        report["host_bound_1x64"] = {"ms": host_ms, "module_calls": calls, "added_us_per_call": added}
-
-        # 5: last, since a CUPTI session can leave launches slower for the rest of the process
-        prof_methods = {
+        }, model, lambda: model(small), iters * 5, trials, per_call_of="LayerTimer")
+        # last, since a CUPTI session can leave launches slower for the rest of the process
+        report["forward_8x512_profiler"] = section("inference forward, 8 x 512, against torch.profiler", {
             "untimed": (Untimed, {}),
             "LayerTimer": (Layers, {}),
             "torch.profiler CUDA": (Profiler, {}),
             "torch.profiler CPU+CUDA": (Profiler, {"cpu": True}),
-        }
-        prof_ms, _ = run_trials(prof_methods, model, lambda: model(x), iters, trials)
-        base = prof_ms["untimed"]
-        print("\n== inference forward, 8 x 512, against torch.profiler (ms per forward; x untimed)")
-        for name, ms in prof_ms.items():
-            print(f"  {name:42s} {ms:8.2f} ms  {ms / base:6.3f}x")
-        report["forward_8x512_profiler"] = {"ms": prof_ms, "x_untimed": {k: v / base for k, v in prof_ms.items()}}
+        }, model, lambda: model(x), iters, trials)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
