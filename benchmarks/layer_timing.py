@@ -8,7 +8,7 @@ measured in the same run: the methods of a section take turns, round by round (e
 starting from a different method), a trial being a method's wall time per iteration
 (``torch.cuda.synchronize()`` around its iterations); a row gives the median trial and the
 median over rounds of the trial's ratio to the untimed trial of the same round. A row
-"LayerTimer's hooks alone" runs LayerTimer's hooks with a Timer stand-in that records
+"LayerTimer hooks, no events" runs LayerTimer's hooks with a Timer stand-in that records
 nothing: what the hooks cost without the events.
 
 Sections:
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
         "LayerTimer forward": (Layers, {}),
         "LayerTimer forward+backward": (Layers, {"backward": True}),
         "LayerTimer depth=3 forward+backward": (Layers, {"backward": True, "depth": 3}),
-        "LayerTimer's hooks alone (no events), fwd+bwd": (NullLayers, {"backward": True}),
+        "LayerTimer hooks, no events, fwd+bwd": (NullLayers, {"backward": True}),
     }
     # The peers make and free a torch.cuda.Event pair per region: their own section, so that
     # churn does not weigh on the rows above.
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
         report["host_bound_1x64"] = section("host-bound forward, 1 x 64", {
             "untimed": (Untimed, {}),
             "empty PyTorch hooks": (HandHooks, {"empty": True}),
-            "LayerTimer's hooks alone (no events)": (NullLayers, {}),
+            "LayerTimer hooks, no events": (NullLayers, {}),
             "LayerTimer": (Layers, {}),
             "torch.cuda.Event hooks": (HandHooks, {}),
         }, model, lambda: model(small), iters * 5, trials, per_call_of="LayerTimer")
