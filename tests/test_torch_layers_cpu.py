@@ -582,3 +582,28 @@ def test_backward_regions_that_meet_share_one_record(fake_driver, fake_pool):
     assert s["2.backward"].start_ms == s["Sequential.backward"].start_ms
     assert s["2.backward"].start_ms + s["2.backward"].duration_ms == s["1.backward"].start_ms
     assert fake_pool.stats().live == 1  # the reference event
+
+
+def test_a_graph_kept_for_another_pass_is_timed_in_each(cpu):
+    """retain_graph=True: the second backward pass over the same graph has its own regions."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    with LayerTimer(model, stream=cpu, backward=True) as layers:
+        loss = model(torch.randn(2, 4)).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        assert layers._engine.open_backward() == 0
+    c = counts(layers.results(timeout=30))
+    assert all(c[f"{n}.backward"] == 2 for n in ("Sequential", "0", "1", "2")), c
+
+
+def test_second_order_gradients_time_the_first_pass(cpu):
+    """create_graph=True: the first backward is timed per module; the gradient of the
+    gradient runs nodes the first pass made, with no module hooks of their own."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(2, 4, requires_grad=True)
+    with LayerTimer(model, stream=cpu, backward=True) as layers:
+        (g,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+        g.square().sum().backward()
+        assert layers._engine.open_backward() == 0
+    c = counts(layers.results(timeout=30))
+    assert c["Sequential.backward"] >= 1 and c["0.backward"] >= 1 and c["2.backward"] >= 1, c

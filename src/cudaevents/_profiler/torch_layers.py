@@ -170,6 +170,7 @@ class _Engine:
         self._lock = threading.Lock()
         self._modules: set[_Module] = set()  # every module state
         self._callback_queued = False
+        self._begun: list = []  # the calls whose backward began in this pass (begun again in the next)
         self._epoch = 0  # hooks armed before the last discard_open() do nothing
         self._timer_meet = getattr(timer, "_meet", None)  # a Timer's; a stand-in may have none
 
@@ -354,6 +355,7 @@ class _Engine:
             if call.begun:
                 continue
             call.begun = True
+            self._begun.append(call)
             while open_ and not _encloses(open_[-1], call):
                 ended = open_.pop()
                 if ended in starting:  # begun by this same hook: not a region after all
@@ -417,6 +419,9 @@ class _Engine:
 
     def _end_of_backward(self, discard: bool = False) -> None:
         self._callback_queued = False
+        begun, self._begun = self._begun, []
+        for call in begun:  # a graph kept with retain_graph=True times its next pass again
+            call.begun = False
         with self._lock:
             stacks = list(self._backward_stacks)
         for open_ in stacks:
@@ -457,6 +462,7 @@ class _Engine:
                     _discard(self.timer, token)
                     n += 1
         self._callback_queued = False
+        self._begun = []
         return n
 
 
