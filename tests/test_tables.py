@@ -121,6 +121,7 @@ def test_parents_override_the_names_and_survive_json():
     assert rows["transformer"].parent == MODEL and rows[MODEL].self_ms == pytest.approx(1.0)
     again = Results.from_json(r.to_json())
     assert again.parents == parents and json.loads(r.to_json())["parents"] == parents
+    assert json.loads(r.to_json())["depths"] == {MODEL: 0, "transformer": 1, "lm_head": 1}
 
 
 def test_parents_skip_modules_that_were_not_selected():

@@ -185,7 +185,9 @@ class Results:
 
     # -- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """A JSON-ready dict: format version, samples and summary."""
+        """A JSON-ready dict: format version, samples, summary, stream names, and per region
+        the region it is nested in (``parents``), its nesting depth (``depths``, 0 for the
+        outermost, as the tree view counts it) and its module's class (``classes``)."""
         return {
             "format": "cudaevents.results",
             "version": 1,
@@ -193,6 +195,7 @@ class Results:
             "summary": {name: dataclasses.asdict(st) for name, st in self.summary().items()},
             "streams": {f"{d}:{s}": label for (d, s), label in self._stream_names.items()},
             "parents": self.parents,
+            "depths": {row.name: row.depth for row in self.rows(sort="first")},
             "classes": self.classes,
         }
 
