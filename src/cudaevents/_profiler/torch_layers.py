@@ -546,10 +546,13 @@ class LayerTimer:
     at its begin (the stream of the module's forward, as autograd sets it). Where regions end
     as others begin, in one hook, one timing event serves them all, so a model's backward
     costs about one timing record per module, plus an autograd hook registration per module
-    in the forward. A module that returns one of its inputs unchanged (``nn.Identity``) has
-    no backward region; a forward recomputed in backward (checkpointing) is timed again as a
-    forward, and its backward nests in its module's ancestors. Concurrent backward passes of
-    one model in several threads cut each other's backward regions short.
+    in the forward. Work of an enclosing module that autograd runs between two of its
+    children's backwards counts to the child before it, unless that child's input came from
+    it. A module that returns one of its inputs unchanged (``nn.Identity``) has no backward
+    region; a forward recomputed in backward (checkpointing) is timed again as a forward, and
+    its backward nests in its module's ancestors; a graph kept for another pass
+    (``retain_graph=True``) is timed in each. Concurrent backward passes of one model in
+    several threads cut each other's backward regions short.
 
     Args:
         model: the ``torch.nn.Module`` to time.
