@@ -10,7 +10,7 @@ import time
 import pytest
 
 import cudaevents
-from cudaevents import Results, Sample, Stats, Timer
+from cudaevents import CpuStream, Results, Sample, Stats, Timer
 from cudaevents._profiler.results import stats_of
 
 
@@ -251,3 +251,16 @@ def test_step_indices_group_the_samples(streams):
         del s["step"]  # a file written before samples had a step
     assert {s.step for s in Results.from_json(json.dumps(legacy)).samples} == {0}
     assert {e["args"]["step"] for e in r.to_chrome_trace()["traceEvents"] if e["ph"] == "X"} == {0, 1, 2, 3}
+
+
+def test_laps_on_a_cpu_stream():
+    """Laps on a CpuStream (no GPU): a region per phase, in order, back to back on the host clock."""
+    s = CpuStream("laps")
+    t = Timer(nvtx=False)
+    with t.laps(s) as lap:
+        for name in ("a", "b", "c"):
+            lap(name)
+    r = t.results(timeout=30)
+    assert [smp.name for smp in r.samples] == ["a", "b", "c"]
+    assert all(p.start_ms + p.duration_ms <= n.start_ms for p, n in zip(r.samples, r.samples[1:]))
+    s.close(timeout=30)

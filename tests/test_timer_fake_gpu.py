@@ -392,3 +392,50 @@ def test_a_dropped_timer_gives_shared_events_back_once(gpu, fake_pool):
 
     gc.collect()
     assert fake_pool.stats().live == 0
+
+
+def test_laps_cost_one_record_per_phase(gpu, fake_pool):
+    """Back-to-back phases: each begins where the one before ended, N phases in N + 1 records,
+    and every handle goes back to the pool."""
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    with t.region("warm", a):  # the reference event and the spares first
+        pass
+    records = gpu.records
+    with t.laps(a) as lap:
+        for _ in range(3):
+            lap("forward")
+            lap("backward")
+    assert gpu.records - records == 7
+    gpu.run(a)
+    r = t.results(timeout=5)
+    laps = [s for s in r.samples if s.name != "warm"]
+    assert [s.name for s in laps] == ["forward", "backward"] * 3
+    assert all(p.start_ms + p.duration_ms == n.start_ms for p, n in zip(laps, laps[1:]))
+    assert fake_pool.stats().live == 1 and not t._shared
+
+
+def test_laps_end_their_last_phase_when_an_exception_leaves_the_block(gpu, fake_pool):
+    a = stream(0x10)
+    t = Timer(pool=fake_pool, nvtx=False)
+    with pytest.raises(KeyError):
+        with t.laps(a) as lap:
+            lap("load")
+            raise KeyError("batch")
+    gpu.run(a)
+    assert t.results(timeout=5).names() == ["load"] and fake_pool.stats().live == 1
+
+
+def test_laps_misuse_says_what_to_do(gpu, fake_pool):
+    t = Timer(pool=fake_pool, nvtx=False)
+    laps = t.laps(stream(0x10))
+    with pytest.raises(ValueError, match="inside their with block"):
+        laps("early")
+    with laps as lap:
+        with pytest.raises(TypeError, match="a phase's name is a str"):
+            lap(3)
+    with pytest.raises(ValueError, match="have ended"):
+        lap("late")
+    with pytest.raises(ValueError, match="entered already"):
+        with laps:
+            pass

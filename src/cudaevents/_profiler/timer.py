@@ -149,6 +149,46 @@ class _Open:
             timer.harvest()
 
 
+class _Laps:
+    """Back-to-back phases on one stream, each beginning where the one before ends, one
+    timing event between two phases: what :meth:`Timer.laps` returns."""
+
+    __slots__ = ("timer", "stream", "open", "state")
+
+    def __init__(self, timer, stream):
+        if type(stream) is not GpuStream and type(stream) is not CpuStream:
+            stream = timer._gpu_stream(stream)
+        self.timer, self.stream, self.open, self.state = timer, stream, None, "new"
+
+    def __enter__(self):
+        if self.state != "new":
+            raise ValueError("these laps were entered already; start new ones with timer.laps()")
+        self.state = "entered"
+        return self
+
+    def __call__(self, name: str) -> None:
+        """End the phase running now (if any) and begin the phase ``name`` here."""
+        if self.state != "entered":
+            raise ValueError("laps are taken inside their with block: with timer.laps(stream) as lap: lap('name')"
+                             if self.state == "new" else
+                             "these laps have ended (their with block was left); start new ones with timer.laps()")
+        if type(name) is not str and not isinstance(name, str):
+            raise TypeError(f"a phase's name is a str, got {type(name).__name__}")
+        timer, open_ = self.timer, self.open
+        if type(self.stream) is GpuStream:
+            self.open = timer._meet([] if open_ is None else [open_], [name], self.stream)[0]
+        else:
+            if open_ is not None:
+                timer.end(open_)
+            self.open = timer.begin(name, self.stream)
+
+    def __exit__(self, *exc):
+        self.state = "ended"
+        open_, self.open = self.open, None
+        if open_ is not None:  # the last phase ends here, as a region does when an exception passes
+            self.timer.end(open_)
+
+
 class Timer:
     """Times named regions of GPU (or CPU stream) work with pairs of pooled events.
 
@@ -244,6 +284,24 @@ class Timer:
             fn, name = name, None
             return decorate(fn)
         return decorate
+
+    def laps(self, stream=None) -> _Laps:
+        """Back-to-back phases on ``stream`` (as :meth:`region` takes it), for loops whose
+        phases follow one another (data, forward, backward, optimizer): inside the ``with``
+        block, ``lap(name)`` ends the phase running (if any) and begins ``name``, and leaving
+        the block ends the last one. On a GPU stream the end of one phase and the start of the
+        next are one timing event, so N phases cost N + 1 records instead of 2N::
+
+            with timer.laps(stream) as lap:
+                for batch in loader:
+                    lap("forward"); loss = model(batch)
+                    lap("backward"); loss.backward()
+                    lap("optimizer"); opt.step()
+
+        Each phase is a region of this timer (results, NVTX ranges and traces as for
+        :meth:`region`). Laps are taken from one thread at a time; what the program enqueues
+        on the stream between two laps belongs to the phase between them."""
+        return _Laps(self, stream)
 
     def begin(self, name: str, stream=None) -> _Open:
         """Open a region on ``stream`` and return its token for :meth:`end` (for hooks
