@@ -439,3 +439,62 @@ def test_laps_misuse_says_what_to_do(gpu, fake_pool):
     with pytest.raises(ValueError, match="entered already"):
         with laps:
             pass
+
+
+def test_threads_taking_laps_and_meeting_regions_never_reuse_a_pending_event(gpu, fake_pool):
+    """Shared events under threads: laps, regions meeting (as LayerTimer's backward does),
+    discards and plain regions on eight streams while the GPU runs and harvests happen in
+    between: every sample arrives, no event is recorded again while a record of it is still
+    pending, and every handle goes back to the pool once."""
+    import random
+
+    streams = [stream(0x200 + i) for i in range(8)]
+    t = Timer(pool=fake_pool, harvest_every=8, nvtx=False)
+    stop = threading.Event()
+    kept = [0] * len(streams)
+
+    def gpu_runs():
+        while not stop.is_set():
+            for s in streams:
+                gpu.run(s)
+            stop.wait(0.0005)
+
+    def work(i):
+        s, rng = streams[i], random.Random(i)
+        for _ in range(150):
+            choice = rng.randrange(3)
+            if choice == 0:
+                with t.laps(s) as lap:
+                    for name in ("a", "b", "c"):
+                        lap(name)
+                kept[i] += 3
+            elif choice == 1:
+                outer = t.begin("outer", s)
+                inner = t.begin("inner", s)
+                nxt, other = t._meet([inner, outer], ["next", "other"], s)
+                if rng.random() < 0.5:
+                    t.discard(other)
+                    kept[i] -= 1
+                else:
+                    t.end(other)
+                t.end(nxt)
+                kept[i] += 4
+            else:
+                with t.region("plain", s):
+                    pass
+                kept[i] += 1
+
+    runner = threading.Thread(target=gpu_runs)
+    runner.start()
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(len(streams))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+        assert not w.is_alive()
+    stop.set()
+    runner.join(timeout=10)
+    gpu.run()
+    r = t.results(timeout=10)
+    assert len(r) == sum(kept) and gpu.twice == [] and gpu.early_reads == 0
+    assert fake_pool.stats().live == 1 and not t._shared
