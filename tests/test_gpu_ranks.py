@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.parametrize("world, slow", [(2, 1), (4, 2)])
 def test_the_slowed_rank_is_flagged_and_the_trace_has_a_track_per_rank(world, slow):
-    r = run_script("ranks/gloo_ranks.py", str(world), str(slow), timeout=240)
+    r = run_script("ranks/timed_ranks.py", str(world), str(slow), timeout=240)
     assert r.returncode == 0, r
     out = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"\n{world} ranks:\n{out['table']}")
