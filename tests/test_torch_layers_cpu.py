@@ -607,3 +607,42 @@ def test_second_order_gradients_time_the_first_pass(cpu):
         assert layers._engine.open_backward() == 0
     c = counts(layers.results(timeout=30))
     assert c["Sequential.backward"] >= 1 and c["0.backward"] >= 1 and c["2.backward"] >= 1, c
+
+
+def test_two_models_training_in_two_threads_share_a_timer(fake_driver, fake_pool):
+    """Two models, a LayerTimer each on one shared Timer and one (simulated) GPU stream, trained
+    in two threads at once while the GPU runs: every forward and backward region arrives, and
+    every event goes back to the pool once."""
+    from helpers.fakes import fake_stream
+
+    s = fake_stream(0x40)
+    timer = Timer(pool=fake_pool, harvest_every=8, nvtx=False)
+    models = [nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)) for _ in range(2)]
+    stop = threading.Event()
+
+    def gpu_runs():
+        while not stop.is_set():
+            fake_driver.run()
+            stop.wait(0.0005)
+
+    def train(model):
+        for _ in range(30):
+            model(torch.randn(3, 4)).sum().backward()
+
+    runner = threading.Thread(target=gpu_runs)
+    runner.start()
+    with LayerTimer(models[0], timer=timer, stream=s, backward=True), \
+            LayerTimer(models[1], timer=timer, stream=s, backward=True):
+        workers = [threading.Thread(target=train, args=(m,)) for m in models]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=60)
+            assert not w.is_alive()
+    stop.set()
+    runner.join(timeout=10)
+    fake_driver.run()
+    c = counts(timer.results(timeout=10))
+    assert c == {n: 60 for n in ["Sequential", "0", "1", "2", "Sequential.backward", "0.backward", "1.backward",
+                                 "2.backward"]}
+    assert fake_driver.twice == [] and fake_pool.stats().live == 1
