@@ -5,6 +5,7 @@ versions are in test_gpu_torch_layers.py."""
 
 from __future__ import annotations
 
+import json
 import threading
 import warnings
 
@@ -646,3 +647,13 @@ def test_two_models_training_in_two_threads_share_a_timer(fake_driver, fake_pool
     assert c == {n: 60 for n in ["Sequential", "0", "1", "2", "Sequential.backward", "0.backward", "1.backward",
                                  "2.backward"]}
     assert fake_driver.twice == [] and fake_pool.stats().live == 1
+
+
+def test_cli_starts_a_step_at_each_optimizer_step(tmp_path):
+    """Under ``cudaevents profile`` every optimizer step ends a step: the regions of a training
+    loop's iterations carry their index, in the JSON too."""
+    out = tmp_path / "run.json"
+    r = run_cli("profile", "--json", out, SCRIPTS / "profiled" / "cpu_train.py", timeout=120, env=NO_GPU)
+    assert r.returncode == 0, r
+    steps = [s["step"] for s in json.loads(out.read_text())["samples"] if s["name"] == "batch"]
+    assert steps == [0, 1, 2]

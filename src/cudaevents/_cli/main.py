@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             "with recycled CUDA events and no host synchronization. The script may declare its own "
             "regions on cudaevents.profile_timer() (e.g. `with cudaevents.profile_timer()"
             ".region('step', stream): ...`, on a GPU stream or a CpuStream); they are reported too. "
+            "Each optimizer step() ends a step: the regions of a training loop's iterations carry "
+            "their index (Sample.step, in the JSON and the trace). "
             "Under torchrun (WORLD_SIZE > 1) every rank profiles and rank 0 prints the cross-rank "
             "report (min/median/max per region with the ranks, straggler scores) and writes the one "
             "--trace of all ranks and the report as --json PATH (each rank's own results go to "

@@ -153,12 +153,29 @@ def _script_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+class _StepPerOptimizerStep:
+    """A global optimizer step post-hook that starts the timer's next step."""
+
+    def __init__(self, timer: Timer):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        step = timer.step
+        self._handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: step())
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None, layers: bool = True,
                 backward: bool = False, progress: float = 10.0, timeout: float = 60.0,
                 view: dict | None = None, out=None, err=None) -> int:
     """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]`` under profiling;
     returns the exit code (the script's, 1 if it raised, 2 if it cannot be opened). ``view``
-    holds the summary's options (``top``, ``tree``, ``match``: see :meth:`Results.table`)."""
+    holds the summary's options (``top``, ``tree``, ``match``: see :meth:`Results.table`).
+
+    Once the script imports torch, every optimizer's ``step()`` ends a step of the timer
+    (:meth:`Timer.step`: the samples of a training loop's iterations carry their index), and
+    with ``layers`` every module is timed (see :class:`GlobalLayerHooks`)."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
@@ -174,16 +191,18 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
     timer = Timer()
     previous = _timer
     _set_profile_timer(timer)
-    hooks = []
+    hooks = []  # the GlobalLayerHooks, once torch is imported
+    steps = []  # the optimizer step hook, likewise
 
     def on_torch(torch):
         from .torch_layers import GlobalLayerHooks
 
-        hooks.append(GlobalLayerHooks(timer, backward=backward).attach())
+        if layers:
+            hooks.append(GlobalLayerHooks(timer, backward=backward).attach())
+        steps.append(_StepPerOptimizerStep(timer))
 
-    watcher = _TorchWatcher(on_torch) if layers else None
-    if watcher is not None:
-        watcher.install()
+    watcher = _TorchWatcher(on_torch)
+    watcher.install()
     saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
     sys.argv = [script, *args]
     script_dir = os.path.dirname(os.path.abspath(script))
@@ -207,9 +226,10 @@ def run_profile(script: str, args: list[str], *, json_path=None, trace_path=None
         sys.argv = saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
-        if watcher is not None:
-            watcher.uninstall()
+        watcher.uninstall()
         dropped = sum(h.detach() for h in hooks)
+        for h in steps:
+            h.remove()
         _set_profile_timer(previous)
 
     if failure is not None:
