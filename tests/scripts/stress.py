@@ -1577,12 +1577,21 @@ def _timer_regions(actor):
             s.enqueue(time.sleep, d2 / 1e6)
         book.ended(f"sleep{d1}", d1 / 1000)
         book.ended(f"outer{d1 + d2}", (d1 + d2) / 1000)
-    elif how < 0.75:
+    elif how < 0.7:
         token = timer.begin(f"sleep{d1}", s)
         s.enqueue(time.sleep, d1 / 1e6)
         timer.end(token)
         book.ended(f"sleep{d1}", d1 / 1000)
         expect(actor, "timer-end-twice", ValueError, timer.end, token)
+    elif how < 0.78:  # laps: each phase holds its sleep
+        with timer.laps(s) as lap:
+            lap(f"lap{d1}")
+            s.enqueue(time.sleep, d1 / 1e6)
+            lap(f"lap{d2}")
+            s.enqueue(time.sleep, d2 / 1e6)
+        book.ended(f"lap{d1}", d1 / 1000)
+        book.ended(f"lap{d2}", d2 / 1000)
+        expect(actor, "laps-after-the-block", ValueError, lap, "late")
     elif how < 0.85:
         token = timer.begin("discarded", s)
         timer.discard(token)
@@ -2088,10 +2097,31 @@ def _gpu_timer(actor):
     gw = WORLD.gpu
     book = rng.choice(gw.timers)
     s = rng.choice(gw.consumers)
-    if rng.random() < 0.7:
+    how = rng.random()
+    if how < 0.55:
         with book.timer.region("memset", s):
             driver.memset_d32_async(gw.scratch, 5, rng.choice([16, 1024, 16384]), s._handle)
         book.ended("memset")
+    elif how < 0.7:  # laps: one shared event between two phases
+        with book.timer.laps(s) as lap:
+            for phase in ("lap-a", "lap-b", "lap-c")[:rng.randint(1, 3)]:
+                lap(phase)
+                driver.memset_d32_async(gw.scratch, 7, 1024, s._handle)
+                book.ended(phase)
+    elif how < 0.85:  # regions that meet, as LayerTimer's backward makes them; some discarded
+        outer = book.timer.begin("meet-outer", s)
+        inner = book.timer.begin("meet-inner", s)
+        driver.memset_d32_async(gw.scratch, 8, 1024, s._handle)
+        nxt, other = book.timer._meet([inner, outer], ["meet-next", "meet-other"], s)
+        driver.memset_d32_async(gw.scratch, 9, 1024, s._handle)
+        book.timer.end(nxt)
+        if rng.random() < 0.5:
+            book.timer.discard(other)
+        else:
+            book.timer.end(other)
+            book.ended("meet-other")
+        for name in ("meet-inner", "meet-outer", "meet-next"):
+            book.ended(name)
     else:
         with book.timer.region("outer", s):
             with book.timer.region("inner", s):
