@@ -657,3 +657,19 @@ def test_cli_starts_a_step_at_each_optimizer_step(tmp_path):
     assert r.returncode == 0, r
     steps = [s["step"] for s in json.loads(out.read_text())["samples"] if s["name"] == "batch"]
     assert steps == [0, 1, 2]
+
+
+def test_a_forward_left_by_an_exception_holds_no_autograd_node_after_the_next_forward(cpu):
+    """The engine keeps one node of the graph being built (the last begin hook's) and drops it
+    when the outermost forward ends; a forward that an exception left past every hook drops
+    it at the model's next forward, so the graph it belongs to can be freed."""
+    model = Net()
+    layers = LayerTimer(model, stream=cpu, backward=True).attach()
+    model.inner[0].fail = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        model(torch.randn(2, 4))
+    stack = layers._engine._stack()
+    assert stack.last_node is not None  # the first call of `shared` armed its begin hook
+    layers._engine.discard_stale_forward()  # what the model's next forward does first
+    assert stack.last_node is None and stack.modules == []
+    layers.detach()

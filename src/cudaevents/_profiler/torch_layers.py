@@ -296,6 +296,7 @@ class _Engine:
             stack.modules.clear()
             stack.tokens.clear()
             stack.calls.clear()
+            stack.last_node, stack.last_calls = None, []
         if self._callback_queued:
             # The end of the last backward pass never came (it raised, which skips autograd's
             # final callbacks), or another thread is in a backward pass of this model now.
