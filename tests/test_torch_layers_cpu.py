@@ -673,3 +673,40 @@ def test_a_forward_left_by_an_exception_holds_no_autograd_node_after_the_next_fo
     layers._engine.discard_stale_forward()  # what the model's next forward does first
     assert stack.last_node is None and stack.modules == []
     layers.detach()
+
+
+def test_a_graph_never_backwarded_is_freed(cpu):
+    """Inference with autograd recording and backward timing on: dropping the output frees the
+    graph (the hooks armed on its nodes keep nothing alive). A node of the graph holds the only
+    reference to a marker object; the marker goes with the graph."""
+    import gc
+    import weakref
+
+    class Marker:
+        pass
+
+    class Keep(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, marker):
+            ctx.marker = marker
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad, None
+
+    class Marked(nn.Module):
+        def forward(self, x, marker):
+            return Keep.apply(x, marker)
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+    marked, head = Marked(), nn.Linear(8, 1)
+    with LayerTimer(model, stream=cpu, backward=True), LayerTimer(head, stream=cpu, backward=True):
+        marker = Marker()
+        gone = weakref.ref(marker)
+        out = head(marked(model(torch.randn(2, 4)), marker))
+        del marker
+        assert gone() is not None  # the graph holds it
+        del out
+        gc.collect()
+        assert gone() is None
