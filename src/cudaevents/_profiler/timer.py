@@ -349,8 +349,9 @@ class Timer:
         except BaseException:
             spare += handles
             raise
-        with self._lock:
-            self._shared[mark] = len(here) + len(names)
+        # No lock: ``mark`` is fresh (a shared handle reaches the spares only once its count is
+        # gone), and one dict store is atomic; harvests change other handles' counts meanwhile.
+        self._shared[mark] = len(here) + len(names)
         nvtx, step = self._nvtx, self._step
         queue = self._pending.get(key)
         if queue is None:
