@@ -135,22 +135,25 @@ def test_region_on_a_borrowed_stream_handle(buffer, pool):
     owned.close()
 
 
-def test_laps_time_back_to_back_phases(buffer, pool):
-    """Phases of different sizes on one stream: each lap's time follows its work, the phases
-    tile the stream's time with no gap, and the pool gets every event back."""
-    s = GpuStream(0)
+def test_laps_time_back_to_back_phases(buffer, pool, stream, latch):
+    """Phases of different sizes on one stream, queued behind a latch so the GPU runs them back
+    to back: each lap's time follows its work, the phases tile the stream's time with no gap,
+    and the pool gets every event back."""
     t = Timer(pool=pool, nvtx=False)
-    with t.laps(s) as lap:
+    driver.memset_d32_async(buffer, 0, 16 * MiB, stream._handle)  # warm up
+    stream.synchronize(timeout=30)
+    latch.block(stream)
+    with t.laps(stream) as lap:
         for _ in range(20):
             lap("small")
-            driver.memset_d32_async(buffer, 1, 1 * MiB, s._handle)
+            driver.memset_d32_async(buffer, 1, 1 * MiB, stream._handle)
             lap("large")
-            driver.memset_d32_async(buffer, 2, 16 * MiB, s._handle)
+            driver.memset_d32_async(buffer, 2, 16 * MiB, stream._handle)
+    latch.release()
     r = t.results(timeout=30)
     summary = r.summary()
     assert {n: st.count for n, st in summary.items()} == {"small": 20, "large": 20}
     assert summary["large"].median_ms > summary["small"].median_ms > 0
     assert all(p.start_ms + p.duration_ms == pytest.approx(n.start_ms, abs=1e-3)  # float32 ms from the driver
                for p, n in zip(r.samples, r.samples[1:]))
-    s.close()
     assert pool.stats().live <= 1  # at most the timer's reference event
