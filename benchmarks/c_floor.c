@@ -77,8 +77,18 @@ static PyObject *failed(const char *what, int err) {
     return PyErr_Format(PyExc_RuntimeError, "%s failed with CUresult %d", what, err);
 }
 
+/* Whether bind() and set_ring() came first; else a RuntimeError saying so. */
+static int ready(void) {
+    if (record_ != NULL && ring_ != NULL)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "call c_floor.bind(...) and c_floor.set_ring(...) first");
+    return 0;
+}
+
 /* One record from Python: a region's begin or its end. */
 static PyObject *cf_mark(PyObject *self, PyObject *unused) {
+    if (!ready())
+        return NULL;
     int err = record_next();
     if (err)
         return failed("cuEventRecord", err);
@@ -88,7 +98,7 @@ static PyObject *cf_mark(PyObject *self, PyObject *unused) {
 /* n empty regions, two records each, in a C loop. */
 static PyObject *cf_regions(PyObject *self, PyObject *arg) {
     Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n < 0 && PyErr_Occurred())
+    if ((n < 0 && PyErr_Occurred()) || !ready())
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         int err = record_next();
@@ -104,7 +114,7 @@ static PyObject *cf_regions(PyObject *self, PyObject *arg) {
  * first, as a harvest does). */
 static PyObject *cf_read(PyObject *self, PyObject *arg) {
     Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n < 0 && PyErr_Occurred())
+    if ((n < 0 && PyErr_Occurred()) || !ready())
         return NULL;
     if (2 * n > ring_len_)
         return PyErr_Format(PyExc_ValueError, "only %zd regions fit the ring", ring_len_ / 2);

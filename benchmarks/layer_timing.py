@@ -144,19 +144,12 @@ class TorchEventTimer:
         return out
 
 
-class SameHooksTorchEvents:
+class SameHooksTorchEvents(Layers):
     """LayerTimer's hook points (forward and backward), torch.cuda.Event pairs in them."""
 
     def __init__(self, model, **options):
         self.timer = TorchEventTimer()
         self.layers = ce.LayerTimer(model, timer=self.timer, **options)
-
-    def __enter__(self):
-        self.layers.attach()
-        return self
-
-    def __exit__(self, *exc):
-        self.layers.detach()
 
     def collect(self):
         return self.timer.collect()

@@ -72,7 +72,9 @@ def test_an_event_of_gpu_0_orders_a_peer_copy_on_gpu_1():
     dst = torch.empty(1 << 20, device="cuda:1")
     with torch.cuda.stream(s0):
         torch.cuda._sleep(1000)  # load the kernels before the timing-sensitive part
-    torch.cuda.synchronize(0)
+        src.fill_(0.0)
+    with CudaEvent(0) as warm:
+        warm.record(as_stream(s0)).synchronize(timeout=30)
     for value in (1.0, 2.0, 3.0):
         with torch.cuda.stream(s0):
             torch.cuda._sleep(50_000_000)  # ~25 ms: the copy would read early without the wait

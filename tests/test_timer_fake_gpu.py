@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from helpers.fakes import ProtocolStream, TorchLikeStream, fake_stream
+from helpers.threads import join_all
 
 from cudaevents import CudaError, Timer
 from cudaevents._core.streams import GpuStream, stream_identity
@@ -202,31 +203,17 @@ def test_a_dropped_timer_gives_every_event_back(gpu, fake_pool):
 def test_threads_share_a_timer_without_sharing_events(gpu, fake_pool):
     streams = [stream(0x100 + i) for i in range(8)]
     t = Timer(pool=fake_pool, harvest_every=8, nvtx=False)
-    stop = threading.Event()
-
-    def gpu_runs():  # the "GPU" completes work while the threads keep timing
-        while not stop.is_set():
-            for s in streams:
-                gpu.run(s)
-            stop.wait(0.001)
 
     def work(s):
         for _ in range(500):
             with t.region("k", s):
                 pass
 
-    runner = threading.Thread(target=gpu_runs)
-    runner.start()
-    workers = [threading.Thread(target=work, args=(s,)) for s in streams]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=60)
-        assert not w.is_alive()
-    stop.set()
-    runner.join(timeout=10)
-    for s in streams:
-        gpu.run(s)
+    with gpu.running(every=0.001):  # the "GPU" completes work while the threads keep timing
+        workers = [threading.Thread(target=work, args=(s,)) for s in streams]
+        for w in workers:
+            w.start()
+        join_all(workers, timeout=60)
     r = t.results(timeout=10)
     assert len(r) == 8 * 500 and gpu.twice == []
     assert {s.stream for s in r.samples} == {s._id for s in streams}
@@ -450,14 +437,7 @@ def test_threads_taking_laps_and_meeting_regions_never_reuse_a_pending_event(gpu
 
     streams = [stream(0x200 + i) for i in range(8)]
     t = Timer(pool=fake_pool, harvest_every=8, nvtx=False)
-    stop = threading.Event()
     kept = [0] * len(streams)
-
-    def gpu_runs():
-        while not stop.is_set():
-            for s in streams:
-                gpu.run(s)
-            stop.wait(0.0005)
 
     def work(i):
         s, rng = streams[i], random.Random(i)
@@ -484,17 +464,11 @@ def test_threads_taking_laps_and_meeting_regions_never_reuse_a_pending_event(gpu
                     pass
                 kept[i] += 1
 
-    runner = threading.Thread(target=gpu_runs)
-    runner.start()
-    workers = [threading.Thread(target=work, args=(i,)) for i in range(len(streams))]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=60)
-        assert not w.is_alive()
-    stop.set()
-    runner.join(timeout=10)
-    gpu.run()
+    with gpu.running():
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(len(streams))]
+        for w in workers:
+            w.start()
+        join_all(workers, timeout=60)
     r = t.results(timeout=10)
     assert len(r) == sum(kept) and gpu.twice == [] and gpu.early_reads == 0
     assert fake_pool.stats().live == 1 and not t._shared

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 from helpers.subproc import NO_GPU, SCRIPTS, run_cli
+from helpers.threads import join_all
 
 from cudaevents import CpuStream, LayerTimer, Timer
 
@@ -619,30 +620,17 @@ def test_two_models_training_in_two_threads_share_a_timer(fake_driver, fake_pool
     s = fake_stream(0x40)
     timer = Timer(pool=fake_pool, harvest_every=8, nvtx=False)
     models = [nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)) for _ in range(2)]
-    stop = threading.Event()
-
-    def gpu_runs():
-        while not stop.is_set():
-            fake_driver.run()
-            stop.wait(0.0005)
 
     def train(model):
         for _ in range(30):
             model(torch.randn(3, 4)).sum().backward()
 
-    runner = threading.Thread(target=gpu_runs)
-    runner.start()
-    with LayerTimer(models[0], timer=timer, stream=s, backward=True), \
+    with fake_driver.running(), LayerTimer(models[0], timer=timer, stream=s, backward=True), \
             LayerTimer(models[1], timer=timer, stream=s, backward=True):
         workers = [threading.Thread(target=train, args=(m,)) for m in models]
         for w in workers:
             w.start()
-        for w in workers:
-            w.join(timeout=60)
-            assert not w.is_alive()
-    stop.set()
-    runner.join(timeout=10)
-    fake_driver.run()
+        join_all(workers, timeout=60)
     c = counts(timer.results(timeout=10))
     assert c == {n: 60 for n in ["Sequential", "0", "1", "2", "Sequential.backward", "0.backward", "1.backward",
                                  "2.backward"]}

@@ -146,6 +146,26 @@ class FakeDriver:
                     self.when[event] = self.clock
             self.cond.notify_all()
 
+    @contextlib.contextmanager
+    def running(self, every: float = 0.0005):
+        """The simulated GPU at work in a thread while the block runs: every ``every`` seconds
+        it completes what every stream has enqueued; after the block, whatever is left."""
+        stop = threading.Event()
+
+        def work():
+            while not stop.is_set():
+                self.run()
+                stop.wait(every)
+
+        runner = threading.Thread(target=work, name="simulated-gpu", daemon=True)
+        runner.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            runner.join(timeout=10)
+            self.run()
+
     def enqueue_work(self, stream) -> None:
         """Put work on ``stream`` that completes only when :meth:`run` runs the stream."""
         with self.lock:
