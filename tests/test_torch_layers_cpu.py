@@ -698,3 +698,61 @@ def test_a_graph_never_backwarded_is_freed(cpu):
         del out
         gc.collect()
         assert gone() is None
+
+
+def test_global_hooks_drop_what_a_raising_backward_left_at_the_next_forward(cpu):
+    """``cudaevents profile``'s hooks have no model of their own to watch: a forward outside
+    any backward pass drops the regions a backward pass that raised left open, and the next
+    pass is timed whole."""
+    from cudaevents._profiler.torch_layers import GlobalLayerHooks
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    timer = Timer(nvtx=False)
+    hooks = GlobalLayerHooks(timer, backward=True, stream=cpu).attach()
+    engine = hooks._engine
+    try:
+        def fail(grad):
+            raise RuntimeError("backward failed")
+
+        out = model(torch.randn(2, 4))
+        handle = model[0].weight.register_hook(fail)
+        with pytest.raises(RuntimeError, match="backward failed"):
+            out.sum().backward()
+        handle.remove()
+        assert engine._callback_queued and engine.open_backward() > 0  # the pass's end never came
+        out = model(torch.randn(2, 4))
+        assert not engine._callback_queued and engine.open_backward() == 0
+        out.sum().backward()
+        assert not engine._callback_queued and engine.open_backward() == 0
+    finally:
+        hooks.detach()
+    c = counts(timer.results(timeout=30))
+    assert c["Sequential.backward"] == 1 and c["0.backward"] == 1 and c["Sequential"] == 2, c
+
+
+def test_global_hooks_keep_the_pass_while_checkpointing_recomputes_inside_it(cpu):
+    """A forward recomputed inside a backward pass (non-reentrant checkpointing) is not a
+    forward after a pass that raised: the pass's backward regions stay and end with it."""
+    from torch.utils.checkpoint import checkpoint
+
+    from cudaevents._profiler.torch_layers import GlobalLayerHooks
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(checkpoint(self.block, x, use_reentrant=False))
+
+    model = Model()
+    timer = Timer(nvtx=False)
+    hooks = GlobalLayerHooks(timer, backward=True, stream=cpu).attach()
+    try:
+        model(torch.randn(2, 4, requires_grad=True)).sum().backward()
+        assert hooks._engine.open_backward() == 0
+    finally:
+        hooks.detach()
+    c = counts(timer.results(timeout=30))
+    assert c["Model.backward"] == 1 and c["head.backward"] == 1 and c["block"] == 2, c

@@ -162,6 +162,8 @@ class _Engine:
         self._compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
         self._raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
         self._capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None)
+        # the backward pass this thread is in (-1: none), where torch can say
+        self._graph_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
         self._streams: list[dict] = []  # per device: native handle -> GpuStream
         self._last_device = -1
         self._local = threading.local()
@@ -297,9 +299,13 @@ class _Engine:
             stack.tokens.clear()
             stack.calls.clear()
             stack.last_node, stack.last_calls = None, []
-        if self._callback_queued:
-            # The end of the last backward pass never came (it raised, which skips autograd's
-            # final callbacks), or another thread is in a backward pass of this model now.
+        self.end_stale_backward()
+
+    def end_stale_backward(self) -> None:
+        """At a forward outside any backward pass on this thread: backward regions still open
+        are left over from a pass whose end never came (it raised, which skips autograd's
+        final callbacks), or belong to a backward pass in another thread (they are lost)."""
+        if self._callback_queued and self._graph_task() < 0:
             self._end_of_backward(discard=True)
 
     # -- backward --------------------------------------------------------------------------
@@ -806,6 +812,8 @@ class GlobalLayerHooks:
         begin, end = engine.begin_forward, engine.end_forward
 
         def pre(mod, args):
+            if engine._callback_queued:  # during a backward pass, or after one that raised
+                engine.end_stale_backward()
             begin(state_of(mod), args)
 
         def post(mod, args, output):
