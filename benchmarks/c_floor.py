@@ -36,7 +36,7 @@ import tempfile
 import time
 
 import cudaevents as ce
-from cudaevents._core import driver
+from cudaevents._core import compiled, driver
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RING = 8192  # events: 4,096 pairs, far more than any batch keeps in flight
@@ -56,19 +56,6 @@ def build():
     return module
 
 
-def entry_point(d, name: str) -> int:
-    """The address of the driver's ``name`` for this driver's version (cuGetProcAddress)."""
-    err, version = d.cuDriverGetVersion()
-    flags = d.CUdriverProcAddress_flags.CU_GET_PROC_ADDRESS_DEFAULT
-    try:
-        res = d.cuGetProcAddress(name, int(version), flags)
-    except TypeError:  # bindings that take the symbol as bytes
-        res = d.cuGetProcAddress(name.encode(), int(version), flags)
-    if res[0] != d.CUresult.CUDA_SUCCESS or not int(res[1]):
-        raise RuntimeError(f"cuGetProcAddress({name!r}) failed: {res}")
-    return int(res[1])
-
-
 def new_events(d, n: int) -> list:
     """``n`` native timing events (cuda.bindings objects; int() gives the handle)."""
     events = []
@@ -78,6 +65,32 @@ def new_events(d, n: int) -> list:
             raise RuntimeError(f"cuEventCreate failed: {err}")
         events.append(ev)
     return events
+
+
+def on_pure_python(fn):
+    """``fn`` with the compiled hot path switched off while it runs (the pure-Python row),
+    or ``None`` where the compiled path is not in use (then every cudaevents row is pure)."""
+    if not compiled.active():
+        return None
+
+    def run(*args):
+        compiled.use(False)
+        try:
+            return fn(*args)
+        finally:
+            compiled.use(None)
+
+    return run
+
+
+def with_pure_python(methods: dict) -> dict:
+    """``methods`` plus, for every one named "cudaevents ...", its pure-Python twin."""
+    out = dict(methods)
+    for name, fn in methods.items():
+        twin = on_pure_python(fn) if name.startswith("cudaevents") else None
+        if twin is not None:
+            out[name + " [pure Python]"] = twin
+    return out
 
 
 def rounds(methods: dict, n_rounds: int) -> dict:
@@ -135,13 +148,13 @@ def empty_regions(cf, d, stream, quick: bool) -> dict:
             for _ in range(batch):
                 lap("p")
 
-    methods = {
+    methods = with_pure_python({
         "C loop: records and reads in C (the floor)": lambda: clock(lambda: cf.regions(batch), lambda: cf.read(batch)),
         "C from Python: one call per record, read in C": lambda: clock(python_marks, lambda: cf.read(batch)),
         "raw cuda-bindings, pre-made events": lambda: clock(raw_records, raw_reads),
         "cudaevents Timer region, harvested": lambda: clock(timer_regions, timer.harvest),
         "cudaevents Timer.laps, per phase": lambda: clock(timer_laps, timer.harvest),
-    }
+    })
     try:
         import torch
     except ImportError:
@@ -228,13 +241,13 @@ def small_launches(cf, torch, quick: bool) -> dict:
             made.append((a, b))
         return made
 
-    got = rounds({
+    got = rounds(with_pure_python({
         "untimed": lambda: clock(untimed),
         "C marks from Python (recorded, read in C)": lambda: clock(c_marks, lambda _: cf.read(min(n, RING // 2))),
         "cudaevents Timer region": lambda: clock(timer_regions, lambda _: timer.harvest()),
         "cudaevents Timer.laps": lambda: clock(timer_laps, lambda _: timer.harvest()),
         "torch.cuda.Event pairs": lambda: clock(torch_pairs, lambda made: [a.elapsed_time(b) for a, b in made]),
-    }, n_rounds)
+    }), n_rounds)
     timer.results(timeout=30)
     base = got.pop("untimed")
     print(f"\n== regions of ten small launches: untimed {statistics.median(base):.2f} us per region; "
@@ -294,13 +307,13 @@ def gpt2_forward(cf, torch, quick: bool) -> dict | None:
         model(x)
         for h in handles:
             h.remove()
-    got = rounds({
+    got = rounds(with_pure_python({
         "untimed": clock,
         "empty PyTorch hooks": lambda: clock(lambda: hooks(lambda m, a: None, lambda m, a, o: None)),
         "hooks recording a ring event from C (the floor)": lambda: clock(lambda: hooks(lambda m, a: mark(),
                                                                                         lambda m, a, o: mark())),
         "cudaevents LayerTimer": layer_timer,
-    }, n_rounds)
+    }), n_rounds)
     base = got.pop("untimed")
     print(f"\n== GPT-2 small forward, 1 x 64: untimed {statistics.median(base) / 1e3:.2f} ms, {calls[0]} module calls; "
           "host us added per module call")
@@ -322,9 +335,11 @@ def main(argv=None) -> int:
         return 1
     cf = build()
     d = driver.bindings()
-    cf.bind(*(entry_point(d, name) for name in ("cuEventRecord", "cuEventElapsedTime", "cuEventQuery")))
+    entries = compiled.entry_addresses(d)
+    cf.bind(*(entries[name] for name in ("cuEventRecord", "cuEventElapsedTime", "cuEventQuery")))
     report = {"device": ce.Device(0).name}
-    print(f"{report['device']}; cuda-bindings {driver.versions().get('cuda-bindings', '?')}")
+    print(f"{report['device']}; cuda-bindings {driver.versions().get('cuda-bindings', '?')}; "
+          f"hot path: {compiled.describe()}")
     with driver.pushed(0), ce.GpuStream(0) as stream:
         report["empty_regions"] = empty_regions(cf, d, stream, args.quick)
     try:

@@ -33,18 +33,35 @@ def fake():
     return FakeHandles()
 
 
+@pytest.fixture(params=["compiled", "pure"])
+def hot_path(request):
+    """Each test that uses it runs twice: on the compiled hot path and on the pure-Python one
+    (the compiled run is skipped, saying so, where the extension was not built)."""
+    from cudaevents._core import compiled
+
+    if request.param == "compiled" and compiled._hot is None:
+        pytest.skip(compiled._missing)
+    compiled.use(request.param == "compiled")
+    yield request.param
+    compiled.use(None)
+
+
 @pytest.fixture
-def fake_pool(fake):
-    """An EventPool whose handles come from ``fake``."""
+def fake_pool(fake, hot_path):
+    """An EventPool whose handles come from ``fake``, on each hot path."""
     return cudaevents.EventPool(create=fake.create, destroy=fake.destroy)
 
 
 @pytest.fixture
-def fake_driver(monkeypatch):
-    """The simulated driver (helpers.fake_driver.FakeDriver), bound for this test. Its GPU
+def fake_driver(hot_path, monkeypatch):  # this order: monkeypatch is undone before hot_path
+    """The simulated driver (helpers.fake_driver.FakeDriver), bound for this test, once with
+    the compiled hot path calling it through C entry points and once in pure Python. Its GPU
     runs only when told (``fake_driver.run(stream)``); set ``keeps_up = True`` for one that
     completes every record at once."""
+    from cudaevents._core import compiled
+
     with bound(monkeypatch, FakeDriver()) as fake:
+        assert compiled.active() == (hot_path == "compiled"), compiled.describe()
         yield fake
 
 

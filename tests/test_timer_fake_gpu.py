@@ -301,17 +301,21 @@ def test_a_region_without_a_stream_follows_torchs_current_stream(gpu, fake_pool,
     import types
 
     current = {"raw": 0x51}
-    cuda = types.SimpleNamespace(is_initialized=lambda: True, current_device=lambda: 0)
-    fake_torch = types.SimpleNamespace(cuda=cuda, _C=types.SimpleNamespace(
-        _cuda_getCurrentRawStream=lambda device: current["raw"]))
-    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+
+    def fake_torch(initialized: bool):
+        cuda = types.SimpleNamespace(is_initialized=lambda: initialized, current_device=lambda: 0)
+        return types.SimpleNamespace(cuda=cuda, _C=types.SimpleNamespace(
+            _cuda_getDevice=lambda: 0, _cuda_getCurrentRawStream=lambda device: current["raw"]))
+
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(True))
     t = Timer(pool=fake_pool, nvtx=False)
     with t.region("on torch's stream"):
         pass
     current["raw"] = 0x52  # `with torch.cuda.stream(other):`
     with t.region("on the other"):
         pass
-    cuda.is_initialized = lambda: False  # torch imported, its CUDA never started: the legacy stream
+    # another program: torch imported, its CUDA never started: the legacy stream
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(False))
     with t.region("legacy"):
         pass
     gpu.run()

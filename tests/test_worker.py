@@ -402,28 +402,18 @@ def test_gpu_commits_record_plain_events_and_the_worker_sleeps_on_one_blocking_s
     those without limit behind unfinished work); the worker's thread waits for it through a
     stream of its own (cuStreamWaitEvent) and one blocking-sync event recorded there."""
     from cudaevents import GpuStream
-    from cudaevents._core import driver
     from cudaevents._core.cuda_event import BLOCKING_SYNC, DISABLE_TIMING
 
-    flags_of, records, waits = {}, [], []
-    create, record, wait_event = fake_driver.cuEventCreate, driver.event_record, driver.stream_wait_event
+    flags_of = {}
+    create = fake_driver.cuEventCreate
+    records, waits = fake_driver.recorded, fake_driver.waited  # (event, stream), (stream, event)
 
     def noted_create(flags):
         err, handle = create(flags)
         flags_of[handle] = flags
         return err, handle
 
-    def noted_record(event, stream):
-        records.append((event, stream))
-        record(event, stream)
-
-    def noted_wait(stream, event):
-        waits.append((stream, event))
-        wait_event(stream, event)
-
     monkeypatch.setattr(fake_driver, "cuEventCreate", noted_create)
-    monkeypatch.setattr(driver, "event_record", noted_record)
-    monkeypatch.setattr(driver, "stream_wait_event", noted_wait)
     s = GpuStream(0)
     w = Worker()
     ran = []

@@ -30,6 +30,10 @@ The simulated GPU:
 - With ``reuse_streams=True`` a new stream gets the handle of the last one destroyed, as the
   real driver does most of the time. ``cuStreamGetDevice`` says device 0 for any handle.
 - :meth:`FakeDriver.fail` makes an entry point fail with an error code from then on.
+- ``cuGetProcAddress`` gives C-callable addresses (ctypes callbacks into this simulation) of
+  the entry points the compiled hot path calls, so that path runs against the simulated GPU
+  as it would against the driver; ``no_entry_points=True`` makes it give none (a driver the
+  compiled path cannot use).
 - ``calls`` counts the calls of each entry point; ``child_calls`` lists those made in another
   process than the one that made the fake (a forked child), where cudaevents must make none.
 """
@@ -57,7 +61,7 @@ class _Names:
 
 
 # Entry points whose callers unpack more than the error code even when it is one.
-_RESULT_LENGTH = {"cuEventElapsedTime": 2, "cuCtxGetCurrent": 2}
+_RESULT_LENGTH = {"cuEventElapsedTime": 2, "cuCtxGetCurrent": 2, "cuGetProcAddress": 3}
 
 
 def _entry_points(cls):
@@ -96,9 +100,13 @@ class FakeDriver:
     CU_MEMHOSTALLOC_DEVICEMAP = 2
     PINNED_BYTES = 1 << 16
 
+    CUdriverProcAddress_flags = _Names()
+
     def __init__(self, *, keeps_up: bool = False, devices: int = 1, stream_order: bool = False,
-                 reuse_streams: bool = False):
+                 reuse_streams: bool = False, no_entry_points: bool = False):
         self.pid = os.getpid()
+        self.no_entry_points = no_entry_points
+        self._c_entries: dict = {}  # name -> ctypes callback (kept alive while bound)
         self.keeps_up = keeps_up
         self.stream_order = stream_order
         self.reuse_streams = reuse_streams
@@ -114,6 +122,8 @@ class FakeDriver:
         self.pending: dict[int, list] = {}  # stream handle -> events recorded there, not completed
         self.when: dict = {}  # event -> completion time, None while pending
         self.records = 0
+        self.recorded: list[tuple[int, int]] = []  # (event, stream) of every record, in call order
+        self.waited: list[tuple[int, int]] = []  # (stream, event) of every cuStreamWaitEvent, in call order
         self.twice: list = []  # events recorded again while a record of them was still pending
         self.early_reads = 0  # cuEventElapsedTime calls answered NOT_READY
         self.held = False
@@ -226,6 +236,18 @@ class FakeDriver:
     def cuCtxGetStreamPriorityRange(self):
         return (0, 0, -5)
 
+    # -- entry points for C callers (the compiled hot path) ------------------------------------
+    def cuGetProcAddress(self, name, version, flags):
+        if isinstance(name, bytes):
+            name = name.decode()
+        make = _C_ENTRIES.get(name)
+        if make is None or self.no_entry_points:
+            return (0, 0, 1)  # CUDA_SUCCESS with a NULL pointer: CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
+        fn = self._c_entries.get(name)
+        if fn is None:
+            fn = self._c_entries[name] = make(self)
+        return (0, ctypes.cast(fn, ctypes.c_void_p).value, 0)
+
     # -- streams -----------------------------------------------------------------------------
     def CUstream(self, value):
         return value
@@ -254,6 +276,7 @@ class FakeDriver:
         return (0,)
 
     def cuStreamWaitEvent(self, stream, event, flags):
+        self.waited.append((int(stream), int(event)))
         return (0,)
 
     # -- events ------------------------------------------------------------------------------
@@ -266,6 +289,7 @@ class FakeDriver:
     def cuEventRecord(self, event, stream):
         with self.lock:
             self.records += 1
+            self.recorded.append((int(event), int(stream)))
             if self._pending(event):
                 self.twice.append(event)
             if self.keeps_up:
@@ -345,6 +369,35 @@ class FakeDriver:
         return (0,)
 
 
+_ptr = ctypes.c_void_p
+_CODE = ctypes.c_int
+
+
+def _h(p) -> int:
+    return p or 0  # ctypes passes a NULL pointer as None
+
+
+# C signatures of the entry points the compiled path calls, and how each calls the simulation.
+_C_ENTRIES = {
+    "cuEventRecord": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr, _ptr)(lambda e, s: f.cuEventRecord(_h(e), _h(s))[0]),
+    "cuEventQuery": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda e: f.cuEventQuery(_h(e))[0]),
+    "cuEventSynchronize": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda e: f.cuEventSynchronize(_h(e))[0]),
+    "cuStreamWaitEvent": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr, _ptr, ctypes.c_uint)(
+        lambda s, e, flags: f.cuStreamWaitEvent(_h(s), _h(e), flags)[0]),
+    "cuStreamQuery": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda s: f.cuStreamQuery(_h(s))[0]),
+    "cuStreamSynchronize": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda s: f.cuStreamSynchronize(_h(s))[0]),
+    "cuEventElapsedTime": lambda f: ctypes.CFUNCTYPE(_CODE, ctypes.POINTER(ctypes.c_float), _ptr, _ptr)(
+        lambda out, a, b: _elapsed_into(out, f.cuEventElapsedTime(_h(a), _h(b)))),
+}
+
+
+def _elapsed_into(out, result) -> int:
+    err, ms = result
+    if not err:
+        out[0] = ms
+    return err
+
+
 def install(**options) -> FakeDriver:
     """Bind a new ``FakeDriver(**options)`` for the rest of this process (a subprocess
     script): from then on cudaevents takes the process for one that initialized CUDA."""
@@ -408,8 +461,13 @@ def bound(monkeypatch, fake: FakeDriver):
 
     from cudaevents._core import streams
 
+    from cudaevents._core import compiled, driver
+
+    before = driver._d
     yield bind(monkeypatch, fake)
     for s in list(streams._helpers.values()):  # dropped when monkeypatch restores the real ones
         s.close()
     gc.collect()
     finalizers_done()
+    # the compiled path back on the driver monkeypatch restores (its entry points, not fake's)
+    compiled.bind_driver(before, driver._raise_code)

@@ -10,7 +10,7 @@ import platform
 import sys
 
 from .. import __version__
-from .._core import driver
+from .._core import compiled, driver
 from .._core.devices import Device, device_count
 
 __all__ = ["main"]
@@ -32,6 +32,7 @@ def _info(out) -> int:
     extras = [f"{d} {v}" for d in _OPTIONAL if (v := _installed_version(d))]
     out(f"  optional packages: {', '.join(extras) if extras else 'none installed'}")
     reason = driver.unavailable_reason()
+    out(f"  hot path: {compiled.describe()}")
     if reason is not None:
         out(f"CUDA unavailable: {reason}")
         out(f"AtomicEvent backend: {_counter_backend(None)}")

@@ -24,7 +24,7 @@ import os
 import threading
 
 from .. import AtomicEvent, CudaEvent, Timer, atomic_backend, device_count
-from .._core import driver
+from .._core import compiled, driver
 from .._core.cuda_event import DISABLE_TIMING, TIMING_FLAGS, event_flags
 from .._sync.counter_storage import slab_stats
 from . import raw
@@ -58,6 +58,32 @@ __all__ = [
 _FLAG_COMBINATIONS = tuple(event_flags(timing=timing, blocking_sync=blocking, interprocess=ipc)
                            for ipc in (False, True) for timing in (True, False) for blocking in (False, True)
                            if not (ipc and timing))
+
+
+# -- the two hot paths ------------------------------------------------------------------------------
+def _path() -> str:
+    return "compiled" if compiled.active() else "pure Python"
+
+
+def _with_pure_python(methods: list[Method]) -> list[Method]:
+    """``methods`` and, where the compiled hot path runs, each of them once more on the
+    pure-Python path (its key suffixed ``_py``): the compiled path is switched off for each
+    of that row's batches only, so both rows interleave in one run."""
+    if not compiled.active():
+        return methods
+
+    def pure(run):
+        def batch(n):
+            compiled.use(False)
+            try:
+                return run(n)
+            finally:
+                compiled.use(None)
+
+        return batch
+
+    return [*methods, *(Method(m.key + "_py", m.label.replace("(compiled)", "(pure Python)"), pure(m.run),
+                               m.settle, ours=True) for m in methods)]
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -211,10 +237,11 @@ def create_record(ctx: Context) -> dict:
         def settle():
             stream.synchronize(timeout=SYNC_S)
 
-        methods = [
-            Method("ours_event", "cudaevents: CudaEvent(pool=pool).record(s).close()", ours_event, settle, ours=True),
-            Method("ours_pool", "cudaevents: pool.acquire + cuEventRecord + pool.release", ours_pool, settle,
-                   ours=True),
+        methods = [*_with_pure_python([
+            Method("ours_event", f"cudaevents: CudaEvent(pool=pool).record(s).close() ({_path()})", ours_event,
+                   settle, ours=True),
+            Method("ours_pool", f"cudaevents: pool.acquire + cuEventRecord + pool.release ({_path()})", ours_pool,
+                   settle, ours=True)]),
             Method("raw_create", "raw cuda-bindings: cuEventCreate + cuEventRecord + cuEventDestroy",
                    raw.create_record_destroy(dev, DISABLE_TIMING, sh), settle),
         ]
@@ -356,11 +383,11 @@ def timing_pairs(ctx: Context) -> dict:
         def settle():
             stream.synchronize(timeout=SYNC_S)
 
-        methods = [
-            Method("ours", "cudaevents Timer: with timer.region('x', s), then results()", ours_timer, settle,
-                   ours=True),
-            Method("ours_no_timeline", "cudaevents Timer(timeline=False): durations only, no start times",
-                   lambda n: ours_timer(n, timeline=False), settle, ours=True),
+        methods = [*_with_pure_python([
+            Method("ours", f"cudaevents Timer: with timer.region('x', s), then results() ({_path()})", ours_timer,
+                   settle, ours=True),
+            Method("ours_no_timeline", f"cudaevents Timer(timeline=False): durations only, no start times ({_path()})",
+                   lambda n: ours_timer(n, timeline=False), settle, ours=True)]),
             Method("raw_pooled", "raw cuda-bindings, pooled: 2 handles from a list, cuEventRecord x2, "
                    "cuEventElapsedTime, handles back", raw_pairs, settle),
         ]

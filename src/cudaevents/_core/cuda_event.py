@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import driver
+from . import compiled, driver
 from .devices import Device, resolve_device_index
 from .errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError
 from .pool import default_pool
@@ -259,6 +259,10 @@ class CudaEvent:
                 self._pool.release_deferred(self._device, self._flags, h)
             except Exception:  # a finalizer must not raise
                 pass
+
+
+compiled.register(CudaEvent, ("__init__", "record", "wait", "query", "close", "__del__"),
+                  lambda hot, cls, python: hot.install_event(cls, python, default_pool))
 
 
 class HeldEvent(CudaEvent):

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import sys
 import threading
 
+from . import compiled
 from .errors import CudaError, CudaUnavailableError
 from .lifetime import after_fork_in_child, state
 
@@ -94,6 +96,22 @@ def _bind(d) -> None:
     _cuEventSynchronize, _cuEventElapsedTime = d.cuEventSynchronize, d.cuEventElapsedTime
     _cuStreamWaitEvent, _cuStreamQuery, _cuStreamSynchronize = d.cuStreamWaitEvent, d.cuStreamQuery, d.cuStreamSynchronize
     _d = d
+    compiled.bind_driver(d, _raise_code)
+
+
+def rebind() -> None:
+    """Bind the driver bound now once more (the compiled path follows :func:`compiled.use`);
+    with none bound yet, only the compiled path's choice is reset."""
+    compiled.bind_driver(_d, _raise_code)
+
+
+def _raise_code(code: int, call: str):
+    """The compiled path's errors: :func:`raise_error` for the ``CUresult`` ``code``."""
+    try:
+        err = _d.CUresult(code)
+    except Exception:  # a code the bindings do not know, or a stand-in driver
+        err = code
+    raise_error(err, call)
 
 
 _usable: bool | None = None
@@ -278,9 +296,12 @@ def driver_version() -> int:
 
 # -- events: the hot wrappers call their entry point directly -----------------------------
 def event_create(index: int, flags: int):
-    """Create a native event with ``flags`` in device ``index``'s primary context."""
+    """Create a native event with ``flags`` in device ``index``'s primary context (an int
+    while the compiled path is in use, which takes ints fastest; else a ``CUevent``, which the
+    bindings take fastest; either path accepts both)."""
     with pushed(index):
-        return call("cuEventCreate", flags)
+        handle = call("cuEventCreate", flags)
+    return int(handle) if compiled.active() else handle
 
 
 def event_destroy(handle) -> None:
@@ -326,7 +347,8 @@ def event_elapsed_ms(start, end) -> float | None:
 def stream_create(index: int, flags: int, priority: int):
     """Create a native stream in device ``index``'s primary context."""
     with pushed(index):
-        return call("cuStreamCreateWithPriority", flags, priority)
+        handle = call("cuStreamCreateWithPriority", flags, priority)
+    return int(handle) if compiled.active() else handle
 
 
 def stream_destroy(handle) -> None:
@@ -347,8 +369,10 @@ def stream_device(handle) -> int:
 
 
 def as_stream_handle(value: int):
-    """Wrap an integer stream handle as a ``CUstream`` the bindings accept quickly."""
-    return bindings().CUstream(value)
+    """An integer stream handle as the hot path takes it fastest: the int itself for the
+    compiled path, a ``CUstream`` for the bindings."""
+    d = bindings()
+    return value if compiled.active() else d.CUstream(value)
 
 
 def stream_wait_event(stream, event) -> None:
@@ -373,6 +397,10 @@ def stream_synchronize(stream) -> None:
     (err,) = _cuStreamSynchronize(stream)
     if err:
         raise_error(err, "cuStreamSynchronize")
+
+
+compiled.register(sys.modules[__name__], compiled.DRIVER_WRAPPERS,
+                  lambda hot, module, python: {name: getattr(hot, name) for name in python}, needs_driver=True)
 
 
 # -- memory, for the demo, benchmark() and tests: plain device allocations (never managed) --
@@ -525,3 +553,6 @@ def _after_fork_in_child() -> None:
     _contexts.clear()
     _context_ints.clear()
     _cu_launch_host_func = refuse_forked
+
+
+rebind()  # the compiled fast paths that need no driver yet, where the extension is in use

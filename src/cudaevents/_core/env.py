@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["pool_max_cached", "atomic_backend"]
+__all__ = ["pool_max_cached", "atomic_backend", "pure_python"]
 
 
 def _int_or_none(name: str, *, minimum: int) -> int | None:
@@ -38,3 +38,12 @@ def atomic_backend(choices: tuple[str, ...]) -> str | None:
     if value not in choices:
         raise ValueError(f"CUDAEVENTS_ATOMIC_BACKEND={raw!r} is not one of auto, {', '.join(choices)}")
     return value
+
+
+def pure_python() -> bool:
+    """``CUDAEVENTS_PURE_PYTHON``: ``1`` runs everything in Python even where the compiled hot
+    path is built; unset or ``0`` uses the compiled path where it can."""
+    raw = os.environ.get("CUDAEVENTS_PURE_PYTHON", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"CUDAEVENTS_PURE_PYTHON={raw!r}: set it to 1 (pure Python) or 0, or unset it")
+    return raw == "1"

@@ -7,7 +7,7 @@ import dataclasses
 import threading
 import weakref
 
-from . import driver, env
+from . import compiled, driver, env
 from .lifetime import after_fork_in_child, drain, state
 
 __all__ = ["EventPool", "PoolStats", "default_pool"]
@@ -86,6 +86,9 @@ class EventPool:
             device's primary context). For tests and custom handle types.
         destroy: ``destroy(handle)`` (default: ``cuEventDestroy``).
     """
+
+    __slots__ = ("_max_cached", "_create", "_destroy", "_lock", "_keys", "_counts", "_total", "_returned",
+                 "_state", "__weakref__")
 
     def __init__(self, max_cached: int | None = None, *, create=None, destroy=None):
         if max_cached is not None and (isinstance(max_cached, bool) or not isinstance(max_cached, int)):
@@ -361,6 +364,9 @@ class EventPool:
         if doomed:
             self._destroy_quietly(doomed)
 
+
+compiled.register(EventPool, ("acquire", "release"),
+                  lambda hot, cls, python: hot.install_pool(cls, _Key, _Counts, python))
 
 _default: EventPool | None = None
 _default_lock = threading.Lock()

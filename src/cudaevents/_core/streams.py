@@ -7,10 +7,10 @@ import itertools
 import sys
 import threading
 
-from . import driver
+from . import compiled, driver
 from .devices import resolve_device_index
 from .errors import ClosedError, DeviceMismatchError
-from .lifetime import defer, state
+from .lifetime import after_fork_in_child, defer, state
 from .wait import check_timeout, wait_until
 
 __all__ = ["GpuStream", "as_stream", "helper_stream", "stream_identity", "torch_current_stream"]
@@ -186,6 +186,14 @@ class GpuStream:
             defer(functools.partial(driver.stream_destroy, h))
 
 
+def _install_stream(hot, cls, python) -> dict:
+    hot.install_stream(cls)  # the slots the compiled fast paths read; no method changes
+    return {}
+
+
+compiled.register(GpuStream, (), _install_stream)
+
+
 def _protocol_handle(obj) -> int:
     try:
         attr = obj.__cuda_stream__
@@ -354,19 +362,38 @@ def helper_stream(device: int) -> GpuStream:
     return s
 
 
+_torch_now = None  # (torch, its current-device getter, its current-raw-stream getter) once its CUDA runs
+
+
 def torch_current_stream() -> tuple[int, int] | None:
     """(raw handle, device) of torch's current CUDA stream on its current device when this
     program uses CUDA through torch (torch imported and its CUDA initialized), else None.
     Imports nothing and initializes nothing: a program that has not started torch's CUDA
-    has not made another stream current either."""
+    has not made another stream current either. (Once it has, two calls into torch's C
+    extension answer: this runs at every region that names no stream.)"""
+    global _torch_now
     torch = sys.modules.get("torch")
-    cuda = getattr(torch, "cuda", None)
-    if cuda is None:
-        return None
-    try:
-        if not cuda.is_initialized():
+    now = _torch_now
+    if now is None or now[0] is not torch:
+        cuda = getattr(torch, "cuda", None)
+        if cuda is None:
             return None
-        device = cuda.current_device()
-        return int(torch._C._cuda_getCurrentRawStream(device)), device
-    except Exception:  # a torch without CUDA, or one in a bad state: not in use
+        try:
+            if not cuda.is_initialized():
+                return None
+            now = _torch_now = (torch, torch._C._cuda_getDevice, torch._C._cuda_getCurrentRawStream)
+        except Exception:  # a torch without CUDA, or one in a bad state: not in use
+            return None
+    try:
+        device = now[1]()
+        return int(now[2](device)), device
+    except Exception:  # e.g. a forked child, where torch's CUDA refuses
         return None
+
+
+@after_fork_in_child
+def _forget_torch_after_fork() -> None:
+    # torch's own checks run again in a child (its CUDA refuses a forked child of a parent
+    # that used it): never its raw getters there
+    global _torch_now
+    _torch_now = None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import sys
 import threading
 import time
 import weakref
 
-from .._core import driver
+from .._core import compiled, driver
 from .._core.cuda_event import TIMING_FLAGS, CudaEvent, synchronize_handle
 from .._core.pool import default_pool
 from .._core.streams import GpuStream, as_stream, stream_identity, torch_current_stream
@@ -20,7 +21,6 @@ from .results import Results, Sample
 __all__ = ["Timer"]
 
 _cpu_ids = itertools.count(1)
-_new_sample = functools.partial(tuple.__new__, Sample)  # Sample(*fields) without its Python-level __new__
 _MAX_CACHED_STREAMS = 256  # borrowed stream wrappers a Timer keeps; beyond that it starts over
 _NAN = float("nan")
 
@@ -41,6 +41,25 @@ def _finished(queue) -> int:
         else:
             hi = mid
     return lo
+
+
+def _harvest_queue(queue, ref, device, stream, samples, done, sample_type) -> None:
+    """The finished head of one GPU stream's queue of regions ``(name, start, end, step)``
+    becomes ``sample_type`` tuples appended to ``samples``, timed from the event ``ref`` (NaN
+    start times when ``None``); each harvested region's two handles go to ``done`` as it
+    leaves the queue, so an error loses none. (The compiled path replaces this function.)"""
+    elapsed = driver.event_elapsed_ms
+    append, new = samples.append, tuple.__new__
+    for _ in range(_finished(queue)):
+        name, start, end, step = queue[0]
+        ms = elapsed(start, end)
+        at = _NAN if ms is None or ref is None else elapsed(ref, start)
+        if ms is None or at is None:  # threads ended regions out of stream order
+            break
+        queue.popleft()
+        append(new(sample_type, (name, device, stream, at, ms, step)))
+        done.append(start)
+        done.append(end)
 
 
 def _nvtx():
@@ -149,6 +168,11 @@ class _Open:
             timer.harvest()
 
 
+compiled.register(_Open, ("__init__", "__enter__", "__exit__"), lambda hot, cls, python: hot.install_region(cls, python))
+compiled.register(sys.modules[__name__], ("_harvest_queue",), lambda hot, module, python: {"_harvest_queue": hot.harvest_queue},
+                  needs_driver=True)
+
+
 class _Laps:
     """Back-to-back phases on one stream, each beginning where the one before ends, one
     timing event between two phases: what :meth:`Timer.laps` returns."""
@@ -187,6 +211,9 @@ class _Laps:
         open_, self.open = self.open, None
         if open_ is not None:  # the last phase ends here, as a region does when an exception passes
             self.timer.end(open_)
+
+
+compiled.register(_Laps, ("__call__",), lambda hot, cls, python: hot.install_laps(cls, python))
 
 
 class Timer:
@@ -483,21 +510,9 @@ class Timer:
                 if not driver.event_query(ref):
                     return 0
                 self._ref_done.add(device)
-        finished = _finished(queue)
-        elapsed = driver.event_elapsed_ms
-        append, new_sample = self._samples.append, _new_sample
         done = []
         try:
-            for _ in range(finished):
-                name, start, end, step = queue[0]
-                ms = elapsed(start, end)
-                at = _NAN if ms is None or ref is None else elapsed(ref, start)
-                if ms is None or at is None:  # threads ended regions out of stream order
-                    break
-                queue.popleft()
-                append(new_sample((name, device, stream, at, ms, step)))
-                done.append(start)
-                done.append(end)
+            _harvest_queue(queue, ref, device, stream, self._samples, done, Sample)
         finally:
             n = len(done) // 2
             if done and self._shared:
@@ -671,3 +686,6 @@ class Timer:
         """Forget the collected samples (regions still pending are kept)."""
         with self._lock:
             self._samples = []
+
+
+compiled.register(Timer, ("begin", "end"), lambda hot, cls, python: hot.install_timer(cls, python))

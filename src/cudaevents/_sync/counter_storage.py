@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import sys
 import threading
 import weakref
 
-from .._core import driver, env
+from .._core import compiled, driver, env
 from .._core.errors import CudaUnavailableError
 from .._core.lifetime import Quarantine, after_fork_in_child, drain, state
 
@@ -134,6 +135,16 @@ class HostCell:
         pass
 
 
+def _word(address: int, bits: int):
+    """The counter word at ``address`` as an object whose ``value`` reads and writes it
+    (ctypes here; the compiled path's ``Word`` loads with acquire and stores with release
+    ordering, which the GPU's stream memory operations pair with)."""
+    return (ctypes.c_uint64 if bits == 64 else ctypes.c_uint32).from_address(address)
+
+
+compiled.register(sys.modules[__name__], ("_word",), lambda hot, module, python: {"_word": hot.Word})
+
+
 class MemCell:
     """A counter value in a slab slot, reached by GPU stream memory operations."""
 
@@ -148,7 +159,7 @@ class MemCell:
         self.limit = 1 << (63 if bits == 64 else 31)
         self._slot = _get_slab().acquire()
         host, self._dev = self._slot
-        self._word = (ctypes.c_uint64 if bits == 64 else ctypes.c_uint32).from_address(host)
+        self._word = _word(host, bits)
         self._word.value = 0
         _gpu_cells.add(self)
 

@@ -1,0 +1,1418 @@
+/* The compiled hot path of cudaevents (the extension module cudaevents._core._hot).
+ *
+ * What is here: the driver calls that run per event or per region, through entry points the
+ * Python side found with cuGetProcAddress (bind()), so building needs a C compiler and no CUDA
+ * headers; and the fast paths of the methods that run per event or per region (CudaEvent,
+ * EventPool, the Timer's region and its harvest), installed on the Python classes as methods.
+ *
+ * Each method here does its common case and hands every other case (an unbound event, a closed
+ * stream, a stream of another library, a miss of the pool, an error message to word) to the
+ * Python method it replaces, which it was given at install time: the rules live once, in
+ * Python, and C only skips the interpreter where nothing needs deciding. The methods read and
+ * write the classes' __slots__ at the offsets their member descriptors give, so the objects are
+ * the same with the compiled path and without it, and compiled.use() can switch at run time.
+ *
+ * Threads: nothing here relies on the GIL for the pool's consistency: the pool's fast paths hold
+ * the pool's own lock, as its Python methods do. Host waits in the driver release the GIL. No
+ * Python object is released while that lock is held, so no finalizer runs inside it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define NOT_READY 600 /* CUDA_ERROR_NOT_READY */
+
+typedef int (*rec_fn)(void *event, void *stream);
+typedef int (*one_fn)(void *handle);
+typedef int (*elapsed_fn)(float *ms, void *start, void *end);
+typedef int (*wait_fn)(void *stream, void *event, unsigned int flags);
+
+static rec_fn cu_record;
+static one_fn cu_query, cu_evsync, cu_squery, cu_ssync;
+static elapsed_fn cu_elapsed;
+static wait_fn cu_wait;
+static PyObject *raise_code; /* driver._raise_code(code, call): raises CudaError */
+
+/* ---------------------------------------------------------------------------------------- */
+/* handles and errors                                                                       */
+
+static int handle_of(PyObject *o, void **out) {
+    if (PyLong_CheckExact(o)) {
+        *out = PyLong_AsVoidPtr(o);
+        return (*out == NULL && PyErr_Occurred()) ? -1 : 0;
+    }
+    if (o == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    PyObject *n = PyNumber_Long(o); /* cuda.bindings handles: their __int__ */
+    if (n == NULL)
+        return -1;
+    *out = PyLong_AsVoidPtr(n);
+    Py_DECREF(n);
+    return (*out == NULL && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *fail(int err, const char *call) {
+    if (raise_code == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "%s failed with CUresult %d", call, err);
+    PyObject *r = PyObject_CallFunction(raise_code, "is", err, call);
+    if (r != NULL) { /* it must raise */
+        Py_DECREF(r);
+        PyErr_Format(PyExc_RuntimeError, "%s failed with CUresult %d", call, err);
+    }
+    return NULL;
+}
+
+static int bound(void) {
+    if (cu_record == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the compiled hot path is not bound to a driver (bind() first)");
+        return 0;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* bind(): the driver's entry points                                                        */
+
+static void *entry(PyObject *entries, const char *name) {
+    PyObject *v = PyDict_GetItemString(entries, name); /* borrowed */
+    if (v == NULL) {
+        PyErr_Format(PyExc_KeyError, "bind() needs the entry point %s", name);
+        return NULL;
+    }
+    void *p = PyLong_AsVoidPtr(v);
+    if (p == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "the entry point %s is NULL", name);
+    return p;
+}
+
+static PyObject *hot_bind(PyObject *m, PyObject *args) {
+    PyObject *entries, *raiser;
+    if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &entries, &raiser))
+        return NULL;
+    void *p[7];
+    static const char *names[7] = {"cuEventRecord", "cuEventQuery", "cuEventSynchronize", "cuEventElapsedTime",
+                                   "cuStreamWaitEvent", "cuStreamQuery", "cuStreamSynchronize"};
+    for (int i = 0; i < 7; i++)
+        if ((p[i] = entry(entries, names[i])) == NULL)
+            return NULL;
+    cu_record = (rec_fn)p[0];
+    cu_query = (one_fn)p[1];
+    cu_evsync = (one_fn)p[2];
+    cu_elapsed = (elapsed_fn)p[3];
+    cu_wait = (wait_fn)p[4];
+    cu_squery = (one_fn)p[5];
+    cu_ssync = (one_fn)p[6];
+    Py_INCREF(raiser);
+    Py_XSETREF(raise_code, raiser);
+    Py_RETURN_NONE;
+}
+
+static PyObject *hot_unbind(PyObject *m, PyObject *unused) {
+    cu_record = NULL;
+    cu_query = cu_evsync = cu_squery = cu_ssync = NULL;
+    cu_elapsed = NULL;
+    cu_wait = NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the driver wrappers (driver.event_record & co. while the compiled path is in use)         */
+
+static PyObject *hot_event_record(PyObject *m, PyObject *const *args, Py_ssize_t n) {
+    void *e, *s;
+    if (n != 2)
+        return PyErr_Format(PyExc_TypeError, "event_record(event, stream) takes 2 arguments");
+    if (!bound() || handle_of(args[0], &e) || handle_of(args[1], &s))
+        return NULL;
+    int err = cu_record(e, s);
+    if (err)
+        return fail(err, "cuEventRecord");
+    Py_RETURN_NONE;
+}
+
+static PyObject *query_result(int err, const char *call) {
+    if (!err)
+        Py_RETURN_TRUE;
+    if (err == NOT_READY)
+        Py_RETURN_FALSE;
+    return fail(err, call);
+}
+
+static PyObject *hot_event_query(PyObject *m, PyObject *h) {
+    void *e;
+    if (!bound() || handle_of(h, &e))
+        return NULL;
+    return query_result(cu_query(e), "cuEventQuery");
+}
+
+static PyObject *hot_event_synchronize(PyObject *m, PyObject *h) {
+    void *e;
+    int err;
+    if (!bound() || handle_of(h, &e))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    err = cu_evsync(e);
+    Py_END_ALLOW_THREADS
+    if (err)
+        return fail(err, "cuEventSynchronize");
+    Py_RETURN_NONE;
+}
+
+static PyObject *hot_event_elapsed_ms(PyObject *m, PyObject *const *args, Py_ssize_t n) {
+    void *a, *b;
+    float ms = 0;
+    if (n != 2)
+        return PyErr_Format(PyExc_TypeError, "event_elapsed_ms(start, end) takes 2 arguments");
+    if (!bound() || handle_of(args[0], &a) || handle_of(args[1], &b))
+        return NULL;
+    int err = cu_elapsed(&ms, a, b);
+    if (!err)
+        return PyFloat_FromDouble(ms);
+    if (err == NOT_READY)
+        Py_RETURN_NONE;
+    return fail(err, "cuEventElapsedTime");
+}
+
+static PyObject *hot_stream_wait_event(PyObject *m, PyObject *const *args, Py_ssize_t n) {
+    void *s, *e;
+    if (n != 2)
+        return PyErr_Format(PyExc_TypeError, "stream_wait_event(stream, event) takes 2 arguments");
+    if (!bound() || handle_of(args[0], &s) || handle_of(args[1], &e))
+        return NULL;
+    int err = cu_wait(s, e, 0);
+    if (err)
+        return fail(err, "cuStreamWaitEvent");
+    Py_RETURN_NONE;
+}
+
+static PyObject *hot_stream_query(PyObject *m, PyObject *h) {
+    void *s;
+    if (!bound() || handle_of(h, &s))
+        return NULL;
+    return query_result(cu_squery(s), "cuStreamQuery");
+}
+
+static PyObject *hot_stream_synchronize(PyObject *m, PyObject *h) {
+    void *s;
+    int err;
+    if (!bound() || handle_of(h, &s))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    err = cu_ssync(s);
+    Py_END_ALLOW_THREADS
+    if (err)
+        return fail(err, "cuStreamSynchronize");
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* slots: the offsets of a class's __slots__, read from their member descriptors            */
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+static Py_ssize_t slot_offset(PyObject *cls, const char *name) {
+    PyObject *d = PyObject_GetAttrString(cls, name);
+    if (d == NULL)
+        return -1;
+    Py_ssize_t off = -1;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX)
+        off = ((PyMemberDescrObject *)d)->d_member->offset;
+    else
+        PyErr_Format(PyExc_TypeError, "%R.%s is not a __slots__ member", cls, name);
+    Py_DECREF(d);
+    return off;
+}
+
+/* Set a slot, dropping the old value after (ints, bools and None here: nothing runs). */
+static inline void slot_set(PyObject *o, Py_ssize_t off, PyObject *v) {
+    PyObject **p = (PyObject **)((char *)o + off);
+    PyObject *old = *p;
+    Py_INCREF(v);
+    *p = v;
+    Py_XDECREF(old);
+}
+
+static inline int is_none(PyObject *v) { return v == NULL || v == Py_None; }
+
+/* The Python method a fast path hands over to: fallback(self, *args, **kwargs). */
+static PyObject *hand_over(PyObject *fb, PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf) + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **a = n + 1 <= 8 ? small : PyMem_Malloc((n + 1) * sizeof(PyObject *));
+    if (a == NULL)
+        return PyErr_NoMemory();
+    a[0] = self;
+    if (n)
+        memcpy(a + 1, args, n * sizeof(PyObject *));
+    PyObject *r = PyObject_Vectorcall(fb, a, PyVectorcall_NARGS(nargsf) + 1, kwnames);
+    if (a != small)
+        PyMem_Free(a);
+    return r;
+}
+
+#define METHOD_ARGS PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
+#define HAND_OVER(fb) return hand_over(fb, self, args, nargsf, kwnames)
+
+/* ---------------------------------------------------------------------------------------- */
+/* GpuStream: what a fast path reads of a stream                                            */
+
+static PyTypeObject *stream_type;
+static Py_ssize_t st_handle, st_device, st_special;
+
+/* The native handle of a live GpuStream whose handle names one stream (not 0, 1 or 2, which
+ * need their device's context current): 0 with *out set; 1 when the fast path does not apply;
+ * -1 on an error. */
+static int plain_stream(PyObject *s, void **out, PyObject **device) {
+    if (Py_TYPE(s) != stream_type)
+        return 1;
+    PyObject *h = SLOT(s, st_handle);
+    if (is_none(h) || SLOT(s, st_special) != Py_False)
+        return 1;
+    *device = SLOT(s, st_device);
+    if (*device == NULL)
+        return 1;
+    return handle_of(h, out) ? -1 : 0;
+}
+
+static int same_int(PyObject *a, PyObject *b) {
+    if (a == b)
+        return 1;
+    if (a == NULL || b == NULL)
+        return 0;
+    return PyObject_RichCompareBool(a, b, Py_EQ) == 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* interned names and constants                                                             */
+
+static PyObject *s_acquire, *s_release, *s_release_deferred, *s_append, *s_harvest, *s_get;
+static PyObject *s_pending, *s_spare, *s_nvtx, *s_step, *s_since, *s_every, *s_popleft, *s_gpu_stream, *s_shared;
+static PyObject *s_entered;
+static PyObject *minus_one, *one;
+
+/* ---------------------------------------------------------------------------------------- */
+/* CudaEvent                                                                                */
+
+static Py_ssize_t ev_handle, ev_device, ev_flags, ev_pool, ev_recorded, ev_closed;
+static PyObject *ev_fb_init, *ev_fb_record, *ev_fb_wait, *ev_fb_query, *ev_fb_close, *ev_fb_del;
+static PyObject *default_pool_fn;
+
+static PyObject *k_device, *k_timing, *k_blocking_sync, *k_interprocess, *k_pool;
+
+static int name_is(PyObject *a, PyObject *b) {
+    return a == b || PyUnicode_Compare(a, b) == 0;
+}
+
+/* __init__(self, device=None, *, timing=False, blocking_sync=False, interprocess=False, pool=None)
+ * Fast: an unbound event (device None), flags given as bools, not interprocess. */
+static PyObject *ev_init(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    PyObject *timing = Py_False, *bs = Py_False, *pool = Py_None;
+    if (n > 1 || (n == 1 && args[0] != Py_None))
+        HAND_OVER(ev_fb_init);
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i), *v = args[n + i];
+        if (name_is(k, k_timing))
+            timing = v;
+        else if (name_is(k, k_blocking_sync))
+            bs = v;
+        else if (name_is(k, k_pool))
+            pool = v;
+        else if (!((name_is(k, k_device) || name_is(k, k_interprocess)) && (v == Py_None || v == Py_False)))
+            HAND_OVER(ev_fb_init);
+        else if (name_is(k, k_device) && n == 1)
+            HAND_OVER(ev_fb_init); /* given twice: Python words the error */
+    }
+    if ((timing != Py_True && timing != Py_False) || (bs != Py_True && bs != Py_False))
+        HAND_OVER(ev_fb_init);
+    long flags = (timing == Py_True ? 0 : 0x2) | (bs == Py_True ? 0x1 : 0);
+    PyObject *f = PyLong_FromLong(flags);
+    if (f == NULL)
+        return NULL;
+    if (pool == Py_None) {
+        pool = PyObject_CallNoArgs(default_pool_fn);
+        if (pool == NULL) {
+            Py_DECREF(f);
+            return NULL;
+        }
+    } else {
+        Py_INCREF(pool);
+    }
+    slot_set(self, ev_handle, Py_None);
+    slot_set(self, ev_closed, Py_False);
+    slot_set(self, ev_recorded, Py_False);
+    slot_set(self, ev_device, minus_one);
+    Py_XSETREF(SLOT(self, ev_flags), f);
+    Py_XSETREF(SLOT(self, ev_pool), pool);
+    Py_RETURN_NONE;
+}
+
+/* record(self, stream): fast on a plain GpuStream of the event's device, or of any device
+ * for an unbound event (its handle comes from the pool here). */
+static PyObject *ev_record(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || cu_record == NULL)
+        HAND_OVER(ev_fb_record);
+    void *sh, *eh;
+    PyObject *sdev;
+    int r = plain_stream(args[0], &sh, &sdev);
+    if (r)
+        return r < 0 ? NULL : hand_over(ev_fb_record, self, args, nargsf, kwnames);
+    PyObject *h = SLOT(self, ev_handle);
+    if (is_none(h)) {
+        if (SLOT(self, ev_closed) != Py_False)
+            HAND_OVER(ev_fb_record);
+        PyObject *pool = SLOT(self, ev_pool), *flags = SLOT(self, ev_flags);
+        if (pool == NULL || flags == NULL)
+            HAND_OVER(ev_fb_record);
+        PyObject *a[3] = {pool, sdev, flags};
+        h = PyObject_VectorcallMethod(s_acquire, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (h == NULL)
+            return NULL;
+        Py_XSETREF(SLOT(self, ev_handle), h); /* takes the reference */
+        slot_set(self, ev_device, sdev);
+    } else if (!same_int(SLOT(self, ev_device), sdev)) {
+        HAND_OVER(ev_fb_record);
+    }
+    if (handle_of(h, &eh))
+        return NULL;
+    int err = cu_record(eh, sh);
+    if (err)
+        return fail(err, "cuEventRecord");
+    slot_set(self, ev_recorded, Py_True);
+    return Py_NewRef(self);
+}
+
+/* The handle of a recorded, open event, or NULL (borrowed). */
+static PyObject *recorded_handle(PyObject *self) {
+    PyObject *h = SLOT(self, ev_handle);
+    if (is_none(h) || SLOT(self, ev_recorded) != Py_True)
+        return NULL;
+    return h;
+}
+
+static PyObject *ev_query(METHOD_ARGS) {
+    PyObject *h = recorded_handle(self);
+    void *e;
+    if (h == NULL || PyVectorcall_NARGS(nargsf) || kwnames || cu_query == NULL)
+        HAND_OVER(ev_fb_query);
+    if (handle_of(h, &e))
+        return NULL;
+    return query_result(cu_query(e), "cuEventQuery");
+}
+
+static PyObject *ev_wait(METHOD_ARGS) {
+    PyObject *h = recorded_handle(self), *sdev;
+    void *e, *sh;
+    if (h == NULL || PyVectorcall_NARGS(nargsf) != 1 || kwnames || cu_wait == NULL)
+        HAND_OVER(ev_fb_wait);
+    int r = plain_stream(args[0], &sh, &sdev);
+    if (r)
+        return r < 0 ? NULL : hand_over(ev_fb_wait, self, args, nargsf, kwnames);
+    if (handle_of(h, &e))
+        return NULL;
+    int err = cu_wait(sh, e, 0);
+    if (err)
+        return fail(err, "cuStreamWaitEvent");
+    Py_RETURN_NONE;
+}
+
+/* close(self): the handle back to the pool. */
+static PyObject *ev_close(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) || kwnames)
+        HAND_OVER(ev_fb_close);
+    PyObject *pool = SLOT(self, ev_pool), *dev = SLOT(self, ev_device), *flags = SLOT(self, ev_flags);
+    if (pool == NULL || dev == NULL || flags == NULL)
+        HAND_OVER(ev_fb_close);
+    slot_set(self, ev_closed, Py_True);
+    PyObject *h = SLOT(self, ev_handle);
+    if (is_none(h))
+        Py_RETURN_NONE;
+    SLOT(self, ev_handle) = Py_NewRef(Py_None); /* we own h now */
+    PyObject *a[4] = {pool, dev, flags, h};
+    PyObject *r = PyObject_VectorcallMethod(s_release, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(h);
+    return r;
+}
+
+/* __del__(self): as close(), through the pool's lock-free return (the collector may run this
+ * inside the pool's lock); a finalizer raises nothing. */
+static PyObject *ev_del(METHOD_ARGS) {
+    PyObject *pool = SLOT(self, ev_pool), *dev = SLOT(self, ev_device), *flags = SLOT(self, ev_flags);
+    if (SLOT(self, ev_closed) != NULL)
+        slot_set(self, ev_closed, Py_True);
+    PyObject *h = SLOT(self, ev_handle);
+    if (is_none(h) || pool == NULL || dev == NULL || flags == NULL)
+        Py_RETURN_NONE;
+    SLOT(self, ev_handle) = Py_NewRef(Py_None);
+    PyObject *a[4] = {pool, dev, flags, h};
+    PyObject *r = PyObject_VectorcallMethod(s_release_deferred, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(h);
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* EventPool: acquire and release of a key that exists, under the pool's lock               */
+
+static Py_ssize_t pl_lock, pl_keys, pl_returned, pl_max, pl_state, pl_total;
+static Py_ssize_t key_free, key_counts;
+static Py_ssize_t c_creates, c_reuses, c_live, c_high;
+static PyObject *pl_fb_acquire, *pl_fb_release;
+static PyObject *s_exiting;
+
+static int lock_call(PyObject *lock, PyObject *name) {
+    PyObject *r = PyObject_VectorcallMethod(name, &lock, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* counts.<off> += delta (a Python int slot) */
+static int add_to(PyObject *counts, Py_ssize_t off, Py_ssize_t delta, Py_ssize_t *now) {
+    PyObject *v = SLOT(counts, off);
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "pool counts unset");
+        return -1;
+    }
+    Py_ssize_t x = PyLong_AsSsize_t(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    x += delta;
+    PyObject *nv = PyLong_FromSsize_t(x);
+    if (nv == NULL)
+        return -1;
+    Py_SETREF(SLOT(counts, off), nv);
+    if (now)
+        *now = x;
+    return 0;
+}
+
+static int raise_high(PyObject *counts, Py_ssize_t live) {
+    PyObject *v = SLOT(counts, c_high);
+    Py_ssize_t high = v ? PyLong_AsSsize_t(v) : 0;
+    if (high == -1 && PyErr_Occurred())
+        return -1;
+    if (live > high) {
+        PyObject *nv = PyLong_FromSsize_t(live);
+        if (nv == NULL)
+            return -1;
+        Py_XSETREF(SLOT(counts, c_high), nv);
+    }
+    return 0;
+}
+
+/* live (and high water) += delta in one device's counts and in the total */
+static int count_live(PyObject *counts, PyObject *total, Py_ssize_t delta) {
+    Py_ssize_t live;
+    if (add_to(counts, c_live, delta, &live) || (delta > 0 && raise_high(counts, live)))
+        return -1;
+    if (add_to(total, c_live, delta, &live) || (delta > 0 && raise_high(total, live)))
+        return -1;
+    return 0;
+}
+
+/* The pool's _Key for (device, flags), or NULL (borrowed; no error set) */
+static PyObject *pool_key(PyObject *self, PyObject *device, PyObject *flags) {
+    PyObject *keys = SLOT(self, pl_keys);
+    if (keys == NULL || !PyDict_CheckExact(keys))
+        return NULL;
+    PyObject *t = PyTuple_Pack(2, device, flags);
+    if (t == NULL)
+        return NULL;
+    PyObject *key = PyDict_GetItemWithError(keys, t);
+    Py_DECREF(t);
+    return key;
+}
+
+static int nothing_returned(PyObject *self) {
+    PyObject *ret = SLOT(self, pl_returned);
+    return ret != NULL && PyObject_Size(ret) == 0;
+}
+
+/* acquire(self, device, flags): a cached handle, else the Python path (a miss creates) */
+static PyObject *pl_acquire(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames || !nothing_returned(self))
+        HAND_OVER(pl_fb_acquire);
+    PyObject *lock = SLOT(self, pl_lock), *total = SLOT(self, pl_total);
+    if (lock == NULL || total == NULL)
+        HAND_OVER(pl_fb_acquire);
+    Py_INCREF(lock); /* the after-fork hook may replace it meanwhile */
+    if (lock_call(lock, s_acquire)) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    PyObject *handle = NULL;
+    int failed = 0;
+    PyObject *key = pool_key(self, args[0], args[1]);
+    if (key == NULL && PyErr_Occurred()) {
+        failed = 1;
+    } else if (key != NULL) {
+        PyObject *free = SLOT(key, key_free), *counts = SLOT(key, key_counts);
+        Py_ssize_t n = (free && PyList_CheckExact(free)) ? PyList_GET_SIZE(free) : 0;
+        if (n && counts) {
+            if (add_to(counts, c_reuses, 1, NULL) || count_live(counts, total, 1)) {
+                failed = 1;
+            } else {
+                handle = Py_NewRef(PyList_GET_ITEM(free, n - 1));
+                if (PyList_SetSlice(free, n - 1, n, NULL)) /* a shrink: cannot fail */
+                    failed = 1;
+            }
+        }
+    }
+    if (lock_call(lock, s_release))
+        failed = 1;
+    Py_DECREF(lock);
+    if (failed) {
+        Py_XDECREF(handle);
+        return NULL;
+    }
+    if (handle == NULL)
+        HAND_OVER(pl_fb_acquire);
+    return handle;
+}
+
+/* release(self, device, flags, handle): into the free list of an existing key with room */
+static PyObject *pl_release(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames || !nothing_returned(self))
+        HAND_OVER(pl_fb_release);
+    PyObject *lock = SLOT(self, pl_lock), *total = SLOT(self, pl_total), *cap = SLOT(self, pl_max);
+    if (lock == NULL || total == NULL || cap == NULL)
+        HAND_OVER(pl_fb_release);
+    Py_ssize_t limit = -1;
+    if (cap != Py_None) {
+        PyObject *state = SLOT(self, pl_state);
+        PyObject *exiting = state ? PyObject_GetAttr(state, s_exiting) : NULL;
+        if (exiting == NULL)
+            return NULL;
+        int ex = PyObject_IsTrue(exiting);
+        Py_DECREF(exiting);
+        if (ex < 0)
+            return NULL;
+        if (!ex && ((limit = PyLong_AsSsize_t(cap)) == -1 && PyErr_Occurred()))
+            return NULL;
+    }
+    Py_INCREF(lock);
+    if (lock_call(lock, s_acquire)) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    int failed = 0, done = 0;
+    PyObject *key = pool_key(self, args[0], args[1]);
+    if (key == NULL && PyErr_Occurred()) {
+        failed = 1;
+    } else if (key != NULL) {
+        PyObject *free = SLOT(key, key_free), *counts = SLOT(key, key_counts);
+        if (free && counts && PyList_CheckExact(free) && (limit < 0 || PyList_GET_SIZE(free) < limit)) {
+            if (count_live(counts, total, -1) || PyList_Append(free, args[2]))
+                failed = 1;
+            done = 1;
+        }
+    }
+    if (lock_call(lock, s_release))
+        failed = 1;
+    Py_DECREF(lock);
+    if (failed)
+        return NULL;
+    if (!done)
+        HAND_OVER(pl_fb_release);
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the Timer's region (_Open): begin and end on a plain GpuStream with spare handles         */
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define LOCKED(o) Py_BEGIN_CRITICAL_SECTION(o)
+#define UNLOCKED Py_END_CRITICAL_SECTION()
+#else
+#define LOCKED(o) {
+#define UNLOCKED }
+#endif
+
+static Py_ssize_t op_timer, op_name, op_stream, op_start, op_end, op_key, op_nvtx, st_id;
+static PyObject *op_fb_init, *op_fb_enter, *op_fb_exit;
+
+static PyObject *op_init(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n < 2 || n > 3 || kwnames || !PyUnicode_CheckExact(args[1]))
+        HAND_OVER(op_fb_init);
+    slot_set(self, op_timer, args[0]);
+    slot_set(self, op_name, args[1]);
+    slot_set(self, op_stream, n == 3 ? args[2] : Py_None);
+    slot_set(self, op_start, Py_None);
+    slot_set(self, op_end, Py_None);
+    slot_set(self, op_key, Py_None);
+    slot_set(self, op_nvtx, Py_False);
+    Py_RETURN_NONE;
+}
+
+/* Two handles from the end of a spare list (start, then end), or 0 when it has fewer. */
+static int take_two(PyObject *spare, PyObject **start, PyObject **end) {
+    int got = 0;
+    LOCKED(spare);
+    Py_ssize_t n = PyList_GET_SIZE(spare);
+    if (n >= 2) {
+        *start = Py_NewRef(PyList_GET_ITEM(spare, n - 1));
+        *end = Py_NewRef(PyList_GET_ITEM(spare, n - 2));
+        got = PyList_SetSlice(spare, n - 2, n, NULL) == 0 ? 1 : -1;
+    }
+    UNLOCKED;
+    if (got < 0) {
+        Py_DECREF(*start);
+        Py_DECREF(*end);
+    }
+    return got;
+}
+
+static int give_two(PyObject *spare, PyObject *start, PyObject *end) {
+    return PyList_Append(spare, start) || PyList_Append(spare, end) ? -1 : 0;
+}
+
+static PyObject *timer_spare(PyObject *timer, PyObject *device) {
+    PyObject *spares = PyObject_GetAttr(timer, s_spare);
+    if (spares == NULL)
+        return NULL;
+    PyObject *spare = PyDict_CheckExact(spares) ? PyDict_GetItemWithError(spares, device) : NULL;
+    Py_XINCREF(spare);
+    Py_DECREF(spares);
+    return spare; /* new reference, or NULL (maybe with an error set) */
+}
+
+static PyObject *op_enter(METHOD_ARGS) {
+    PyObject *timer = SLOT(self, op_timer), *stream = SLOT(self, op_stream), *sdev;
+    void *sh, *eh;
+    if (timer == NULL || stream == NULL || !is_none(SLOT(self, op_key)) || PyVectorcall_NARGS(nargsf) || kwnames ||
+        cu_record == NULL)
+        HAND_OVER(op_fb_enter);
+    if (stream == Py_None) { /* torch's current stream, or the legacy default one: the timer says */
+        PyObject *a[2] = {timer, Py_None};
+        stream = PyObject_VectorcallMethod(s_gpu_stream, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (stream == NULL)
+            return NULL;
+        Py_XSETREF(SLOT(self, op_stream), stream); /* borrowed from here on */
+    }
+    int r = plain_stream(stream, &sh, &sdev);
+    if (r)
+        return r < 0 ? NULL : hand_over(op_fb_enter, self, args, nargsf, kwnames);
+    PyObject *nv = PyObject_GetAttr(timer, s_nvtx);
+    if (nv == NULL)
+        return NULL;
+    Py_DECREF(nv);
+    if (nv != Py_None)
+        HAND_OVER(op_fb_enter);
+    PyObject *spare = timer_spare(timer, sdev);
+    if (spare == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        HAND_OVER(op_fb_enter);
+    }
+    PyObject *start, *end;
+    int got = PyList_CheckExact(spare) ? take_two(spare, &start, &end) : 0;
+    if (got <= 0) {
+        Py_DECREF(spare);
+        if (got < 0)
+            return NULL;
+        HAND_OVER(op_fb_enter);
+    }
+    PyObject *key = NULL;
+    PyObject *sid = SLOT(stream, st_id);
+    int err = 0;
+    if (sid == NULL || handle_of(start, &eh) || (err = cu_record(eh, sh)) ||
+        (key = PyTuple_Pack(2, sdev, sid)) == NULL) {
+        give_two(spare, start, end);
+        Py_DECREF(spare);
+        Py_DECREF(start);
+        Py_DECREF(end);
+        if (err)
+            return fail(err, "cuEventRecord");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "a GpuStream without its _id");
+        return NULL;
+    }
+    Py_DECREF(spare);
+    Py_XSETREF(SLOT(self, op_start), start);
+    Py_XSETREF(SLOT(self, op_end), end);
+    Py_XSETREF(SLOT(self, op_key), key);
+    return Py_NewRef(self);
+}
+
+static PyObject *op_exit(METHOD_ARGS) {
+    PyObject *timer = SLOT(self, op_timer), *stream = SLOT(self, op_stream), *start = SLOT(self, op_start);
+    PyObject *end = SLOT(self, op_end), *key = SLOT(self, op_key), *sdev;
+    void *sh, *eh;
+    if (timer == NULL || is_none(start) || is_none(end) || key == NULL || !PyTuple_CheckExact(key) ||
+        SLOT(self, op_nvtx) != Py_False || cu_record == NULL)
+        HAND_OVER(op_fb_exit);
+    int r = plain_stream(stream, &sh, &sdev);
+    if (r)
+        return r < 0 ? NULL : hand_over(op_fb_exit, self, args, nargsf, kwnames);
+    PyObject *pending = PyObject_GetAttr(timer, s_pending);
+    if (pending == NULL)
+        return NULL;
+    PyObject *queue = PyDict_CheckExact(pending) ? PyDict_GetItemWithError(pending, key) : NULL;
+    Py_XINCREF(queue);
+    Py_DECREF(pending);
+    if (queue == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        HAND_OVER(op_fb_exit); /* the stream's first region: the Python path makes its queue */
+    }
+    PyObject *step = PyObject_GetAttr(timer, s_step);
+    if (step == NULL) {
+        Py_DECREF(queue);
+        return NULL;
+    }
+    Py_INCREF(start);
+    slot_set(self, op_start, Py_None);
+    int err = 0;
+    if (handle_of(end, &eh) || (err = cu_record(eh, sh))) {
+        PyObject *spare = timer_spare(timer, PyTuple_GET_ITEM(key, 0));
+        if (spare != NULL) {
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            give_two(spare, start, end);
+            PyErr_Restore(et, ev, tb);
+            Py_DECREF(spare);
+        }
+        Py_DECREF(start);
+        Py_DECREF(step);
+        Py_DECREF(queue);
+        return err ? fail(err, "cuEventRecord") : NULL;
+    }
+    PyObject *entry = PyTuple_New(4);
+    if (entry == NULL) {
+        Py_DECREF(start);
+        Py_DECREF(step);
+        Py_DECREF(queue);
+        return NULL;
+    }
+    PyObject *name = SLOT(self, op_name);
+    PyTuple_SET_ITEM(entry, 0, Py_NewRef(name ? name : Py_None));
+    PyTuple_SET_ITEM(entry, 1, start);
+    PyTuple_SET_ITEM(entry, 2, Py_NewRef(end));
+    PyTuple_SET_ITEM(entry, 3, step);
+    PyObject *a[2] = {queue, entry};
+    PyObject *res = PyObject_VectorcallMethod(s_append, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(entry);
+    Py_DECREF(queue);
+    if (res == NULL)
+        return NULL;
+    Py_DECREF(res);
+    /* pacing: unlocked, as in Python (it only paces harvesting) */
+    PyObject *since = PyObject_GetAttr(timer, s_since), *every = NULL, *more = NULL;
+    int due = -1;
+    if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
+        PyObject_SetAttr(timer, s_since, more) == 0 && (every = PyObject_GetAttr(timer, s_every)) != NULL)
+        due = PyObject_RichCompareBool(more, every, Py_GE);
+    Py_XDECREF(since);
+    Py_XDECREF(more);
+    Py_XDECREF(every);
+    if (due < 0)
+        return NULL;
+    if (due) {
+        PyObject *h = PyObject_CallMethodNoArgs(timer, s_harvest);
+        if (h == NULL)
+            return NULL;
+        Py_DECREF(h);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Timer.begin(self, name, stream=None) and Timer.end(self, token): a region without a with
+ * block, for hooks (LayerTimer's); the region's own fast paths, without a Python frame. */
+static PyObject *tm_fb_begin, *tm_fb_end, *region_type;
+
+static PyObject *tm_begin(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n < 1 || n > 2 || kwnames || region_type == NULL)
+        HAND_OVER(tm_fb_begin);
+    PyObject *a[3] = {self, args[0], n == 2 ? args[1] : Py_None};
+    PyObject *token = PyObject_Vectorcall(region_type, a, 3, NULL);
+    if (token == NULL)
+        return NULL;
+    PyObject *r = op_enter(token, NULL, 0, NULL);
+    Py_DECREF(token);
+    return r; /* the token itself */
+}
+
+static PyObject *tm_end(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || (PyObject *)Py_TYPE(args[0]) != region_type ||
+        SLOT(args[0], op_timer) != self)
+        HAND_OVER(tm_fb_end); /* the Python method words the misuse */
+    return op_exit(args[0], NULL, 0, NULL);
+}
+
+/* _Laps.__call__(self, name): end the phase running and begin the next at one timing event
+ * (what Timer._meet does for one ending region and one name); the first phase, other streams,
+ * NVTX and anything unusual go to Python. */
+static Py_ssize_t lp_timer, lp_stream, lp_open, lp_state;
+static PyObject *lp_fb_call;
+
+static PyObject *lp_call(METHOD_ARGS) {
+    PyObject *timer = SLOT(self, lp_timer), *stream = SLOT(self, lp_stream), *open = SLOT(self, lp_open);
+    PyObject *state = SLOT(self, lp_state), *sdev;
+    void *sh, *mh;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || !PyUnicode_CheckExact(args[0]) || timer == NULL ||
+        state == NULL || !PyUnicode_CheckExact(state) || PyUnicode_Compare(state, s_entered) != 0 ||
+        is_none(open) || (PyObject *)Py_TYPE(open) != region_type || cu_record == NULL)
+        HAND_OVER(lp_fb_call);
+    int r = plain_stream(stream, &sh, &sdev);
+    if (r)
+        return r < 0 ? NULL : hand_over(lp_fb_call, self, args, nargsf, kwnames);
+    PyObject *ostart = SLOT(open, op_start), *oend = SLOT(open, op_end), *key = SLOT(open, op_key);
+    PyObject *sid = SLOT(stream, st_id);
+    if (is_none(ostart) || is_none(oend) || key == NULL || !PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 ||
+        sid == NULL || SLOT(open, op_nvtx) != Py_False || !same_int(PyTuple_GET_ITEM(key, 0), sdev) ||
+        !same_int(PyTuple_GET_ITEM(key, 1), sid))
+        HAND_OVER(lp_fb_call);
+    PyObject *nv = PyObject_GetAttr(timer, s_nvtx);
+    if (nv == NULL)
+        return NULL;
+    Py_DECREF(nv);
+    if (nv != Py_None)
+        HAND_OVER(lp_fb_call);
+    PyObject *pending = PyObject_GetAttr(timer, s_pending), *shared = NULL, *queue = NULL, *spare = NULL;
+    if (pending == NULL)
+        return NULL;
+    queue = PyDict_CheckExact(pending) ? PyDict_GetItemWithError(pending, key) : NULL;
+    Py_XINCREF(queue);
+    Py_DECREF(pending);
+    if (queue == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        HAND_OVER(lp_fb_call);
+    }
+    shared = PyObject_GetAttr(timer, s_shared);
+    spare = shared ? timer_spare(timer, sdev) : NULL;
+    PyObject *mark = NULL, *end = NULL;
+    int got = (spare && PyList_CheckExact(spare) && PyDict_CheckExact(shared)) ? take_two(spare, &mark, &end) : 0;
+    if (got <= 0) {
+        Py_XDECREF(shared);
+        Py_XDECREF(spare);
+        Py_DECREF(queue);
+        if (got < 0 || PyErr_Occurred())
+            return NULL;
+        HAND_OVER(lp_fb_call);
+    }
+    int err = 0;
+    PyObject *token = NULL, *entry = NULL, *step = NULL, *res = NULL;
+    if (handle_of(mark, &mh) || (err = cu_record(mh, sh))) {
+        give_two(spare, mark, end);
+        if (err)
+            fail(err, "cuEventRecord");
+        goto fail;
+    }
+    /* the mark ends the open phase and starts the next: two regions share it (as in _meet) */
+    PyObject *two = PyLong_FromLong(2);
+    if (two == NULL || PyDict_SetItem(shared, mark, two)) {
+        Py_XDECREF(two);
+        goto lost;
+    }
+    Py_DECREF(two);
+    if ((step = PyObject_GetAttr(timer, s_step)) == NULL || (entry = PyTuple_New(4)) == NULL)
+        goto lost;
+    PyObject *oname = SLOT(open, op_name);
+    PyTuple_SET_ITEM(entry, 0, Py_NewRef(oname ? oname : Py_None));
+    PyTuple_SET_ITEM(entry, 1, Py_NewRef(ostart));
+    PyTuple_SET_ITEM(entry, 2, Py_NewRef(mark));
+    PyTuple_SET_ITEM(entry, 3, step);
+    step = NULL;
+    if (PyList_Append(spare, oend)) /* taken at its begin, not needed now */
+        goto lost;
+    slot_set(open, op_start, Py_None);
+    slot_set(open, op_end, mark);
+    {
+        PyObject *a[2] = {queue, entry};
+        res = PyObject_VectorcallMethod(s_append, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (res == NULL)
+            goto lost;
+        Py_DECREF(res);
+    }
+    {
+        PyObject *a[3] = {timer, args[0], stream};
+        token = PyObject_Vectorcall(region_type, a, 3, NULL);
+    }
+    if (token == NULL)
+        goto lost;
+    slot_set(token, op_start, mark);
+    slot_set(token, op_end, end);
+    slot_set(token, op_key, key);
+    slot_set(self, lp_open, token);
+    Py_DECREF(token);
+    Py_DECREF(entry);
+    Py_DECREF(mark);
+    Py_DECREF(end);
+    Py_DECREF(spare);
+    Py_DECREF(shared);
+    Py_DECREF(queue);
+    /* pacing, as a region's end does */
+    PyObject *since = PyObject_GetAttr(timer, s_since), *every = NULL, *more = NULL;
+    int due = -1;
+    if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
+        PyObject_SetAttr(timer, s_since, more) == 0 && (every = PyObject_GetAttr(timer, s_every)) != NULL)
+        due = PyObject_RichCompareBool(more, every, Py_GE);
+    Py_XDECREF(since);
+    Py_XDECREF(more);
+    Py_XDECREF(every);
+    if (due < 0)
+        return NULL;
+    if (due) {
+        PyObject *h = PyObject_CallMethodNoArgs(timer, s_harvest);
+        if (h == NULL)
+            return NULL;
+        Py_DECREF(h);
+    }
+    Py_RETURN_NONE;
+lost: /* after the record: an error of memory; the handles stay with the phases or the spares */
+    Py_XDECREF(step);
+    Py_XDECREF(entry);
+fail:
+    Py_XDECREF(mark);
+    Py_XDECREF(end);
+    Py_DECREF(spare);
+    Py_DECREF(shared);
+    Py_DECREF(queue);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* harvest_queue(queue, ref, device, stream, samples, done, sample_type): the finished head
+ * of one GPU stream's queue of regions (name, start, end, step) becomes samples; the handles
+ * of each harvested region are appended to done (as they go, so an error loses none). */
+
+static int ended(PyObject *queue, Py_ssize_t i) { /* 1 finished, 0 pending, -1 error */
+    PyObject *entry = PySequence_GetItem(queue, i);
+    if (entry == NULL)
+        return -1;
+    void *e;
+    int rc = -1;
+    if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 4 && !handle_of(PyTuple_GET_ITEM(entry, 2), &e)) {
+        int err = cu_query(e);
+        if (!err)
+            rc = 1;
+        else if (err == NOT_READY)
+            rc = 0;
+        else
+            fail(err, "cuEventQuery");
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "a Timer queue entry is (name, start, end, step)");
+    }
+    Py_DECREF(entry);
+    return rc;
+}
+
+/* How many regions at the head have finished: the newest end first, then a binary search. */
+static Py_ssize_t finished(PyObject *queue) {
+    Py_ssize_t n = PyObject_Size(queue);
+    if (n <= 0)
+        return n;
+    Py_ssize_t lo = 0, hi = n - 1;
+    int r = ended(queue, hi);
+    if (r)
+        return r < 0 ? -1 : hi + 1;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if ((r = ended(queue, mid)) < 0)
+            return -1;
+        if (r)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static PyObject *hot_harvest_queue(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7)
+        return PyErr_Format(PyExc_TypeError, "harvest_queue() takes 7 arguments");
+    PyObject *queue = args[0], *ref = args[1], *device = args[2], *stream = args[3];
+    PyObject *samples = args[4], *done = args[5];
+    PyTypeObject *sample_type = (PyTypeObject *)args[6];
+    if (!PyList_CheckExact(samples) || !PyList_CheckExact(done) || !PyType_Check(args[6]) ||
+        !PyType_IsSubtype(sample_type, &PyTuple_Type))
+        return PyErr_Format(PyExc_TypeError, "harvest_queue(): samples and done are lists, sample_type a tuple type");
+    if (!bound())
+        return NULL;
+    void *r = NULL;
+    if (ref != Py_None && handle_of(ref, &r))
+        return NULL;
+    Py_ssize_t n = finished(queue);
+    if (n < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PySequence_GetItem(queue, 0);
+        if (entry == NULL)
+            return NULL;
+        void *a, *b;
+        float ms = 0, at = 0;
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4 || handle_of(PyTuple_GET_ITEM(entry, 1), &a) ||
+            handle_of(PyTuple_GET_ITEM(entry, 2), &b)) {
+            Py_DECREF(entry);
+            return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "a bad Timer queue entry");
+        }
+        int err = cu_elapsed(&ms, a, b);
+        if (!err && ref != Py_None)
+            err = cu_elapsed(&at, r, a);
+        if (err == NOT_READY) { /* threads ended regions out of stream order */
+            Py_DECREF(entry);
+            break;
+        }
+        if (err) {
+            Py_DECREF(entry);
+            return fail(err, "cuEventElapsedTime");
+        }
+        PyObject *left = PyObject_CallMethodNoArgs(queue, s_popleft);
+        if (left == NULL) {
+            Py_DECREF(entry);
+            return NULL;
+        }
+        Py_DECREF(left);
+        PyObject *sample = sample_type->tp_alloc(sample_type, 6);
+        PyObject *atv = PyFloat_FromDouble(ref == Py_None ? Py_NAN : (double)at), *msv = PyFloat_FromDouble(ms);
+        if (sample == NULL || atv == NULL || msv == NULL) {
+            Py_XDECREF(sample);
+            Py_XDECREF(atv);
+            Py_XDECREF(msv);
+            /* the region left the queue: its handles still come back */
+            PyList_Append(done, PyTuple_GET_ITEM(entry, 1));
+            PyList_Append(done, PyTuple_GET_ITEM(entry, 2));
+            Py_DECREF(entry);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(sample, 0, Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
+        PyTuple_SET_ITEM(sample, 1, Py_NewRef(device));
+        PyTuple_SET_ITEM(sample, 2, Py_NewRef(stream));
+        PyTuple_SET_ITEM(sample, 3, atv);
+        PyTuple_SET_ITEM(sample, 4, msv);
+        PyTuple_SET_ITEM(sample, 5, Py_NewRef(PyTuple_GET_ITEM(entry, 3)));
+        int bad = PyList_Append(samples, sample);
+        Py_DECREF(sample);
+        bad |= PyList_Append(done, PyTuple_GET_ITEM(entry, 1));
+        bad |= PyList_Append(done, PyTuple_GET_ITEM(entry, 2));
+        Py_DECREF(entry);
+        if (bad)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Word: a counter's value in pinned host memory, stored with release and read with acquire
+ * ordering (the GPU's stream memory operations write and read the same word).             */
+
+typedef struct {
+    PyObject_HEAD
+    void *address;
+    int bits;
+} Word;
+
+static inline uint64_t word_load(Word *w) {
+    return w->bits == 64 ? __atomic_load_n((uint64_t *)w->address, __ATOMIC_ACQUIRE)
+                         : __atomic_load_n((uint32_t *)w->address, __ATOMIC_ACQUIRE);
+}
+
+static int word_init(Word *self, PyObject *args, PyObject *kw) {
+    unsigned long long address;
+    int bits;
+    static char *names[] = {"address", "bits", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ki", names, &address, &bits))
+        return -1;
+    if (bits != 32 && bits != 64) {
+        PyErr_Format(PyExc_ValueError, "a Word has 32 or 64 bits, not %d", bits);
+        return -1;
+    }
+    if (!address || address % (bits / 8)) {
+        PyErr_Format(PyExc_ValueError, "a Word's address must be a non-null multiple of %d", bits / 8);
+        return -1;
+    }
+    self->address = (void *)(uintptr_t)address;
+    self->bits = bits;
+    return 0;
+}
+
+static PyObject *word_get(Word *self, void *c) {
+    return PyLong_FromUnsignedLongLong(word_load(self));
+}
+
+static int word_set(Word *self, PyObject *v, void *c) {
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a Word's value cannot be deleted");
+        return -1;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (self->bits == 32) {
+        if (x > 0xffffffffULL) {
+            PyErr_Format(PyExc_OverflowError, "%llu does not fit in 32 bits", x);
+            return -1;
+        }
+        __atomic_store_n((uint32_t *)self->address, (uint32_t)x, __ATOMIC_RELEASE);
+    } else {
+        __atomic_store_n((uint64_t *)self->address, (uint64_t)x, __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* spin(value, seconds) -> bool: busy-read until the word is >= value or seconds pass, with the
+ * GIL released (other threads run meanwhile); True when the value was reached. */
+static PyObject *word_spin(Word *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 2)
+        return PyErr_Format(PyExc_TypeError, "spin(value, seconds) takes 2 arguments");
+    unsigned long long v = PyLong_AsUnsignedLongLong(args[0]);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    double seconds = PyFloat_AsDouble(args[1]);
+    if (seconds == -1.0 && PyErr_Occurred())
+        return NULL;
+    int reached;
+    Py_BEGIN_ALLOW_THREADS
+    double until = now_s() + seconds;
+    unsigned spins = 0;
+    while (!(reached = word_load(self) >= v)) {
+        if (++spins % 64 == 0 && now_s() >= until)
+            break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(reached);
+}
+
+static PyGetSetDef word_getset[] = {
+    {"value", (getter)word_get, (setter)word_set, "The word's value (acquire load, release store).", NULL},
+    {NULL},
+};
+
+static PyMethodDef word_methods[] = {
+    {"spin", (PyCFunction)(void (*)(void))word_spin, METH_FASTCALL,
+     "spin(value, seconds) -> bool: busy-read (GIL released) until the word is >= value or seconds pass."},
+    {NULL},
+};
+
+static PyTypeObject WordType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cudaevents._core._hot.Word",
+    .tp_basicsize = sizeof(Word),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Word(address, bits): a 32- or 64-bit counter word in host memory, read and written atomically.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)word_init,
+    .tp_getset = word_getset,
+    .tp_methods = word_methods,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* install_*(): offsets and fallbacks; they return the methods to set on the classes         */
+
+#define FAST_METHOD(fn, name) {name, (PyCFunction)(void (*)(void))fn, METH_FASTCALL | METH_KEYWORDS, NULL}
+
+static PyMethodDef ev_defs[] = {
+    FAST_METHOD(ev_init, "__init__"), FAST_METHOD(ev_record, "record"), FAST_METHOD(ev_wait, "wait"),
+    FAST_METHOD(ev_query, "query"),   FAST_METHOD(ev_close, "close"),   FAST_METHOD(ev_del, "__del__"),
+};
+static PyObject **ev_fbs[] = {&ev_fb_init, &ev_fb_record, &ev_fb_wait, &ev_fb_query, &ev_fb_close, &ev_fb_del};
+
+static PyMethodDef pl_defs[] = {FAST_METHOD(pl_acquire, "acquire"), FAST_METHOD(pl_release, "release")};
+static PyObject **pl_fbs[] = {&pl_fb_acquire, &pl_fb_release};
+
+static PyMethodDef op_defs[] = {
+    FAST_METHOD(op_init, "__init__"), FAST_METHOD(op_enter, "__enter__"), FAST_METHOD(op_exit, "__exit__")};
+static PyObject **op_fbs[] = {&op_fb_init, &op_fb_enter, &op_fb_exit};
+
+static PyMethodDef tm_defs[] = {FAST_METHOD(tm_begin, "begin"), FAST_METHOD(tm_end, "end")};
+static PyObject **tm_fbs[] = {&tm_fb_begin, &tm_fb_end};
+
+static PyMethodDef lp_defs[] = {FAST_METHOD(lp_call, "__call__")};
+static PyObject **lp_fbs[] = {&lp_fb_call};
+
+/* {name: method descriptor of cls} for defs, after keeping fallbacks[name] for each */
+static PyObject *methods_for(PyObject *cls, PyObject *fallbacks, PyMethodDef *defs, PyObject ***fbs, int n) {
+    if (!PyType_Check(cls) || !PyDict_Check(fallbacks))
+        return PyErr_Format(PyExc_TypeError, "install needs a class and a dict of its Python methods");
+    for (int i = 0; i < n; i++) {
+        PyObject *fb = PyDict_GetItemString(fallbacks, defs[i].ml_name);
+        if (fb == NULL || !PyCallable_Check(fb))
+            return PyErr_Format(PyExc_KeyError, "install needs the Python method %s", defs[i].ml_name);
+        Py_INCREF(fb);
+        Py_XSETREF(*fbs[i], fb);
+    }
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyDescr_NewMethod((PyTypeObject *)cls, &defs[i]);
+        if (d == NULL || PyDict_SetItemString(out, defs[i].ml_name, d)) {
+            Py_XDECREF(d);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    return out;
+}
+
+static int offsets(PyObject *cls, const char **names, Py_ssize_t **outs, int n) {
+    for (int i = 0; i < n; i++)
+        if ((*outs[i] = slot_offset(cls, names[i])) < 0)
+            return -1;
+    return 0;
+}
+
+static PyObject *hot_install_stream(PyObject *m, PyObject *cls) {
+    static const char *names[] = {"_handle", "_device", "_special", "_id"};
+    Py_ssize_t *outs[] = {&st_handle, &st_device, &st_special, &st_id};
+    if (!PyType_Check(cls) || offsets(cls, names, outs, 4))
+        return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(stream_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+static PyObject *hot_install_event(PyObject *m, PyObject *args) {
+    PyObject *cls, *fallbacks, *dp;
+    if (!PyArg_ParseTuple(args, "OO!O", &cls, &PyDict_Type, &fallbacks, &dp))
+        return NULL;
+    static const char *names[] = {"_handle", "_device", "_flags", "_pool", "_recorded", "_closed"};
+    Py_ssize_t *outs[] = {&ev_handle, &ev_device, &ev_flags, &ev_pool, &ev_recorded, &ev_closed};
+    if (offsets(cls, names, outs, 6))
+        return NULL;
+    Py_INCREF(dp);
+    Py_XSETREF(default_pool_fn, dp);
+    return methods_for(cls, fallbacks, ev_defs, ev_fbs, 6);
+}
+
+static PyObject *hot_install_pool(PyObject *m, PyObject *args) {
+    PyObject *cls, *key_cls, *counts_cls, *fallbacks;
+    if (!PyArg_ParseTuple(args, "OOOO!", &cls, &key_cls, &counts_cls, &PyDict_Type, &fallbacks))
+        return NULL;
+    static const char *pn[] = {"_lock", "_keys", "_returned", "_max_cached", "_state", "_total"};
+    Py_ssize_t *po[] = {&pl_lock, &pl_keys, &pl_returned, &pl_max, &pl_state, &pl_total};
+    static const char *kn[] = {"free", "counts"};
+    Py_ssize_t *ko[] = {&key_free, &key_counts};
+    static const char *cn[] = {"creates", "reuses", "live", "high"};
+    Py_ssize_t *co[] = {&c_creates, &c_reuses, &c_live, &c_high};
+    if (offsets(cls, pn, po, 6) || offsets(key_cls, kn, ko, 2) || offsets(counts_cls, cn, co, 4))
+        return NULL;
+    return methods_for(cls, fallbacks, pl_defs, pl_fbs, 2);
+}
+
+static PyObject *hot_install_region(PyObject *m, PyObject *args) {
+    PyObject *cls, *fallbacks;
+    if (!PyArg_ParseTuple(args, "OO!", &cls, &PyDict_Type, &fallbacks))
+        return NULL;
+    static const char *names[] = {"timer", "name", "stream", "start", "end", "key", "nvtx"};
+    Py_ssize_t *outs[] = {&op_timer, &op_name, &op_stream, &op_start, &op_end, &op_key, &op_nvtx};
+    if (offsets(cls, names, outs, 7))
+        return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(region_type, cls);
+    return methods_for(cls, fallbacks, op_defs, op_fbs, 3);
+}
+
+static PyObject *hot_install_timer(PyObject *m, PyObject *args) {
+    PyObject *cls, *fallbacks;
+    if (!PyArg_ParseTuple(args, "OO!", &cls, &PyDict_Type, &fallbacks))
+        return NULL;
+    return methods_for(cls, fallbacks, tm_defs, tm_fbs, 2);
+}
+
+static PyObject *hot_install_laps(PyObject *m, PyObject *args) {
+    PyObject *cls, *fallbacks;
+    if (!PyArg_ParseTuple(args, "OO!", &cls, &PyDict_Type, &fallbacks))
+        return NULL;
+    static const char *names[] = {"timer", "stream", "open", "state"};
+    Py_ssize_t *outs[] = {&lp_timer, &lp_stream, &lp_open, &lp_state};
+    if (offsets(cls, names, outs, 4))
+        return NULL;
+    return methods_for(cls, fallbacks, lp_defs, lp_fbs, 1);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static PyMethodDef hot_functions[] = {
+    {"bind", hot_bind, METH_VARARGS, "bind(entries, raise_code): the driver's entry points {name: address}."},
+    {"unbind", hot_unbind, METH_NOARGS, "unbind(): forget the entry points (every call then raises)."},
+    {"event_record", (PyCFunction)(void (*)(void))hot_event_record, METH_FASTCALL, "cuEventRecord(event, stream)."},
+    {"event_query", hot_event_query, METH_O, "cuEventQuery(event): True, False (NOT_READY) or CudaError."},
+    {"event_synchronize", hot_event_synchronize, METH_O, "cuEventSynchronize(event), the GIL released."},
+    {"event_elapsed_ms", (PyCFunction)(void (*)(void))hot_event_elapsed_ms, METH_FASTCALL,
+     "cuEventElapsedTime(start, end): ms, or None while either is pending."},
+    {"stream_wait_event", (PyCFunction)(void (*)(void))hot_stream_wait_event, METH_FASTCALL,
+     "cuStreamWaitEvent(stream, event, 0)."},
+    {"stream_query", hot_stream_query, METH_O, "cuStreamQuery(stream): True, False (NOT_READY) or CudaError."},
+    {"stream_synchronize", hot_stream_synchronize, METH_O, "cuStreamSynchronize(stream), the GIL released."},
+    {"harvest_queue", (PyCFunction)(void (*)(void))hot_harvest_queue, METH_FASTCALL,
+     "harvest_queue(queue, ref, device, stream, samples, done, sample_type): a Timer queue's finished head."},
+    {"install_stream", hot_install_stream, METH_O, "install_stream(GpuStream): the slots the fast paths read."},
+    {"install_event", hot_install_event, METH_VARARGS, "install_event(CudaEvent, fallbacks, default_pool) -> methods."},
+    {"install_pool", hot_install_pool, METH_VARARGS, "install_pool(EventPool, _Key, _Counts, fallbacks) -> methods."},
+    {"install_region", hot_install_region, METH_VARARGS, "install_region(_Open, fallbacks) -> methods."},
+    {"install_timer", hot_install_timer, METH_VARARGS, "install_timer(Timer, fallbacks) -> methods (after install_region)."},
+    {"install_laps", hot_install_laps, METH_VARARGS, "install_laps(_Laps, fallbacks) -> methods (after install_region)."},
+    {NULL},
+};
+
+static struct PyModuleDef hot_module = {
+    PyModuleDef_HEAD_INIT, "cudaevents._core._hot",
+    "The compiled hot path of cudaevents (see _hot.c and cudaevents._core.compiled).", -1, hot_functions,
+};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC PyInit__hot(void) {
+    INTERN(s_acquire, "acquire");
+    INTERN(s_release, "release");
+    INTERN(s_release_deferred, "release_deferred");
+    INTERN(s_append, "append");
+    INTERN(s_harvest, "harvest");
+    INTERN(s_get, "get");
+    INTERN(s_pending, "_pending");
+    INTERN(s_spare, "_spare");
+    INTERN(s_nvtx, "_nvtx");
+    INTERN(s_step, "_step");
+    INTERN(s_since, "_since_harvest");
+    INTERN(s_every, "_harvest_every");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_gpu_stream, "_gpu_stream");
+    INTERN(s_shared, "_shared");
+    INTERN(s_entered, "entered");
+    INTERN(s_exiting, "exiting");
+    INTERN(k_device, "device");
+    INTERN(k_timing, "timing");
+    INTERN(k_blocking_sync, "blocking_sync");
+    INTERN(k_interprocess, "interprocess");
+    INTERN(k_pool, "pool");
+    if ((minus_one = PyLong_FromLong(-1)) == NULL || (one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    if (PyType_Ready(&WordType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&hot_module);
+    if (m == NULL)
+        return NULL;
+#ifdef Py_GIL_DISABLED
+    PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
+#endif
+    Py_INCREF(&WordType);
+    if (PyModule_AddObject(m, "Word", (PyObject *)&WordType) < 0) {
+        Py_DECREF(&WordType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
