@@ -6,7 +6,6 @@ runs every simulated-driver test on both paths (the ``hot_path`` fixture)."""
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import sysconfig
 import threading
@@ -220,11 +219,11 @@ def test_the_counter_word_is_atomic_and_its_spin_gives_up_in_time():
 
 @needs_extension
 def test_cudaevents_info_says_which_hot_path_runs():
-    out = run_cli("info", env={**os.environ, "CUDAEVENTS_PURE_PYTHON": "0"})
+    out = run_cli("info", env={"CUDAEVENTS_PURE_PYTHON": "0"})
     assert out.returncode == 0 and "hot path: compiled (cudaevents._core._hot)" in out.stdout, out
-    out = run_cli("info", env={**os.environ, "CUDAEVENTS_PURE_PYTHON": "1"})
+    out = run_cli("info", env={"CUDAEVENTS_PURE_PYTHON": "1"})
     assert out.returncode == 0 and "hot path: pure Python (CUDAEVENTS_PURE_PYTHON=1)" in out.stdout, out
-    out = run_cli("info", env={**os.environ, "CUDAEVENTS_PURE_PYTHON": "yes"})
+    out = run_cli("info", env={"CUDAEVENTS_PURE_PYTHON": "yes"})
     assert out.returncode == 0 and "CUDAEVENTS_PURE_PYTHON='yes': set it to 1" in out.stdout, out
 
 
@@ -250,5 +249,27 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 print("child status", os.waitstatus_to_exitcode(status))
 """
-    out = run_code(code, timeout=60)
+    out = run_code(code, timeout=60, env={"CUDAEVENTS_PURE_PYTHON": "0"})
     assert out.returncode == 0 and "child status 0" in out.stdout, out
+
+
+@needs_extension
+@pytest.mark.parametrize("gpu_backend", ["mem64", "mem32"], indirect=True)
+def test_a_host_wait_on_a_mem_counter_spins_in_c_and_wakes_on_the_store(fake_driver, hot_path, gpu_backend):
+    """The spinning phase of a host wait reads the counter's word in C with the GIL released:
+    a store from another thread (as from the GPU) ends it, and a deadline still holds."""
+    from cudaevents._sync import counter_storage
+
+    counter = ce.AtomicEvent(0)
+    spinner = counter._cell.spinner(3)
+    assert (spinner is not None) == (hot_path == "compiled")
+    with pytest.raises(TimeoutError):
+        counter.wait(3, timeout=0.05, policy="spin")
+    setter = threading.Timer(0.05, lambda: counter._cell.store(3))  # the word changes, no notify
+    setter.start()
+    try:
+        counter.wait(3, timeout=10, policy="spin")
+    finally:
+        setter.join(timeout=10)
+    assert counter.value == 3 and isinstance(counter._cell, counter_storage.MemCell)
+    counter.close()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers.subproc import PACKAGE_HOME
 
 from cudaevents._comparison import suite as _suite
 
@@ -109,7 +110,7 @@ def test_targets_and_renderings(result, tmp_path):
 
 def test_cli_bench_quick(tmp_path):
     env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(PACKAGE_HOME) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, "-m", "cudaevents", "bench", "--quick", "--json", str(out)],
                        capture_output=True, text=True, timeout=600, env=env, check=False)

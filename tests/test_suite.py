@@ -19,6 +19,7 @@ import sys
 import threading
 
 import pytest
+from helpers.subproc import PACKAGE_HOME
 
 from cudaevents import CudaUnavailableError
 from cudaevents._cli import main as _cli
@@ -36,7 +37,7 @@ ROOT = os.path.dirname(SRC)
 
 def run_cli(*args, timeout=60):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(PACKAGE_HOME) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env,
                           check=False)
 
@@ -198,7 +199,7 @@ def test_bench_stops_quietly_when_its_pipe_closes(tmp_path):
         "sys.exit(_cli.main(['bench']))\n"
     )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(PACKAGE_HOME) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     p.stdout.close()  # before the child has printed anything: its first write hits EPIPE
     err = p.stderr.read().decode()

@@ -2,8 +2,10 @@
 crash becomes a test failure showing the child's output, never a stuck test run.
 
 Scripts live in tests/scripts (:data:`SCRIPTS`) and take what varies as arguments and
-environment variables. The child finds cudaevents as this process does (the repository's
-``src`` first on its path) and these helpers (``tests/`` on its path).
+environment variables. The child finds cudaevents where this process found it (the folder
+holding the imported package first on its path: the repository's ``src`` when run from the
+tree, the install otherwise, which holds the compiled extension) and these helpers (``tests/``
+on its path).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import cudaevents
+
 TESTS = Path(__file__).resolve().parent.parent
 ROOT = TESTS.parent
+PACKAGE_HOME = Path(cudaevents.__file__).resolve().parent.parent  # where this process imports it from
 SCRIPTS = TESTS / "scripts"
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # the driver then reports no device, on a GPU machine too
 
@@ -40,7 +45,7 @@ def run(args, *, timeout: float = 60.0, env: dict | None = None, prefix=(), cwd=
     this process's environment; ``prefix`` goes before the interpreter (a tool that wraps it,
     such as compute-sanitizer)."""
     child_env = dict(os.environ)
-    paths = [str(ROOT / "src"), str(TESTS)]
+    paths = [str(PACKAGE_HOME), str(TESTS)]
     if child_env.get("PYTHONPATH"):
         paths.append(child_env["PYTHONPATH"])
     child_env["PYTHONPATH"] = os.pathsep.join(paths)

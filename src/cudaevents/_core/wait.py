@@ -76,14 +76,20 @@ def check_timeout(timeout) -> float | None:
 _FIRST_SLEEP = 10e-6
 
 
+_SPIN_CHUNK = 50e-6  # seconds a compiled spin runs before done() is asked again
+
+
 def wait_until(done, timeout: float | None, what: str, policy: WaitPolicy = DEFAULT_POLICY, cond=None,
-               notified: bool = False) -> None:
+               notified: bool = False, spin=None) -> None:
     """Return once ``done()`` is true; raise ``TimeoutError`` after ``timeout`` seconds.
 
     ``cond`` is a condition variable that is notified whenever ``done()`` may have become
     true from the host; with ``policy.block`` the sleeping phase waits on it. ``notified``
     says that only such notified changes can make ``done()`` true, so a blocking wait needs
-    no periodic re-check.
+    no periodic re-check. ``spin(seconds)``, where given, busy-waits in compiled code with
+    the GIL released for at most ``seconds`` until what ``done()`` looks for may be there
+    (a counter word's value): the spinning phase calls it between checks of ``done()``, so
+    the wait sees a GPU's store within a fraction of a microsecond and lets other threads run.
 
     The timeout counts from the call, and ``done()`` is not called again once the deadline
     has passed, so the error comes at most one ``done()`` call (plus the scheduler's lag)
@@ -94,7 +100,9 @@ def wait_until(done, timeout: float | None, what: str, policy: WaitPolicy = DEFA
         return
     deadline = math.inf if timeout is None else start + timeout
     spin_end = start + policy.spin
-    while time.monotonic() < min(spin_end, deadline):
+    while (now := time.monotonic()) < min(spin_end, deadline):
+        if spin is not None:
+            spin(max(min(_SPIN_CHUNK, spin_end - now, deadline - now), 0.0))
         if done():
             return
     yield_end = start + policy.spin + policy.yield_for

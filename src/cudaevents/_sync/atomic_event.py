@@ -465,8 +465,9 @@ class AtomicEvent:
             def done() -> bool:
                 return self._error is not None or self._closed or cell.read() >= v or failed()
 
+            spinner = getattr(cell, "spinner", None)  # a word in memory the GPU writes: spun on in C
             wait_until(done, timeout, f"AtomicEvent.wait({v})", self._policy if policy is None else policy, self._cond,
-                       notified=not cell.gpu)
+                       notified=not cell.gpu, spin=None if spinner is None else spinner(v))
         self._raise_error()
         if self._read() < v:
             raise self._never_reached(v)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import sys
 import threading
 import weakref
@@ -168,6 +169,12 @@ class MemCell:
 
     def store(self, value: int) -> None:
         self._word.value = value
+
+    def spinner(self, value: int):
+        """``spin(seconds)`` that busy-reads the word in C (GIL released) until it reaches
+        ``value``, for the spinning phase of host waits; ``None`` without the compiled path."""
+        spin = getattr(self._word, "spin", None)
+        return None if spin is None else functools.partial(spin, value)
 
     def gpu_signal(self, stream, value: int) -> None:
         driver.stream_write_value(stream, self._dev, value, self._bits)
