@@ -13,6 +13,8 @@ import cudaevents
 from cudaevents import CpuStream, Results, Sample, Stats, Timer
 from cudaevents._profiler.results import stats_of
 
+pytestmark = pytest.mark.usefixtures("hot_path")  # every test on the compiled and the pure-Python path
+
 
 @pytest.fixture
 def streams(cpu_streams):

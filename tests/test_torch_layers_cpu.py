@@ -16,6 +16,8 @@ from helpers.threads import join_all
 from cudaevents import CpuStream, LayerTimer, Timer
 
 torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.usefixtures("hot_path")  # every test on the compiled and the pure-Python path
 nn = torch.nn
 
 

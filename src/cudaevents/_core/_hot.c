@@ -300,46 +300,50 @@ static PyObject *minus_one, *one;
 
 static Py_ssize_t ev_handle, ev_device, ev_flags, ev_pool, ev_recorded, ev_closed;
 static PyObject *ev_fb_init, *ev_fb_record, *ev_fb_wait, *ev_fb_query, *ev_fb_close, *ev_fb_del;
-static PyObject *default_pool_fn;
+static PyObject *default_pool_fn, *event_type;
 
 static PyObject *k_device, *k_timing, *k_blocking_sync, *k_interprocess, *k_pool;
+static PyObject *pool_type; /* EventPool, once installed: its events call its fast paths directly */
+static PyObject *pl_acquire(PyObject *, PyObject *const *, size_t, PyObject *);
+static PyObject *pl_release(PyObject *, PyObject *const *, size_t, PyObject *);
 
 static int name_is(PyObject *a, PyObject *b) {
     return a == b || PyUnicode_Compare(a, b) == 0;
 }
 
 /* __init__(self, device=None, *, timing=False, blocking_sync=False, interprocess=False, pool=None)
- * Fast: an unbound event (device None), flags given as bools, not interprocess. */
-static PyObject *ev_init(METHOD_ARGS) {
-    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
-    PyObject *timing = Py_False, *bs = Py_False, *pool = Py_None;
-    if (n > 1 || (n == 1 && args[0] != Py_None))
-        HAND_OVER(ev_fb_init);
-    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < nk; i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i), *v = args[n + i];
-        if (name_is(k, k_timing))
-            timing = v;
-        else if (name_is(k, k_blocking_sync))
-            bs = v;
-        else if (name_is(k, k_pool))
-            pool = v;
-        else if (!((name_is(k, k_device) || name_is(k, k_interprocess)) && (v == Py_None || v == Py_False)))
-            HAND_OVER(ev_fb_init);
-        else if (name_is(k, k_device) && n == 1)
-            HAND_OVER(ev_fb_init); /* given twice: Python words the error */
-    }
-    if ((timing != Py_True && timing != Py_False) || (bs != Py_True && bs != Py_False))
-        HAND_OVER(ev_fb_init);
-    long flags = (timing == Py_True ? 0 : 0x2) | (bs == Py_True ? 0x1 : 0);
-    PyObject *f = PyLong_FromLong(flags);
+ * Fast: an unbound event (device None), flags given as bools, not interprocess. One argument
+ * at a time: 1 taken, 0 not for the fast path. */
+typedef struct {
+    PyObject *timing, *bs, *pool;
+} ev_args;
+
+static int ev_arg(ev_args *a, PyObject *k, PyObject *v) {
+    if (name_is(k, k_timing))
+        a->timing = v;
+    else if (name_is(k, k_blocking_sync))
+        a->bs = v;
+    else if (name_is(k, k_pool))
+        a->pool = v;
+    else if ((name_is(k, k_device) || name_is(k, k_interprocess)) && (v == Py_None || v == Py_False))
+        return 1;
+    else
+        return 0;
+    return 1;
+}
+
+/* the slots of a new unbound event: 1 done, 0 not for the fast path, -1 error */
+static int ev_set(PyObject *self, ev_args *a) {
+    if ((a->timing != Py_True && a->timing != Py_False) || (a->bs != Py_True && a->bs != Py_False))
+        return 0;
+    long flags = (a->timing == Py_True ? 0 : 0x2) | (a->bs == Py_True ? 0x1 : 0);
+    PyObject *f = PyLong_FromLong(flags), *pool = a->pool;
     if (f == NULL)
-        return NULL;
+        return -1;
     if (pool == Py_None) {
-        pool = PyObject_CallNoArgs(default_pool_fn);
-        if (pool == NULL) {
+        if ((pool = PyObject_CallNoArgs(default_pool_fn)) == NULL) {
             Py_DECREF(f);
-            return NULL;
+            return -1;
         }
     } else {
         Py_INCREF(pool);
@@ -350,7 +354,51 @@ static PyObject *ev_init(METHOD_ARGS) {
     slot_set(self, ev_device, minus_one);
     Py_XSETREF(SLOT(self, ev_flags), f);
     Py_XSETREF(SLOT(self, ev_pool), pool);
+    return 1;
+}
+
+static PyObject *ev_init(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    ev_args a = {Py_False, Py_False, Py_None};
+    if (n > 1 || (n == 1 && args[0] != Py_None))
+        HAND_OVER(ev_fb_init);
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (!ev_arg(&a, k, args[n + i]) || (n == 1 && name_is(k, k_device)))
+            HAND_OVER(ev_fb_init); /* (a device given twice: Python words the error) */
+    }
+    int r = ev_set(self, &a);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        HAND_OVER(ev_fb_init);
     Py_RETURN_NONE;
+}
+
+/* The same as the type's own tp_init (speed_slots()), without the lookup of __init__. */
+static int ev_tp_init(PyObject *self, PyObject *args, PyObject *kwds) {
+    ev_args a = {Py_False, Py_False, Py_None};
+    Py_ssize_t n = PyTuple_GET_SIZE(args), pos = 0;
+    int fast = n == 0 || (n == 1 && PyTuple_GET_ITEM(args, 0) == Py_None);
+    PyObject *k, *v;
+    while (fast && kwds && PyDict_Next(kwds, &pos, &k, &v))
+        fast = ev_arg(&a, k, v) && !(n == 1 && name_is(k, k_device));
+    int r = fast ? ev_set(self, &a) : 0;
+    if (r)
+        return r < 0 ? -1 : 0;
+    PyObject *full = PyTuple_New(n + 1); /* (self, *args) for the Python __init__ */
+    if (full == NULL)
+        return -1;
+    PyTuple_SET_ITEM(full, 0, Py_NewRef(self));
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(full, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+    PyObject *res = PyObject_Call(ev_fb_init, full, kwds);
+    Py_DECREF(full);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
 }
 
 /* record(self, stream): fast on a plain GpuStream of the event's device, or of any device
@@ -371,7 +419,8 @@ static PyObject *ev_record(METHOD_ARGS) {
         if (pool == NULL || flags == NULL)
             HAND_OVER(ev_fb_record);
         PyObject *a[3] = {pool, sdev, flags};
-        h = PyObject_VectorcallMethod(s_acquire, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        h = (PyObject *)Py_TYPE(pool) == pool_type ? pl_acquire(pool, a + 1, 2, NULL)
+                                                   : PyObject_VectorcallMethod(s_acquire, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (h == NULL)
             return NULL;
         Py_XSETREF(SLOT(self, ev_handle), h); /* takes the reference */
@@ -435,29 +484,128 @@ static PyObject *ev_close(METHOD_ARGS) {
         Py_RETURN_NONE;
     SLOT(self, ev_handle) = Py_NewRef(Py_None); /* we own h now */
     PyObject *a[4] = {pool, dev, flags, h};
-    PyObject *r = PyObject_VectorcallMethod(s_release, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *r = (PyObject *)Py_TYPE(pool) == pool_type
+                      ? pl_release(pool, a + 1, 3, NULL)
+                      : PyObject_VectorcallMethod(s_release, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_DECREF(h);
     return r;
 }
 
 /* __del__(self): as close(), through the pool's lock-free return (the collector may run this
  * inside the pool's lock); a finalizer raises nothing. */
-static PyObject *ev_del(METHOD_ARGS) {
+static void ev_finalize(PyObject *self) {
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
     PyObject *pool = SLOT(self, ev_pool), *dev = SLOT(self, ev_device), *flags = SLOT(self, ev_flags);
     if (SLOT(self, ev_closed) != NULL)
         slot_set(self, ev_closed, Py_True);
     PyObject *h = SLOT(self, ev_handle);
-    if (is_none(h) || pool == NULL || dev == NULL || flags == NULL)
-        Py_RETURN_NONE;
-    SLOT(self, ev_handle) = Py_NewRef(Py_None);
-    PyObject *a[4] = {pool, dev, flags, h};
-    PyObject *r = PyObject_VectorcallMethod(s_release_deferred, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    Py_DECREF(h);
-    if (r == NULL)
-        PyErr_Clear();
-    Py_XDECREF(r);
+    if (!is_none(h) && pool != NULL && dev != NULL && flags != NULL) {
+        SLOT(self, ev_handle) = Py_NewRef(Py_None);
+        PyObject *a[4] = {pool, dev, flags, h};
+        PyObject *r = PyObject_VectorcallMethod(s_release_deferred, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(h);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+static PyObject *ev_del(METHOD_ARGS) {
+    ev_finalize(self);
     Py_RETURN_NONE;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Lock: the pool's lock, which C takes without a method call. Like threading.Lock it waits
+ * with the GIL released (a holder may need the GIL to get to its release).                  */
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    int locked;
+} Lock;
+
+static int lock_take(Lock *l) {
+    if (!PyThread_acquire_lock(l->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(l->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    l->locked = 1;
+    return 0;
+}
+
+static int lock_give(Lock *l) {
+    if (!l->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return -1;
+    }
+    l->locked = 0;
+    PyThread_release_lock(l->lock);
+    return 0;
+}
+
+static PyObject *lock_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw)))
+        return PyErr_Format(PyExc_TypeError, "Lock() takes no arguments");
+    Lock *l = (Lock *)type->tp_alloc(type, 0);
+    if (l == NULL)
+        return NULL;
+    if ((l->lock = PyThread_allocate_lock()) == NULL) {
+        Py_DECREF(l);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)l;
+}
+
+static void lock_dealloc(Lock *l) {
+    if (l->lock) {
+        if (l->locked)
+            PyThread_release_lock(l->lock);
+        PyThread_free_lock(l->lock);
+    }
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static PyObject *lock_acquire(Lock *l, PyObject *unused) {
+    lock_take(l);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *lock_release(Lock *l, PyObject *unused) {
+    if (lock_give(l))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lock_exit(Lock *l, PyObject *args) {
+    if (lock_give(l))
+        return NULL;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *lock_locked(Lock *l, PyObject *unused) { return PyBool_FromLong(l->locked); }
+
+static PyMethodDef lock_methods[] = {
+    {"acquire", (PyCFunction)lock_acquire, METH_NOARGS, "Take the lock, waiting (GIL released) while another holds it."},
+    {"release", (PyCFunction)lock_release, METH_NOARGS, "Let the lock go."},
+    {"locked", (PyCFunction)lock_locked, METH_NOARGS, "Whether the lock is held."},
+    {"__enter__", (PyCFunction)lock_acquire, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)lock_exit, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cudaevents._core._hot.Lock",
+    .tp_basicsize = sizeof(Lock),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Lock(): a mutex with acquire/release and with-blocks, which the compiled fast paths take directly.",
+    .tp_new = lock_new,
+    .tp_dealloc = (destructor)lock_dealloc,
+    .tp_methods = lock_methods,
+};
 
 /* ---------------------------------------------------------------------------------------- */
 /* EventPool: acquire and release of a key that exists, under the pool's lock               */
@@ -469,6 +617,8 @@ static PyObject *pl_fb_acquire, *pl_fb_release;
 static PyObject *s_exiting;
 
 static int lock_call(PyObject *lock, PyObject *name) {
+    if (Py_IS_TYPE(lock, &LockType))
+        return name == s_acquire ? lock_take((Lock *)lock) : lock_give((Lock *)lock);
     PyObject *r = PyObject_VectorcallMethod(name, &lock, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (r == NULL)
         return -1;
@@ -653,6 +803,29 @@ static PyObject *op_init(METHOD_ARGS) {
     slot_set(self, op_key, Py_None);
     slot_set(self, op_nvtx, Py_False);
     Py_RETURN_NONE;
+}
+
+static int op_tp_init(PyObject *self, PyObject *args, PyObject *kwds) {
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (n < 2 || n > 3 || (kwds && PyDict_GET_SIZE(kwds)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 1))) {
+        PyObject *full = PyTuple_New(n + 1);
+        if (full == NULL)
+            return -1;
+        PyTuple_SET_ITEM(full, 0, Py_NewRef(self));
+        for (Py_ssize_t i = 0; i < n; i++)
+            PyTuple_SET_ITEM(full, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+        PyObject *res = PyObject_Call(op_fb_init, full, kwds);
+        Py_DECREF(full);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+        return 0;
+    }
+    PyObject *r = op_init(self, &PyTuple_GET_ITEM(args, 0), n, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 /* Two handles from the end of a spare list (start, then end), or 0 when it has fewer. */
@@ -985,6 +1158,319 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* LayerTimer's forward hooks (the _Engine of cudaevents._profiler.torch_layers): the stream of
+ * a module call found in C, and a forward-only region begun and ended without Python frames.
+ * Timing backward, a call torch.compile traces, stale entries: the Python methods.          */
+
+#define NO_TENSOR (-2)
+#define CPU_ONLY (-1)
+
+static PyObject *en_fb_stream_for, *en_fb_begin, *en_fb_end;
+static PyObject *s_fixed, *s_Tensor, *s_last_device, *s_capturing, *s_streams, *s_raw_stream, *s_is_cuda;
+static PyObject *s_get_device, *s_compiling, *s_backward, *s_local, *s_stack, *s_timer, *s_begin, *s_end;
+static PyObject *s_name, *s_modules, *s_tokens, *s_last_node, *s_last_calls, *s_begin_forward, *s_end_forward;
+static PyObject *s_gpu_stream_of, *s_stack_method;
+
+/* The CUDA ordinal of a tensor, CPU_ONLY for one elsewhere, NO_TENSOR for no tensor; -3 on error. */
+static long tensor_device(PyObject *v, PyTypeObject *tensor) {
+    if (!PyObject_TypeCheck(v, tensor))
+        return NO_TENSOR;
+    PyObject *cuda = PyObject_GetAttr(v, s_is_cuda);
+    if (cuda == NULL)
+        return -3;
+    Py_DECREF(cuda);
+    if (cuda != Py_True)
+        return CPU_ONLY;
+    PyObject *d = PyObject_CallMethodNoArgs(v, s_get_device);
+    if (d == NULL)
+        return -3;
+    long dev = PyLong_AsLong(d);
+    Py_DECREF(d);
+    return (dev == -1 && PyErr_Occurred()) ? -3 : dev;
+}
+
+/* _device_of(values): the first CUDA tensor's device, one level into lists, tuples and dicts */
+static long device_of(PyObject *values, PyTypeObject *tensor) {
+    long seen = NO_TENSOR;
+    PyObject *it = PyObject_GetIter(values);
+    if (it == NULL)
+        return -3;
+    PyObject *v;
+    while ((v = PyIter_Next(it)) != NULL) {
+        long d = tensor_device(v, tensor);
+        if (d == NO_TENSOR && (PyTuple_CheckExact(v) || PyList_CheckExact(v) || PyDict_Check(v))) {
+            PyObject *inner = PyDict_Check(v) ? PyDict_Values(v) : Py_NewRef(v);
+            PyObject *w;
+            Py_ssize_t n = inner ? PySequence_Fast_GET_SIZE(inner) : 0;
+            if (inner == NULL || !(PyTuple_Check(inner) || PyList_Check(inner)))
+                d = -3;
+            for (Py_ssize_t i = 0; i < n && d != -3; i++) {
+                w = PySequence_Fast_GET_ITEM(inner, i);
+                long e = tensor_device(w, tensor);
+                if (e >= 0 || e == -3) {
+                    d = e;
+                    break;
+                }
+                if (e == CPU_ONLY)
+                    seen = CPU_ONLY;
+            }
+            Py_XDECREF(inner);
+        }
+        Py_DECREF(v);
+        if (d >= 0 || d == -3) {
+            Py_DECREF(it);
+            return d;
+        }
+        if (d == CPU_ONLY)
+            seen = CPU_ONLY;
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -3 : seen;
+}
+
+static PyObject *attr_call(PyObject *o, PyObject *name) { /* o.<name>(), the attribute not a method */
+    PyObject *f = PyObject_GetAttr(o, name);
+    if (f == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallNoArgs(f);
+    Py_DECREF(f);
+    return r;
+}
+
+/* _stream_for(self, values, kwargs=None) */
+static PyObject *en_stream_for(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n < 1 || n > 2 || kwnames)
+        HAND_OVER(en_fb_stream_for);
+    PyObject *values = args[0], *kwargs = n == 2 ? args[1] : Py_None;
+    PyObject *fixed = PyObject_GetAttr(self, s_fixed);
+    if (fixed == NULL || fixed != Py_None)
+        return fixed;
+    Py_DECREF(fixed);
+    PyObject *tensor = PyObject_GetAttr(self, s_Tensor);
+    if (tensor == NULL)
+        return NULL;
+    if (!PyType_Check(tensor)) {
+        Py_DECREF(tensor);
+        HAND_OVER(en_fb_stream_for);
+    }
+    long device = device_of(values, (PyTypeObject *)tensor);
+    if (device == NO_TENSOR && PyDict_Check(kwargs) && PyDict_GET_SIZE(kwargs)) {
+        PyObject *vals = PyDict_Values(kwargs);
+        device = vals ? device_of(vals, (PyTypeObject *)tensor) : -3;
+        Py_XDECREF(vals);
+    }
+    Py_DECREF(tensor);
+    if (device == -3)
+        return NULL;
+    if (device == CPU_ONLY)
+        Py_RETURN_NONE; /* host work: nothing on a GPU stream to time */
+    PyObject *dev;
+    if (device == NO_TENSOR) { /* no tensor inputs: assume the device last seen */
+        if ((dev = PyObject_GetAttr(self, s_last_device)) == NULL)
+            return NULL;
+        long last = PyLong_AsLong(dev);
+        if (last == -1 && PyErr_Occurred()) {
+            Py_DECREF(dev);
+            return NULL;
+        }
+        if (last < 0) {
+            Py_DECREF(dev);
+            Py_RETURN_NONE;
+        }
+    } else {
+        if ((dev = PyLong_FromLong(device)) == NULL || PyObject_SetAttr(self, s_last_device, dev)) {
+            Py_XDECREF(dev);
+            return NULL;
+        }
+    }
+    PyObject *capturing = PyObject_GetAttr(self, s_capturing);
+    if (capturing == NULL) {
+        Py_DECREF(dev);
+        return NULL;
+    }
+    if (capturing != Py_None) {
+        PyObject *c = PyObject_CallNoArgs(capturing);
+        int yes = c ? PyObject_IsTrue(c) : -1;
+        Py_XDECREF(c);
+        if (yes) {
+            Py_DECREF(capturing);
+            Py_DECREF(dev);
+            if (yes < 0)
+                return NULL;
+            Py_RETURN_NONE; /* events recorded into a CUDA graph capture cannot be timed */
+        }
+    }
+    Py_DECREF(capturing);
+    /* _gpu_stream(device): the cached wrapper of torch's current stream there, else Python */
+    PyObject *streams = PyObject_GetAttr(self, s_streams), *raw = PyObject_GetAttr(self, s_raw_stream);
+    PyObject *found = NULL;
+    if (streams && raw && raw != Py_None && PyList_CheckExact(streams) && device >= 0 &&
+        device < PyList_GET_SIZE(streams)) {
+        PyObject *by_handle = PyList_GET_ITEM(streams, device);
+        PyObject *handle = PyObject_CallOneArg(raw, dev);
+        if (handle != NULL && PyDict_CheckExact(by_handle)) {
+            found = PyDict_GetItemWithError(by_handle, handle);
+            Py_XINCREF(found);
+        }
+        Py_XDECREF(handle);
+    }
+    Py_XDECREF(streams);
+    Py_XDECREF(raw);
+    if (found == NULL && !PyErr_Occurred()) {
+        PyObject *a[2] = {self, dev};
+        found = PyObject_VectorcallMethod(s_gpu_stream_of, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_DECREF(dev);
+    return found;
+}
+
+static int is_true_call(PyObject *self, PyObject *name) { /* bool(self.<name>()) */
+    PyObject *r = attr_call(self, name);
+    int t = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    return t;
+}
+
+static PyObject *engine_stack(PyObject *self) { /* self._local.stack, else self._stack() */
+    PyObject *local = PyObject_GetAttr(self, s_local);
+    if (local == NULL)
+        return NULL;
+    PyObject *stack = PyObject_GetAttr(local, s_stack);
+    Py_DECREF(local);
+    if (stack != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError))
+        return stack;
+    PyErr_Clear();
+    return PyObject_CallMethodNoArgs(self, s_stack_method);
+}
+
+/* begin_forward(self, state, args, kwargs=None), forward only */
+static PyObject *en_begin(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n < 2 || n > 3 || kwnames)
+        HAND_OVER(en_fb_begin);
+    PyObject *backward = PyObject_GetAttr(self, s_backward);
+    if (backward == NULL)
+        return NULL;
+    Py_DECREF(backward);
+    if (backward != Py_False)
+        HAND_OVER(en_fb_begin);
+    int compiling = is_true_call(self, s_compiling);
+    if (compiling)
+        return compiling < 0 ? NULL : Py_NewRef(Py_None); /* traced by torch.compile: no hook in the graph */
+    PyObject *state = args[0];
+    PyObject *a[3] = {self, args[1], n == 3 ? args[2] : Py_None};
+    PyObject *stream = en_stream_for(self, a + 1, 2, NULL), *token = Py_None;
+    if (stream == NULL)
+        return NULL;
+    if (stream != Py_None) {
+        PyObject *timer = PyObject_GetAttr(self, s_timer), *name = PyObject_GetAttr(state, s_name);
+        if (timer && name) {
+            PyObject *b[3] = {timer, name, stream};
+            token = PyObject_VectorcallMethod(s_begin, b, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        } else {
+            token = NULL;
+        }
+        Py_XDECREF(timer);
+        Py_XDECREF(name);
+    } else {
+        Py_INCREF(token);
+    }
+    Py_DECREF(stream);
+    if (token == NULL)
+        return NULL;
+    PyObject *stack = engine_stack(self), *modules = NULL, *tokens = NULL;
+    int bad = stack == NULL || (modules = PyObject_GetAttr(stack, s_modules)) == NULL ||
+              (tokens = PyObject_GetAttr(stack, s_tokens)) == NULL || !PyList_CheckExact(modules) ||
+              !PyList_CheckExact(tokens) || PyList_Append(modules, state) || PyList_Append(tokens, token);
+    if (bad && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "a LayerTimer stack holds lists");
+    Py_XDECREF(stack);
+    Py_XDECREF(modules);
+    Py_XDECREF(tokens);
+    Py_DECREF(token);
+    if (bad)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* end_forward(self, state, output=None), forward only, the innermost module ending */
+static PyObject *en_end(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n < 1 || n > 2 || kwnames)
+        HAND_OVER(en_fb_end);
+    PyObject *backward = PyObject_GetAttr(self, s_backward);
+    if (backward == NULL)
+        return NULL;
+    Py_DECREF(backward);
+    if (backward != Py_False)
+        HAND_OVER(en_fb_end);
+    int compiling = is_true_call(self, s_compiling);
+    if (compiling)
+        return compiling < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *stack = engine_stack(self), *modules = NULL, *tokens = NULL;
+    if (stack == NULL)
+        return NULL;
+    modules = PyObject_GetAttr(stack, s_modules);
+    tokens = modules ? PyObject_GetAttr(stack, s_tokens) : NULL;
+    if (tokens == NULL || !PyList_CheckExact(modules) || !PyList_CheckExact(tokens)) {
+        Py_DECREF(stack);
+        Py_XDECREF(modules);
+        Py_XDECREF(tokens);
+        if (PyErr_Occurred())
+            return NULL;
+        HAND_OVER(en_fb_end);
+    }
+    Py_ssize_t m = PyList_GET_SIZE(modules), t = PyList_GET_SIZE(tokens);
+    if (m == 0 || t != m || PyList_GET_ITEM(modules, m - 1) != args[0]) { /* stale entries: Python */
+        Py_DECREF(stack);
+        Py_DECREF(modules);
+        Py_DECREF(tokens);
+        HAND_OVER(en_fb_end);
+    }
+    PyObject *token = Py_NewRef(PyList_GET_ITEM(tokens, t - 1));
+    int bad = PyList_SetSlice(modules, m - 1, m, NULL) || PyList_SetSlice(tokens, t - 1, t, NULL);
+    Py_DECREF(tokens);
+    if (!bad && token != Py_None) {
+        PyObject *timer = PyObject_GetAttr(self, s_timer);
+        PyObject *b[2] = {timer, token};
+        PyObject *r = timer ? PyObject_VectorcallMethod(s_end, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL) : NULL;
+        Py_XDECREF(timer);
+        bad = r == NULL;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(token);
+    if (!bad && PyList_GET_SIZE(modules) == 0) { /* the outermost timed forward is over */
+        PyObject *empty = PyList_New(0);
+        bad = empty == NULL || PyObject_SetAttr(stack, s_last_node, Py_None) ||
+              PyObject_SetAttr(stack, s_last_calls, empty);
+        Py_XDECREF(empty);
+    }
+    Py_DECREF(modules);
+    Py_DECREF(stack);
+    if (bad)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* forward_pre(engine, state, module, args, kwargs) and forward_post(engine, state, module, args,
+ * output): the hooks LayerTimer registers (functools.partial(hook, engine, state)); they call
+ * the engine's methods by name, so they follow compiled.use() like every other fast path. */
+static PyObject *hot_forward_pre(PyObject *m, PyObject *const *args, Py_ssize_t n) {
+    if (n != 5)
+        return PyErr_Format(PyExc_TypeError, "forward_pre(engine, state, module, args, kwargs) takes 5 arguments");
+    PyObject *a[4] = {args[0], args[1], args[3], args[4]};
+    return PyObject_VectorcallMethod(s_begin_forward, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyObject *hot_forward_post(PyObject *m, PyObject *const *args, Py_ssize_t n) {
+    if (n != 5)
+        return PyErr_Format(PyExc_TypeError, "forward_post(engine, state, module, args, output) takes 5 arguments");
+    PyObject *a[3] = {args[0], args[1], args[4]};
+    return PyObject_VectorcallMethod(s_end_forward, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* harvest_queue(queue, ref, device, stream, samples, done, sample_type): the finished head
  * of one GPU stream's queue of regions (name, start, end, step) becomes samples; the handles
  * of each harvested region are appended to done (as they go, so an error loses none). */
@@ -1241,6 +1727,10 @@ static PyObject **tm_fbs[] = {&tm_fb_begin, &tm_fb_end};
 static PyMethodDef lp_defs[] = {FAST_METHOD(lp_call, "__call__")};
 static PyObject **lp_fbs[] = {&lp_fb_call};
 
+static PyMethodDef en_defs[] = {FAST_METHOD(en_stream_for, "_stream_for"), FAST_METHOD(en_begin, "begin_forward"),
+                                FAST_METHOD(en_end, "end_forward")};
+static PyObject **en_fbs[] = {&en_fb_stream_for, &en_fb_begin, &en_fb_end};
+
 /* {name: method descriptor of cls} for defs, after keeping fallbacks[name] for each */
 static PyObject *methods_for(PyObject *cls, PyObject *fallbacks, PyMethodDef *defs, PyObject ***fbs, int n) {
     if (!PyType_Check(cls) || !PyDict_Check(fallbacks))
@@ -1294,6 +1784,8 @@ static PyObject *hot_install_event(PyObject *m, PyObject *args) {
         return NULL;
     Py_INCREF(dp);
     Py_XSETREF(default_pool_fn, dp);
+    Py_INCREF(cls);
+    Py_XSETREF(event_type, cls);
     return methods_for(cls, fallbacks, ev_defs, ev_fbs, 6);
 }
 
@@ -1309,7 +1801,12 @@ static PyObject *hot_install_pool(PyObject *m, PyObject *args) {
     Py_ssize_t *co[] = {&c_creates, &c_reuses, &c_live, &c_high};
     if (offsets(cls, pn, po, 6) || offsets(key_cls, kn, ko, 2) || offsets(counts_cls, cn, co, 4))
         return NULL;
-    return methods_for(cls, fallbacks, pl_defs, pl_fbs, 2);
+    PyObject *methods = methods_for(cls, fallbacks, pl_defs, pl_fbs, 2);
+    if (methods != NULL) {
+        Py_INCREF(cls);
+        Py_XSETREF(pool_type, cls);
+    }
+    return methods;
 }
 
 static PyObject *hot_install_region(PyObject *m, PyObject *args) {
@@ -1343,6 +1840,30 @@ static PyObject *hot_install_laps(PyObject *m, PyObject *args) {
     return methods_for(cls, fallbacks, lp_defs, lp_fbs, 1);
 }
 
+/* speed_slots(cls): once the methods are set on the class, point its tp_init (and the event's
+ * tp_finalize) at the C functions themselves, sparing the lookup of __init__ / __del__ at
+ * every object. Setting __init__ or __del__ on the class again (uninstalling) resets them. */
+static PyObject *hot_speed_slots(PyObject *m, PyObject *cls) {
+    if (!PyType_Check(cls))
+        return PyErr_Format(PyExc_TypeError, "speed_slots() takes a class");
+    PyTypeObject *t = (PyTypeObject *)cls;
+    if (cls == event_type) {
+        t->tp_init = ev_tp_init;
+        t->tp_finalize = ev_finalize;
+    } else if (cls == region_type) {
+        t->tp_init = op_tp_init;
+    }
+    PyType_Modified(t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *hot_install_engine(PyObject *m, PyObject *args) {
+    PyObject *cls, *fallbacks;
+    if (!PyArg_ParseTuple(args, "OO!", &cls, &PyDict_Type, &fallbacks))
+        return NULL;
+    return methods_for(cls, fallbacks, en_defs, en_fbs, 3);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 static PyMethodDef hot_functions[] = {
@@ -1364,6 +1885,12 @@ static PyMethodDef hot_functions[] = {
     {"install_pool", hot_install_pool, METH_VARARGS, "install_pool(EventPool, _Key, _Counts, fallbacks) -> methods."},
     {"install_region", hot_install_region, METH_VARARGS, "install_region(_Open, fallbacks) -> methods."},
     {"install_timer", hot_install_timer, METH_VARARGS, "install_timer(Timer, fallbacks) -> methods (after install_region)."},
+    {"speed_slots", hot_speed_slots, METH_O, "speed_slots(cls): tp_init/tp_finalize straight to C (after install)."},
+    {"install_engine", hot_install_engine, METH_VARARGS, "install_engine(_Engine, fallbacks) -> methods."},
+    {"forward_pre", (PyCFunction)(void (*)(void))hot_forward_pre, METH_FASTCALL,
+     "forward_pre(engine, state, module, args, kwargs): LayerTimer's forward pre-hook."},
+    {"forward_post", (PyCFunction)(void (*)(void))hot_forward_post, METH_FASTCALL,
+     "forward_post(engine, state, module, args, output): LayerTimer's forward hook."},
     {"install_laps", hot_install_laps, METH_VARARGS, "install_laps(_Laps, fallbacks) -> methods (after install_region)."},
     {NULL},
 };
@@ -1392,6 +1919,30 @@ PyMODINIT_FUNC PyInit__hot(void) {
     INTERN(s_gpu_stream, "_gpu_stream");
     INTERN(s_shared, "_shared");
     INTERN(s_entered, "entered");
+    INTERN(s_fixed, "_fixed");
+    INTERN(s_Tensor, "_Tensor");
+    INTERN(s_last_device, "_last_device");
+    INTERN(s_capturing, "_capturing");
+    INTERN(s_streams, "_streams");
+    INTERN(s_raw_stream, "_raw_stream");
+    INTERN(s_is_cuda, "is_cuda");
+    INTERN(s_get_device, "get_device");
+    INTERN(s_compiling, "_compiling");
+    INTERN(s_backward, "backward");
+    INTERN(s_local, "_local");
+    INTERN(s_stack, "stack");
+    INTERN(s_timer, "timer");
+    INTERN(s_begin, "begin");
+    INTERN(s_end, "end");
+    INTERN(s_name, "name");
+    INTERN(s_modules, "modules");
+    INTERN(s_tokens, "tokens");
+    INTERN(s_last_node, "last_node");
+    INTERN(s_last_calls, "last_calls");
+    INTERN(s_begin_forward, "begin_forward");
+    INTERN(s_end_forward, "end_forward");
+    INTERN(s_gpu_stream_of, "_gpu_stream");
+    INTERN(s_stack_method, "_stack");
     INTERN(s_exiting, "exiting");
     INTERN(k_device, "device");
     INTERN(k_timing, "timing");
@@ -1400,7 +1951,7 @@ PyMODINIT_FUNC PyInit__hot(void) {
     INTERN(k_pool, "pool");
     if ((minus_one = PyLong_FromLong(-1)) == NULL || (one = PyLong_FromLong(1)) == NULL)
         return NULL;
-    if (PyType_Ready(&WordType) < 0)
+    if (PyType_Ready(&WordType) < 0 || PyType_Ready(&LockType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&hot_module);
     if (m == NULL)
@@ -1408,9 +1959,8 @@ PyMODINIT_FUNC PyInit__hot(void) {
 #ifdef Py_GIL_DISABLED
     PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
 #endif
-    Py_INCREF(&WordType);
-    if (PyModule_AddObject(m, "Word", (PyObject *)&WordType) < 0) {
-        Py_DECREF(&WordType);
+    if (PyModule_AddObjectRef(m, "Word", (PyObject *)&WordType) < 0 ||
+        PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -14,9 +14,11 @@ and behaves the same. :func:`describe` says which (``cudaevents info`` prints it
 
 from __future__ import annotations
 
+import threading
+
 from . import env
 
-__all__ = ["active", "describe", "register", "use"]
+__all__ = ["active", "describe", "module", "new_lock", "register", "use"]
 
 try:
     from . import _hot
@@ -39,6 +41,18 @@ _installed = False  # the fast paths are on the classes
 _bound = False  # ... and the extension has a driver's entry points
 _why = ""  # why the pure-Python path runs, or why the driver calls do
 _registered: list = []  # (owner, {name: Python value}, installer, needs_driver)
+
+
+def new_lock():
+    """A lock for state the compiled fast paths share with Python code: the extension's
+    ``Lock`` (which C takes without a method call) where it is built, else ``threading.Lock``."""
+    return threading.Lock() if _hot is None else _hot.Lock()
+
+
+def module():
+    """The extension module while the compiled path is installed (with or without a driver's
+    entry points), else ``None``: for code that builds objects around its functions."""
+    return _hot if _installed else None
 
 
 def active() -> bool:
@@ -74,6 +88,8 @@ def _install(entry) -> None:
     owner, originals, installer, _ = entry
     for name, value in installer(_hot, owner, dict(originals)).items():
         setattr(owner, name, value)
+    if isinstance(owner, type):
+        _hot.speed_slots(owner)  # (setting the originals back, _uninstall, undoes it)
 
 
 def _uninstall(entry) -> None:

@@ -100,7 +100,7 @@ class EventPool:
         self._max_cached = max_cached
         self._create = create or driver.event_create
         self._destroy = destroy or driver.event_destroy
-        self._lock = threading.Lock()
+        self._lock = compiled.new_lock()
         self._keys: dict[tuple[int, int], _Key] = {}
         self._counts: dict[int, _Counts] = {}  # per device
         self._total = _Counts()  # live/high over all devices
@@ -381,7 +381,7 @@ def _after_fork_in_child() -> None:
     global _default_lock
     _default_lock = threading.Lock()
     for pool in list(_pools):
-        pool._lock = threading.Lock()
+        pool._lock = compiled.new_lock()
 
 
 

@@ -8,9 +8,11 @@ imports it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import threading
 import weakref
 
+from .._core import compiled
 from .._core.streams import GpuStream, as_stream
 from .._sync.cpu_stream import CpuStream
 from .results import Results
@@ -473,6 +475,10 @@ class _Engine:
         return n
 
 
+compiled.register(_Engine, ("_stream_for", "begin_forward", "end_forward"),
+                  lambda hot, cls, python: hot.install_engine(cls, python))
+
+
 def _selector(include, root_name: str, depth: int | None):
     """``(qualname, module) -> bool``: whether LayerTimer times that module. ``include`` is
     None (all), a module class, a name glob (matched against region names: the root's is
@@ -654,18 +660,24 @@ class LayerTimer:
 
     def _hook(self, module, state: _Module, engine: _Engine, root: bool) -> None:
         begin, end = engine.begin_forward, engine.end_forward
+        hot = compiled.module()  # hooks in C that call the engine's methods by name, where built
         if root:
             discard_stale = engine.discard_stale_forward
 
             def pre(mod, args, kwargs):
                 discard_stale()
                 begin(state, args, kwargs)
+        elif hot is not None:
+            pre = functools.partial(hot.forward_pre, engine, state)
         else:
             def pre(mod, args, kwargs):
                 begin(state, args, kwargs)
 
-        def post(mod, args, output):
-            end(state, output)
+        if hot is not None:
+            post = functools.partial(hot.forward_post, engine, state)
+        else:
+            def post(mod, args, output):
+                end(state, output)
 
         handles = self._handles
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
