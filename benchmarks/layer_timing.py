@@ -53,6 +53,7 @@ import torch
 import transformers
 
 import cudaevents as ce
+from cudaevents._core import compiled
 
 DEVICE = "cuda"
 
@@ -92,6 +93,39 @@ class Layers:
         for s in r.samples:
             out.setdefault(s.name, []).append(s.duration_ms)
         return out
+
+
+class PureLayers(Layers):
+    """Layers on the pure-Python path: the compiled hot path off from attach to detach (its
+    hooks are made at attach), for a row next to the compiled one in the same run."""
+
+    def __enter__(self):
+        compiled.use(False)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            super().__exit__(*exc)
+        finally:
+            compiled.use(None)
+
+    def collect(self):
+        compiled.use(False)  # the harvest too
+        try:
+            return super().collect()
+        finally:
+            compiled.use(None)
+
+
+def with_pure_python(methods: dict) -> dict:
+    """``methods`` plus a pure-Python twin of every LayerTimer row, where the compiled path runs."""
+    if not compiled.active():
+        return methods
+    out = dict(methods)
+    for name, (factory, options) in methods.items():
+        if factory is Layers:
+            out[name + " [pure Python]"] = (PureLayers, options)
+    return out
 
 
 class NullTimer:
@@ -326,13 +360,13 @@ def main(argv=None) -> int:
         model(x, labels=x).loss.backward()
         opt.step()
 
-    ours_methods = {
+    ours_methods = with_pure_python({
         "untimed": (Untimed, {}),
         "LayerTimer forward": (Layers, {}),
         "LayerTimer forward+backward": (Layers, {"backward": True}),
         "LayerTimer depth=3 forward+backward": (Layers, {"backward": True, "depth": 3}),
         "LayerTimer hooks, no events, fwd+bwd": (NullLayers, {"backward": True}),
-    }
+    })
     # The peers make and free a torch.cuda.Event pair per region: their own section, so that
     # churn does not weigh on the rows above.
     peer_methods = {
@@ -394,20 +428,20 @@ def main(argv=None) -> int:
 
     model.eval()
     with torch.no_grad():
-        report["forward_8x512"] = section("inference forward, 8 x 512", {
+        report["forward_8x512"] = section("inference forward, 8 x 512", with_pure_python({
             "untimed": (Untimed, {}),
             "LayerTimer": (Layers, {}),
             "LayerTimer depth=3": (Layers, {"depth": 3}),
             "torch.cuda.Event hooks": (HandHooks, {}),
-        }, model, lambda: model(x), iters, trials)
+        }), model, lambda: model(x), iters, trials)
         small = torch.randint(0, cfg.vocab_size, (1, 64), device=DEVICE)
-        report["host_bound_1x64"] = section("host-bound forward, 1 x 64", {
+        report["host_bound_1x64"] = section("host-bound forward, 1 x 64", with_pure_python({
             "untimed": (Untimed, {}),
             "empty PyTorch hooks": (HandHooks, {"empty": True}),
             "LayerTimer hooks, no events": (NullLayers, {}),
             "LayerTimer": (Layers, {}),
             "torch.cuda.Event hooks": (HandHooks, {}),
-        }, model, lambda: model(small), iters * 5, trials, per_call_of="LayerTimer")
+        }), model, lambda: model(small), iters * 5, trials, per_call_of="LayerTimer")
         # last, since a CUPTI session can leave launches slower for the rest of the process
         report["forward_8x512_profiler"] = section("inference forward, 8 x 512, against torch.profiler", {
             "untimed": (Untimed, {}),
