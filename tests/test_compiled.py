@@ -273,3 +273,23 @@ def test_a_host_wait_on_a_mem_counter_spins_in_c_and_wakes_on_the_store(fake_dri
         setter.join(timeout=10)
     assert counter.value == 3 and isinstance(counter._cell, counter_storage.MemCell)
     counter.close()
+
+
+def test_a_record_on_the_default_stream_pushes_a_context_only_when_another_is_current(fake_driver, hot_path):
+    """Handle 0 (torch's default stream, the legacy one) names a stream of whatever context is
+    current: with the stream's device's primary context current the record goes straight to
+    the driver (in C on the compiled path); with none current it is pushed around the record."""
+    from cudaevents._core import driver
+
+    driver.primary_context(0)
+    legacy = ce.as_stream(None, device=0)
+    pool = ce.EventPool()
+    fake_driver.current_context = 0x100  # device 0's primary context
+    e = ce.CudaEvent(pool=pool).record(legacy)
+    assert fake_driver.recorded[-1] == (int(e.handle), 0) and fake_driver.calls["cuCtxPushCurrent"] == 0
+    if hot_path == "compiled":
+        assert "cuCtxGetCurrent" in fake_driver._c_entries  # C asked which context is current
+    fake_driver.current_context = 0
+    e.record(legacy)
+    assert fake_driver.calls["cuCtxPushCurrent"] == 1 and fake_driver.calls["cuCtxPopCurrent"] == 1
+    e.close()

@@ -122,6 +122,7 @@ class FakeDriver:
         self.pending: dict[int, list] = {}  # stream handle -> events recorded there, not completed
         self.when: dict = {}  # event -> completion time, None while pending
         self.records = 0
+        self.current_context = 0  # what cuCtxGetCurrent says (0: none; device i's primary is 0x100 + i)
         self.recorded: list[tuple[int, int]] = []  # (event, stream) of every record, in call order
         self.waited: list[tuple[int, int]] = []  # (stream, event) of every cuStreamWaitEvent, in call order
         self.twice: list = []  # events recorded again while a record of them was still pending
@@ -222,7 +223,7 @@ class FakeDriver:
         return (0, 0x100 + int(dev))
 
     def cuCtxGetCurrent(self):
-        return (0, 0)
+        return (0, self.current_context)
 
     def cuCtxGetDevice(self):
         return (0, 0)
@@ -388,7 +389,16 @@ _C_ENTRIES = {
     "cuStreamSynchronize": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda s: f.cuStreamSynchronize(_h(s))[0]),
     "cuEventElapsedTime": lambda f: ctypes.CFUNCTYPE(_CODE, ctypes.POINTER(ctypes.c_float), _ptr, _ptr)(
         lambda out, a, b: _elapsed_into(out, f.cuEventElapsedTime(_h(a), _h(b)))),
+    "cuCtxGetCurrent": lambda f: ctypes.CFUNCTYPE(_CODE, ctypes.POINTER(_ptr))(
+        lambda out: _value_into(out, f.cuCtxGetCurrent())),
 }
+
+
+def _value_into(out, result) -> int:
+    err, value = result
+    if not err:
+        out[0] = value or None
+    return err
 
 
 def _elapsed_into(out, result) -> int:
@@ -463,11 +473,11 @@ def bound(monkeypatch, fake: FakeDriver):
 
     from cudaevents._core import compiled, driver
 
-    before = driver._d
+    before, before_contexts = driver._d, driver._context_ints
     yield bind(monkeypatch, fake)
     for s in list(streams._helpers.values()):  # dropped when monkeypatch restores the real ones
         s.close()
     gc.collect()
     finalizers_done()
     # the compiled path back on the driver monkeypatch restores (its entry points, not fake's)
-    compiled.bind_driver(before, driver._raise_code)
+    compiled.bind_driver(before, driver._raise_code, before_contexts)

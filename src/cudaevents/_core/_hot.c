@@ -29,12 +29,15 @@ typedef int (*rec_fn)(void *event, void *stream);
 typedef int (*one_fn)(void *handle);
 typedef int (*elapsed_fn)(float *ms, void *start, void *end);
 typedef int (*wait_fn)(void *stream, void *event, unsigned int flags);
+typedef int (*ctx_fn)(void **ctx);
 
 static rec_fn cu_record;
 static one_fn cu_query, cu_evsync, cu_squery, cu_ssync;
 static elapsed_fn cu_elapsed;
 static wait_fn cu_wait;
+static ctx_fn cu_ctx_current;
 static PyObject *raise_code; /* driver._raise_code(code, call): raises CudaError */
+static PyObject *contexts; /* driver._context_ints: device ordinal -> its primary context (int) */
 
 /* ---------------------------------------------------------------------------------------- */
 /* handles and errors                                                                       */
@@ -91,15 +94,18 @@ static void *entry(PyObject *entries, const char *name) {
 }
 
 static PyObject *hot_bind(PyObject *m, PyObject *args) {
-    PyObject *entries, *raiser;
-    if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &entries, &raiser))
+    PyObject *entries, *raiser, *ctxs;
+    if (!PyArg_ParseTuple(args, "O!OO!", &PyDict_Type, &entries, &raiser, &PyDict_Type, &ctxs))
         return NULL;
-    void *p[7];
-    static const char *names[7] = {"cuEventRecord", "cuEventQuery", "cuEventSynchronize", "cuEventElapsedTime",
-                                   "cuStreamWaitEvent", "cuStreamQuery", "cuStreamSynchronize"};
-    for (int i = 0; i < 7; i++)
+    void *p[8];
+    static const char *names[8] = {"cuEventRecord", "cuEventQuery", "cuEventSynchronize", "cuEventElapsedTime",
+                                   "cuStreamWaitEvent", "cuStreamQuery", "cuStreamSynchronize", "cuCtxGetCurrent"};
+    for (int i = 0; i < 8; i++)
         if ((p[i] = entry(entries, names[i])) == NULL)
             return NULL;
+    cu_ctx_current = (ctx_fn)p[7];
+    Py_INCREF(ctxs);
+    Py_XSETREF(contexts, ctxs);
     cu_record = (rec_fn)p[0];
     cu_query = (one_fn)p[1];
     cu_evsync = (one_fn)p[2];
@@ -114,6 +120,7 @@ static PyObject *hot_bind(PyObject *m, PyObject *args) {
 
 static PyObject *hot_unbind(PyObject *m, PyObject *unused) {
     cu_record = NULL;
+    cu_ctx_current = NULL;
     cu_query = cu_evsync = cu_squery = cu_ssync = NULL;
     cu_elapsed = NULL;
     cu_wait = NULL;
@@ -267,14 +274,36 @@ static Py_ssize_t st_handle, st_device, st_special;
 /* The native handle of a live GpuStream whose handle names one stream (not 0, 1 or 2, which
  * need their device's context current): 0 with *out set; 1 when the fast path does not apply;
  * -1 on an error. */
+/* Whether device's primary context is current on this thread (so a special handle names a
+ * stream of that device without a push): 1 yes, 0 no or unknown. */
+static int context_is_current(PyObject *device) {
+    void *ctx = NULL;
+    if (cu_ctx_current == NULL || contexts == NULL || cu_ctx_current(&ctx) || ctx == NULL)
+        return 0;
+    PyObject *want = PyDict_GetItemWithError(contexts, device); /* borrowed */
+    if (want == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    void *w = PyLong_AsVoidPtr(want);
+    if (w == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return w == ctx;
+}
+
+/* The native handle of a live GpuStream usable without pushing a context (a handle naming one
+ * stream, or a special one, 0, 1 or 2, of the device whose context is current: torch's default
+ * stream is 0): 0 with *out set; 1 when the fast path does not apply; -1 on an error. */
 static int plain_stream(PyObject *s, void **out, PyObject **device) {
     if (Py_TYPE(s) != stream_type)
         return 1;
-    PyObject *h = SLOT(s, st_handle);
-    if (is_none(h) || SLOT(s, st_special) != Py_False)
-        return 1;
+    PyObject *h = SLOT(s, st_handle), *special = SLOT(s, st_special);
     *device = SLOT(s, st_device);
-    if (*device == NULL)
+    if (is_none(h) || *device == NULL || special == NULL)
+        return 1;
+    if (special != Py_False && !context_is_current(*device))
         return 1;
     return handle_of(h, out) ? -1 : 0;
 }

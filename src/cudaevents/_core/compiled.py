@@ -30,7 +30,7 @@ else:
 
 # The entry points the extension calls (the names cuGetProcAddress knows them by).
 ENTRY_POINTS = ("cuEventRecord", "cuEventQuery", "cuEventSynchronize", "cuEventElapsedTime",
-                "cuStreamWaitEvent", "cuStreamQuery", "cuStreamSynchronize")
+                "cuStreamWaitEvent", "cuStreamQuery", "cuStreamSynchronize", "cuCtxGetCurrent")
 
 # The driver module's wrappers that the extension's functions of the same names replace.
 DRIVER_WRAPPERS = ("event_record", "event_query", "event_synchronize", "event_elapsed_ms",
@@ -135,10 +135,12 @@ def entry_addresses(d) -> dict[str, int]:
     return out
 
 
-def bind_driver(d, raise_code) -> bool:
+def bind_driver(d, raise_code, contexts: dict) -> bool:
     """Called by the driver module whenever it binds a driver ``d`` (``None``: none yet): the
     compiled path takes ``d``'s entry points if it is wanted and ``d`` gives them, else runs
-    without them or not at all; returns :func:`active`."""
+    without them or not at all; returns :func:`active`. ``contexts`` maps each device to its
+    primary context (an int), as the driver module fills it: a record on a special stream
+    handle (0, 1, 2: torch's default stream is 0) stays in C while that context is current."""
     global _installed, _bound, _why
     for entry in _registered:  # start over: the old entry points may go away (a stand-in driver)
         if _installed and (_bound or not entry[3]):
@@ -154,7 +156,7 @@ def bind_driver(d, raise_code) -> bool:
         _why = "no driver bound yet (it is loaded at the first CUDA use)"
     else:
         try:
-            _hot.bind(entry_addresses(d), raise_code)
+            _hot.bind(entry_addresses(d), raise_code, contexts)
             _bound = True
         except Exception as exc:  # no cuGetProcAddress (a stand-in driver, a forked child's refusals)
             _why = f"driver calls in Python: the driver gave no entry points ({type(exc).__name__}: {exc})"

@@ -96,13 +96,13 @@ def _bind(d) -> None:
     _cuEventSynchronize, _cuEventElapsedTime = d.cuEventSynchronize, d.cuEventElapsedTime
     _cuStreamWaitEvent, _cuStreamQuery, _cuStreamSynchronize = d.cuStreamWaitEvent, d.cuStreamQuery, d.cuStreamSynchronize
     _d = d
-    compiled.bind_driver(d, _raise_code)
+    compiled.bind_driver(d, _raise_code, _context_ints)
 
 
 def rebind() -> None:
     """Bind the driver bound now once more (the compiled path follows :func:`compiled.use`);
     with none bound yet, only the compiled path's choice is reset."""
-    compiled.bind_driver(_d, _raise_code)
+    compiled.bind_driver(_d, _raise_code, _context_ints)
 
 
 def _raise_code(code: int, call: str):
