@@ -818,6 +818,28 @@ static PyObject *pl_release(METHOD_ARGS) {
 #endif
 
 static Py_ssize_t op_timer, op_name, op_stream, op_start, op_end, op_key, op_nvtx, st_id;
+
+/* A Timer's attribute: its slot where the timer is a Timer (install_timer), else by name. */
+static PyTypeObject *timer_type;
+static Py_ssize_t tm_nvtx, tm_spare, tm_pending, tm_step, tm_since, tm_every, tm_shared;
+
+static PyObject *tget(PyObject *timer, Py_ssize_t off, PyObject *name) {
+    if (timer_type != NULL && PyObject_TypeCheck(timer, timer_type)) {
+        PyObject *v = SLOT(timer, off);
+        if (v == NULL)
+            return PyErr_Format(PyExc_AttributeError, "the Timer has no %U yet", name);
+        return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(timer, name);
+}
+
+static int tset(PyObject *timer, Py_ssize_t off, PyObject *name, PyObject *v) {
+    if (timer_type != NULL && PyObject_TypeCheck(timer, timer_type)) {
+        slot_set(timer, off, v);
+        return 0;
+    }
+    return PyObject_SetAttr(timer, name, v);
+}
 static PyObject *op_fb_init, *op_fb_enter, *op_fb_exit;
 
 static PyObject *op_init(METHOD_ARGS) {
@@ -880,7 +902,7 @@ static int give_two(PyObject *spare, PyObject *start, PyObject *end) {
 }
 
 static PyObject *timer_spare(PyObject *timer, PyObject *device) {
-    PyObject *spares = PyObject_GetAttr(timer, s_spare);
+    PyObject *spares = tget(timer, tm_spare, s_spare);
     if (spares == NULL)
         return NULL;
     PyObject *spare = PyDict_CheckExact(spares) ? PyDict_GetItemWithError(spares, device) : NULL;
@@ -905,7 +927,7 @@ static PyObject *op_enter(METHOD_ARGS) {
     int r = plain_stream(stream, &sh, &sdev);
     if (r)
         return r < 0 ? NULL : hand_over(op_fb_enter, self, args, nargsf, kwnames);
-    PyObject *nv = PyObject_GetAttr(timer, s_nvtx);
+    PyObject *nv = tget(timer, tm_nvtx, s_nvtx);
     if (nv == NULL)
         return NULL;
     Py_DECREF(nv);
@@ -957,7 +979,7 @@ static PyObject *op_exit(METHOD_ARGS) {
     int r = plain_stream(stream, &sh, &sdev);
     if (r)
         return r < 0 ? NULL : hand_over(op_fb_exit, self, args, nargsf, kwnames);
-    PyObject *pending = PyObject_GetAttr(timer, s_pending);
+    PyObject *pending = tget(timer, tm_pending, s_pending);
     if (pending == NULL)
         return NULL;
     PyObject *queue = PyDict_CheckExact(pending) ? PyDict_GetItemWithError(pending, key) : NULL;
@@ -968,7 +990,7 @@ static PyObject *op_exit(METHOD_ARGS) {
             return NULL;
         HAND_OVER(op_fb_exit); /* the stream's first region: the Python path makes its queue */
     }
-    PyObject *step = PyObject_GetAttr(timer, s_step);
+    PyObject *step = tget(timer, tm_step, s_step);
     if (step == NULL) {
         Py_DECREF(queue);
         return NULL;
@@ -1010,10 +1032,10 @@ static PyObject *op_exit(METHOD_ARGS) {
         return NULL;
     Py_DECREF(res);
     /* pacing: unlocked, as in Python (it only paces harvesting) */
-    PyObject *since = PyObject_GetAttr(timer, s_since), *every = NULL, *more = NULL;
+    PyObject *since = tget(timer, tm_since, s_since), *every = NULL, *more = NULL;
     int due = -1;
     if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
-        PyObject_SetAttr(timer, s_since, more) == 0 && (every = PyObject_GetAttr(timer, s_every)) != NULL)
+        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
         due = PyObject_RichCompareBool(more, every, Py_GE);
     Py_XDECREF(since);
     Py_XDECREF(more);
@@ -1053,6 +1075,46 @@ static PyObject *tm_end(METHOD_ARGS) {
     return op_exit(args[0], NULL, 0, NULL);
 }
 
+/* Timer._unshared(self, handles): of handles regions are done with, those to give back (all
+ * but shared ones other regions still use); under the timer's lock, as in Python. */
+static PyObject *tm_fb_unshared;
+
+static PyObject *tm_unshared(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || !PyList_CheckExact(args[0]))
+        HAND_OVER(tm_fb_unshared);
+    PyObject *shared = tget(self, tm_shared, s_shared);
+    if (shared == NULL)
+        return NULL;
+    if (!PyDict_CheckExact(shared)) {
+        Py_DECREF(shared);
+        HAND_OVER(tm_fb_unshared);
+    }
+    PyObject *handles = args[0], *out = PyList_New(0);
+    Py_ssize_t n = PyList_GET_SIZE(handles);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(handles, i), *count = PyDict_GetItemWithError(shared, h);
+        int bad = 0;
+        if (count == NULL) {
+            bad = PyErr_Occurred() != NULL || PyList_Append(out, h);
+        } else {
+            long c = PyLong_AsLong(count);
+            if (c == -1 && PyErr_Occurred()) {
+                bad = 1;
+            } else if (c <= 1) {
+                bad = PyDict_DelItem(shared, h) || PyList_Append(out, h);
+            } else {
+                PyObject *less = PyLong_FromLong(c - 1);
+                bad = less == NULL || PyDict_SetItem(shared, h, less);
+                Py_XDECREF(less);
+            }
+        }
+        if (bad)
+            Py_CLEAR(out);
+    }
+    Py_DECREF(shared);
+    return out;
+}
+
 /* _Laps.__call__(self, name): end the phase running and begin the next at one timing event
  * (what Timer._meet does for one ending region and one name); the first phase, other streams,
  * NVTX and anything unusual go to Python. */
@@ -1076,13 +1138,13 @@ static PyObject *lp_call(METHOD_ARGS) {
         sid == NULL || SLOT(open, op_nvtx) != Py_False || !same_int(PyTuple_GET_ITEM(key, 0), sdev) ||
         !same_int(PyTuple_GET_ITEM(key, 1), sid))
         HAND_OVER(lp_fb_call);
-    PyObject *nv = PyObject_GetAttr(timer, s_nvtx);
+    PyObject *nv = tget(timer, tm_nvtx, s_nvtx);
     if (nv == NULL)
         return NULL;
     Py_DECREF(nv);
     if (nv != Py_None)
         HAND_OVER(lp_fb_call);
-    PyObject *pending = PyObject_GetAttr(timer, s_pending), *shared = NULL, *queue = NULL, *spare = NULL;
+    PyObject *pending = tget(timer, tm_pending, s_pending), *shared = NULL, *queue = NULL, *spare = NULL;
     if (pending == NULL)
         return NULL;
     queue = PyDict_CheckExact(pending) ? PyDict_GetItemWithError(pending, key) : NULL;
@@ -1093,7 +1155,7 @@ static PyObject *lp_call(METHOD_ARGS) {
             return NULL;
         HAND_OVER(lp_fb_call);
     }
-    shared = PyObject_GetAttr(timer, s_shared);
+    shared = tget(timer, tm_shared, s_shared);
     spare = shared ? timer_spare(timer, sdev) : NULL;
     PyObject *mark = NULL, *end = NULL;
     int got = (spare && PyList_CheckExact(spare) && PyDict_CheckExact(shared)) ? take_two(spare, &mark, &end) : 0;
@@ -1120,7 +1182,7 @@ static PyObject *lp_call(METHOD_ARGS) {
         goto lost;
     }
     Py_DECREF(two);
-    if ((step = PyObject_GetAttr(timer, s_step)) == NULL || (entry = PyTuple_New(4)) == NULL)
+    if ((step = tget(timer, tm_step, s_step)) == NULL || (entry = PyTuple_New(4)) == NULL)
         goto lost;
     PyObject *oname = SLOT(open, op_name);
     PyTuple_SET_ITEM(entry, 0, Py_NewRef(oname ? oname : Py_None));
@@ -1157,10 +1219,10 @@ static PyObject *lp_call(METHOD_ARGS) {
     Py_DECREF(shared);
     Py_DECREF(queue);
     /* pacing, as a region's end does */
-    PyObject *since = PyObject_GetAttr(timer, s_since), *every = NULL, *more = NULL;
+    PyObject *since = tget(timer, tm_since, s_since), *every = NULL, *more = NULL;
     int due = -1;
     if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
-        PyObject_SetAttr(timer, s_since, more) == 0 && (every = PyObject_GetAttr(timer, s_every)) != NULL)
+        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
         due = PyObject_RichCompareBool(more, every, Py_GE);
     Py_XDECREF(since);
     Py_XDECREF(more);
@@ -1561,18 +1623,24 @@ static PyObject *hot_harvest_queue(PyObject *m, PyObject *const *args, Py_ssize_
     if (ref != Py_None && handle_of(ref, &r))
         return NULL;
     Py_ssize_t n = finished(queue);
-    if (n < 0)
+    if (n <= 0)
+        return n < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *popleft = PyObject_GetAttr(queue, s_popleft);
+    if (popleft == NULL)
         return NULL;
+    PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *entry = PySequence_GetItem(queue, 0);
         if (entry == NULL)
-            return NULL;
+            goto out;
         void *a, *b;
         float ms = 0, at = 0;
         if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4 || handle_of(PyTuple_GET_ITEM(entry, 1), &a) ||
             handle_of(PyTuple_GET_ITEM(entry, 2), &b)) {
             Py_DECREF(entry);
-            return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "a bad Timer queue entry");
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a bad Timer queue entry");
+            goto out;
         }
         int err = cu_elapsed(&ms, a, b);
         if (!err && ref != Py_None)
@@ -1583,12 +1651,13 @@ static PyObject *hot_harvest_queue(PyObject *m, PyObject *const *args, Py_ssize_
         }
         if (err) {
             Py_DECREF(entry);
-            return fail(err, "cuEventElapsedTime");
+            fail(err, "cuEventElapsedTime");
+            goto out;
         }
-        PyObject *left = PyObject_CallMethodNoArgs(queue, s_popleft);
+        PyObject *left = PyObject_CallNoArgs(popleft);
         if (left == NULL) {
             Py_DECREF(entry);
-            return NULL;
+            goto out;
         }
         Py_DECREF(left);
         PyObject *sample = sample_type->tp_alloc(sample_type, 6);
@@ -1601,7 +1670,7 @@ static PyObject *hot_harvest_queue(PyObject *m, PyObject *const *args, Py_ssize_
             PyList_Append(done, PyTuple_GET_ITEM(entry, 1));
             PyList_Append(done, PyTuple_GET_ITEM(entry, 2));
             Py_DECREF(entry);
-            return NULL;
+            goto out;
         }
         PyTuple_SET_ITEM(sample, 0, Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
         PyTuple_SET_ITEM(sample, 1, Py_NewRef(device));
@@ -1615,10 +1684,14 @@ static PyObject *hot_harvest_queue(PyObject *m, PyObject *const *args, Py_ssize_
         bad |= PyList_Append(done, PyTuple_GET_ITEM(entry, 2));
         Py_DECREF(entry);
         if (bad)
-            return NULL;
+            goto out;
     }
-    Py_RETURN_NONE;
+    result = Py_NewRef(Py_None);
+out:
+    Py_DECREF(popleft);
+    return result;
 }
+
 
 /* ---------------------------------------------------------------------------------------- */
 /* Word: a counter's value in pinned host memory, stored with release and read with acquire
@@ -1750,8 +1823,9 @@ static PyMethodDef op_defs[] = {
     FAST_METHOD(op_init, "__init__"), FAST_METHOD(op_enter, "__enter__"), FAST_METHOD(op_exit, "__exit__")};
 static PyObject **op_fbs[] = {&op_fb_init, &op_fb_enter, &op_fb_exit};
 
-static PyMethodDef tm_defs[] = {FAST_METHOD(tm_begin, "begin"), FAST_METHOD(tm_end, "end")};
-static PyObject **tm_fbs[] = {&tm_fb_begin, &tm_fb_end};
+static PyMethodDef tm_defs[] = {FAST_METHOD(tm_begin, "begin"), FAST_METHOD(tm_end, "end"),
+                                FAST_METHOD(tm_unshared, "_unshared")};
+static PyObject **tm_fbs[] = {&tm_fb_begin, &tm_fb_end, &tm_fb_unshared};
 
 static PyMethodDef lp_defs[] = {FAST_METHOD(lp_call, "__call__")};
 static PyObject **lp_fbs[] = {&lp_fb_call};
@@ -1855,7 +1929,16 @@ static PyObject *hot_install_timer(PyObject *m, PyObject *args) {
     PyObject *cls, *fallbacks;
     if (!PyArg_ParseTuple(args, "OO!", &cls, &PyDict_Type, &fallbacks))
         return NULL;
-    return methods_for(cls, fallbacks, tm_defs, tm_fbs, 2);
+    static const char *names[] = {"_nvtx", "_spare", "_pending", "_step", "_since_harvest", "_harvest_every", "_shared"};
+    Py_ssize_t *outs[] = {&tm_nvtx, &tm_spare, &tm_pending, &tm_step, &tm_since, &tm_every, &tm_shared};
+    if (offsets(cls, names, outs, 7))
+        return NULL;
+    PyObject *methods = methods_for(cls, fallbacks, tm_defs, tm_fbs, 3);
+    if (methods != NULL) {
+        Py_INCREF(cls);
+        Py_XSETREF(timer_type, (PyTypeObject *)cls);
+    }
+    return methods;
 }
 
 static PyObject *hot_install_laps(PyObject *m, PyObject *args) {

@@ -245,6 +245,10 @@ class Timer:
             and the results can be summarized but not drawn as a trace or timeline.
     """
 
+    __slots__ = ("_pool", "_harvest_every", "_nvtx", "_lock", "_pending", "_since_harvest", "_step", "_samples",
+                 "_refs", "_ref_done", "_cpu_ref_ns", "_cpu_ids", "_names", "_streams", "_spare", "_spare_cap",
+                 "_shared", "_timeline", "__dict__", "__weakref__")  # (__dict__: the instances' region partial)
+
     def __init__(self, *, pool=None, harvest_every: int = 64, nvtx: bool | None = None, timeline: bool = True):
         if isinstance(harvest_every, bool) or not isinstance(harvest_every, int) or harvest_every < 1:
             raise ValueError(f"harvest_every must be an int >= 1, got {harvest_every!r}")
@@ -688,4 +692,4 @@ class Timer:
             self._samples = []
 
 
-compiled.register(Timer, ("begin", "end"), lambda hot, cls, python: hot.install_timer(cls, python))
+compiled.register(Timer, ("begin", "end", "_unshared"), lambda hot, cls, python: hot.install_timer(cls, python))
