@@ -37,13 +37,17 @@ def fake():
 def hot_path(request):
     """Each test that uses it runs twice: on the compiled hot path and on the pure-Python one
     (the compiled run is skipped, saying so, where the extension was not built)."""
-    from cudaevents._core import compiled
+    from cudaevents._core import compiled, driver
 
     if request.param == "compiled" and compiled._hot is None:
         pytest.skip(compiled._missing)
+    before, contexts = driver._d, driver._context_ints
     compiled.use(request.param == "compiled")
     yield request.param
-    compiled.use(None)
+    # back to the driver bound before the test, whether or not a simulated one is still bound
+    # now (a test's own monkeypatch may be undone after this): never the simulation's entry points
+    compiled._enabled = None
+    compiled.bind_driver(before, driver._raise_code, contexts)
 
 
 @pytest.fixture

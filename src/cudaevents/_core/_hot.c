@@ -38,6 +38,7 @@ static wait_fn cu_wait;
 static ctx_fn cu_ctx_current;
 static PyObject *raise_code; /* driver._raise_code(code, call): raises CudaError */
 static PyObject *contexts; /* driver._context_ints: device ordinal -> its primary context (int) */
+static PyObject *entries_owner; /* what the entry points belong to, kept alive while they are bound */
 
 /* ---------------------------------------------------------------------------------------- */
 /* handles and errors                                                                       */
@@ -94,8 +95,8 @@ static void *entry(PyObject *entries, const char *name) {
 }
 
 static PyObject *hot_bind(PyObject *m, PyObject *args) {
-    PyObject *entries, *raiser, *ctxs;
-    if (!PyArg_ParseTuple(args, "O!OO!", &PyDict_Type, &entries, &raiser, &PyDict_Type, &ctxs))
+    PyObject *entries, *raiser, *ctxs, *owner;
+    if (!PyArg_ParseTuple(args, "O!OO!O", &PyDict_Type, &entries, &raiser, &PyDict_Type, &ctxs, &owner))
         return NULL;
     void *p[8];
     static const char *names[8] = {"cuEventRecord", "cuEventQuery", "cuEventSynchronize", "cuEventElapsedTime",
@@ -106,6 +107,8 @@ static PyObject *hot_bind(PyObject *m, PyObject *args) {
     cu_ctx_current = (ctx_fn)p[7];
     Py_INCREF(ctxs);
     Py_XSETREF(contexts, ctxs);
+    Py_INCREF(owner); /* a stand-in driver's entry points live as long as it does */
+    Py_XSETREF(entries_owner, owner);
     cu_record = (rec_fn)p[0];
     cu_query = (one_fn)p[1];
     cu_evsync = (one_fn)p[2];
@@ -121,6 +124,7 @@ static PyObject *hot_bind(PyObject *m, PyObject *args) {
 static PyObject *hot_unbind(PyObject *m, PyObject *unused) {
     cu_record = NULL;
     cu_ctx_current = NULL;
+    Py_CLEAR(entries_owner);
     cu_query = cu_evsync = cu_squery = cu_ssync = NULL;
     cu_elapsed = NULL;
     cu_wait = NULL;
@@ -1979,7 +1983,8 @@ static PyObject *hot_install_engine(PyObject *m, PyObject *args) {
 /* ---------------------------------------------------------------------------------------- */
 
 static PyMethodDef hot_functions[] = {
-    {"bind", hot_bind, METH_VARARGS, "bind(entries, raise_code): the driver's entry points {name: address}."},
+    {"bind", hot_bind, METH_VARARGS,
+     "bind(entries, raise_code, contexts, owner): the driver's entry points {name: address}, owned by owner."},
     {"unbind", hot_unbind, METH_NOARGS, "unbind(): forget the entry points (every call then raises)."},
     {"event_record", (PyCFunction)(void (*)(void))hot_event_record, METH_FASTCALL, "cuEventRecord(event, stream)."},
     {"event_query", hot_event_query, METH_O, "cuEventQuery(event): True, False (NOT_READY) or CudaError."},

@@ -156,7 +156,7 @@ def bind_driver(d, raise_code, contexts: dict) -> bool:
         _why = "no driver bound yet (it is loaded at the first CUDA use)"
     else:
         try:
-            _hot.bind(entry_addresses(d), raise_code, contexts)
+            _hot.bind(entry_addresses(d), raise_code, contexts, d)
             _bound = True
         except Exception as exc:  # no cuGetProcAddress (a stand-in driver, a forked child's refusals)
             _why = f"driver calls in Python: the driver gave no entry points ({type(exc).__name__}: {exc})"
