@@ -49,6 +49,8 @@ import mmap
 import os
 import threading
 
+from .c_entries import proc_address
+
 NOT_READY = 600  # CUDA_ERROR_NOT_READY
 WAIT_LIMIT = 60.0  # seconds a simulated host wait blocks at most
 
@@ -239,15 +241,9 @@ class FakeDriver:
 
     # -- entry points for C callers (the compiled hot path) ------------------------------------
     def cuGetProcAddress(self, name, version, flags):
-        if isinstance(name, bytes):
-            name = name.decode()
-        make = _C_ENTRIES.get(name)
-        if make is None or self.no_entry_points:
+        if self.no_entry_points:
             return (0, 0, 1)  # CUDA_SUCCESS with a NULL pointer: CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
-        fn = self._c_entries.get(name)
-        if fn is None:
-            fn = self._c_entries[name] = make(self)
-        return (0, ctypes.cast(fn, ctypes.c_void_p).value, 0)
+        return proc_address(self, name, self._c_entries)
 
     # -- streams -----------------------------------------------------------------------------
     def CUstream(self, value):
@@ -368,44 +364,6 @@ class FakeDriver:
 
     def cuStreamWaitValue64(self, stream, address, value, flags):
         return (0,)
-
-
-_ptr = ctypes.c_void_p
-_CODE = ctypes.c_int
-
-
-def _h(p) -> int:
-    return p or 0  # ctypes passes a NULL pointer as None
-
-
-# C signatures of the entry points the compiled path calls, and how each calls the simulation.
-_C_ENTRIES = {
-    "cuEventRecord": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr, _ptr)(lambda e, s: f.cuEventRecord(_h(e), _h(s))[0]),
-    "cuEventQuery": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda e: f.cuEventQuery(_h(e))[0]),
-    "cuEventSynchronize": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda e: f.cuEventSynchronize(_h(e))[0]),
-    "cuStreamWaitEvent": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr, _ptr, ctypes.c_uint)(
-        lambda s, e, flags: f.cuStreamWaitEvent(_h(s), _h(e), flags)[0]),
-    "cuStreamQuery": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda s: f.cuStreamQuery(_h(s))[0]),
-    "cuStreamSynchronize": lambda f: ctypes.CFUNCTYPE(_CODE, _ptr)(lambda s: f.cuStreamSynchronize(_h(s))[0]),
-    "cuEventElapsedTime": lambda f: ctypes.CFUNCTYPE(_CODE, ctypes.POINTER(ctypes.c_float), _ptr, _ptr)(
-        lambda out, a, b: _elapsed_into(out, f.cuEventElapsedTime(_h(a), _h(b)))),
-    "cuCtxGetCurrent": lambda f: ctypes.CFUNCTYPE(_CODE, ctypes.POINTER(_ptr))(
-        lambda out: _value_into(out, f.cuCtxGetCurrent())),
-}
-
-
-def _value_into(out, result) -> int:
-    err, value = result
-    if not err:
-        out[0] = value or None
-    return err
-
-
-def _elapsed_into(out, result) -> int:
-    err, ms = result
-    if not err:
-        out[0] = ms
-    return err
 
 
 def install(**options) -> FakeDriver:

@@ -26,6 +26,8 @@ going by itself, a little behind the host:
   ctypes; :func:`install` points that at :meth:`SimDriver.launch_host_func`) run one at a time
   on a thread of their own, like the driver's callback thread, and hold their stream until
   they return.
+- ``cuGetProcAddress`` gives C entry points into this simulation (:mod:`helpers.c_entries`),
+  so the compiled hot path runs against it as against the driver.
 - More than :data:`QUEUE_LIMIT` operations queued on one stream is answered with an error
   (the real driver would block the enqueuing thread there) and noted in ``violations``.
 
@@ -42,6 +44,8 @@ import queue
 import random
 import threading
 import time
+
+from .c_entries import proc_address
 
 SUCCESS = 0
 INVALID_VALUE = 1
@@ -146,8 +150,10 @@ class SimDriver:
     CUdevice_attribute = _Names()
     CU_MEMHOSTALLOC_PORTABLE = 1
     CU_MEMHOSTALLOC_DEVICEMAP = 2
+    CUdriverProcAddress_flags = _Names()
 
     def __init__(self, *, seed=0, lag_us: float = 300.0):
+        self._c_entries: dict = {}  # C entry points for the compiled hot path (kept alive here)
         self.lock = threading.RLock()  # reentrant: a finalizer run by the collector inside it may call in
         self.cond = threading.Condition(self.lock)
         self._rng = random.Random(f"sim:{seed}")
@@ -305,6 +311,9 @@ class SimDriver:
 
     def cuCtxGetCurrent(self):
         return (SUCCESS, 0x100)
+
+    def cuGetProcAddress(self, name, version, flags):
+        return proc_address(self, name, self._c_entries)
 
     def cuCtxGetDevice(self):
         return (SUCCESS, 0)

@@ -77,12 +77,21 @@ def test_stress_cpu(seed):
 
 
 @pytest.mark.timeout(SIM_SECONDS + 30 + MARGIN + 30)
+@pytest.mark.parametrize("path", ["compiled", "pure"])
 @pytest.mark.parametrize("seed", SIM_SEEDS)
-def test_stress_simulated_gpu(seed):
-    """The GPU half of the mix on the simulated GPU (mem64 counters): exit 0, and the simulated
-    driver's live events match what the pools account for."""
-    out, summary = stress("--seed", seed, "--mode", "sim", seconds=SIM_SECONDS)
+def test_stress_simulated_gpu(seed, path):
+    """The GPU half of the mix on the simulated GPU (mem64 counters), on the compiled hot path
+    (calling the simulation through its C entry points) and on the pure-Python one: exit 0, and
+    the simulated driver's live events match what the pools account for."""
+    from cudaevents._core import compiled
+
+    if path == "compiled" and compiled._hot is None:
+        pytest.skip(compiled._missing)
+    out, summary = stress("--seed", seed, "--mode", "sim", seconds=SIM_SECONDS,
+                          env={"CUDAEVENTS_PURE_PYTHON": "1" if path == "pure" else "0"})
     check_ok(out, summary, seed)
+    assert summary["hot_path"].startswith("compiled (" if path == "compiled" else "pure Python"), summary["hot_path"]
+    assert path == "pure" or summary["hot_path"] == "compiled (cudaevents._core._hot)", summary["hot_path"]
     assert summary["pools"]["sim native events alive"] >= 0
     for op in ("gpu_chain_gpu_wait", "cuda_event_churn", "gpu_stream_churn", "gpu_close_pending"):
         assert summary["ops"].get(op, 0) > 0, (op, summary["ops"])

@@ -139,7 +139,7 @@ from cudaevents import (  # noqa: E402
     WaitPolicy,
     Worker,
 )
-from cudaevents._core import driver  # noqa: E402
+from cudaevents._core import compiled, driver  # noqa: E402
 
 SIMULATOR = None
 if SIM:
@@ -2815,6 +2815,7 @@ def main() -> int:
         outcomes.update(a.outcomes)
     summary = {
         "seed": ARGS.seed, "mode": ARGS.mode, "backend": WORLD.gpu.backend if WORLD.gpu else BACKEND,
+        "hot_path": compiled.describe(),
         "threads": ARGS.threads, "seconds": ARGS.seconds, "elapsed": round(clock(), 2),
         "gc_threshold": gc_threshold, "switch_interval": switch,
         "ops_total": sum(ops_done.values()), "ops": dict(sorted(ops_done.items())),
