@@ -16,7 +16,6 @@ from cudaevents._comparison import suite as _suite
 
 pytestmark = pytest.mark.gpu
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 # rows of cudaevents and of raw cuda-bindings: measured on every GPU, whatever is installed
 ALWAYS_MEASURED = {"ours", "ours_event", "ours_pool", "worker", "floor", "raw_record", "raw_create", "raw_pooled",
                    "raw"}
