@@ -973,28 +973,6 @@ static PyObject *op_enter(METHOD_ARGS) {
     return Py_NewRef(self);
 }
 
-/* A region ended: count it (unlocked, as in Python: it only paces harvesting) and harvest
- * once harvest_every have; returns None, or NULL on an error. */
-static PyObject *paced(PyObject *timer) {
-    PyObject *since = tget(timer, tm_since, s_since), *every = NULL, *more = NULL;
-    int due = -1;
-    if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
-        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
-        due = PyObject_RichCompareBool(more, every, Py_GE);
-    Py_XDECREF(since);
-    Py_XDECREF(more);
-    Py_XDECREF(every);
-    if (due < 0)
-        return NULL;
-    if (due) {
-        PyObject *h = PyObject_CallMethodNoArgs(timer, s_harvest);
-        if (h == NULL)
-            return NULL;
-        Py_DECREF(h);
-    }
-    Py_RETURN_NONE;
-}
-
 static PyObject *op_exit(METHOD_ARGS) {
     PyObject *timer = SLOT(self, op_timer), *stream = SLOT(self, op_stream), *start = SLOT(self, op_start);
     PyObject *end = SLOT(self, op_end), *key = SLOT(self, op_key), *sdev;
@@ -1057,7 +1035,24 @@ static PyObject *op_exit(METHOD_ARGS) {
     if (res == NULL)
         return NULL;
     Py_DECREF(res);
-    return paced(timer);
+    /* pacing: unlocked, as in Python (it only paces harvesting) */
+    PyObject *since = tget(timer, tm_since, s_since), *every = NULL, *more = NULL;
+    int due = -1;
+    if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
+        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
+        due = PyObject_RichCompareBool(more, every, Py_GE);
+    Py_XDECREF(since);
+    Py_XDECREF(more);
+    Py_XDECREF(every);
+    if (due < 0)
+        return NULL;
+    if (due) {
+        PyObject *h = PyObject_CallMethodNoArgs(timer, s_harvest);
+        if (h == NULL)
+            return NULL;
+        Py_DECREF(h);
+    }
+    Py_RETURN_NONE;
 }
 
 /* Timer.begin(self, name, stream=None) and Timer.end(self, token): a region without a with
@@ -1227,7 +1222,24 @@ static PyObject *lp_call(METHOD_ARGS) {
     Py_DECREF(spare);
     Py_DECREF(shared);
     Py_DECREF(queue);
-    return paced(timer);
+    /* pacing, as a region's end does */
+    PyObject *since = tget(timer, tm_since, s_since), *every = NULL, *more = NULL;
+    int due = -1;
+    if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
+        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
+        due = PyObject_RichCompareBool(more, every, Py_GE);
+    Py_XDECREF(since);
+    Py_XDECREF(more);
+    Py_XDECREF(every);
+    if (due < 0)
+        return NULL;
+    if (due) {
+        PyObject *h = PyObject_CallMethodNoArgs(timer, s_harvest);
+        if (h == NULL)
+            return NULL;
+        Py_DECREF(h);
+    }
+    Py_RETURN_NONE;
 lost: /* after the record: an error of memory; the handles stay with the phases or the spares */
     Py_XDECREF(step);
     Py_XDECREF(entry);
