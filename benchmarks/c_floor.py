@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ import time
 
 import cudaevents as ce
 from cudaevents._core import compiled, driver
+from common import torch_event_pairs, write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RING = 8192  # events: 4,096 pairs, far more than any batch keeps in flight
@@ -232,14 +232,7 @@ def small_launches(cf, torch, quick: bool) -> dict:
                 work()
 
     def torch_pairs():
-        made = []
-        for _ in range(n):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            work()
-            b.record()
-            made.append((a, b))
-        return made
+        return torch_event_pairs(torch, n, work)
 
     got = rounds(with_pure_python({
         "untimed": lambda: clock(untimed),
@@ -351,9 +344,7 @@ def main(argv=None) -> int:
         report["gpt2_forward"] = gpt2_forward(cf, torch, args.quick)
     else:
         print("\n== sections 2 and 3: PyTorch with CUDA not installed, skipped")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.out)
     return 0
 
 

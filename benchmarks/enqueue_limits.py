@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import sys
 import threading
 import time
 
 import cudaevents as ce
 from cudaevents._core import driver
+from common import write_report
 from cudaevents._core.cuda_event import BLOCKING_SYNC, DISABLE_TIMING, TIMING_FLAGS
 from cudaevents._sync.counter_storage import MemCell
 
@@ -196,9 +196,7 @@ def main(argv=None) -> int:
               flush=True)
     cleanup()
     info = {"device": ce.Device(args.device).name, "driver": driver.driver_version(), "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(info, f, indent=1)
+    write_report(info, args.out)
     return 0
 
 

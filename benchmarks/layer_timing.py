@@ -43,7 +43,6 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -54,6 +53,7 @@ import transformers
 
 import cudaevents as ce
 from cudaevents._core import compiled
+from common import write_report
 
 DEVICE = "cuda"
 
@@ -449,9 +449,7 @@ def main(argv=None) -> int:
             "torch.profiler CUDA": (Profiler, {}),
             "torch.profiler CPU+CUDA": (Profiler, {"cpu": True}),
         }, model, lambda: model(x), iters, trials)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.out)
     return 0
 
 

@@ -29,7 +29,6 @@ machine with PyTorch:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ import traceback
 
 import cudaevents
 from cudaevents import EventPool, Timer, as_stream
+from common import torch_event_pairs, write_report
 
 ERRORS: list[str] = []
 
@@ -61,10 +61,7 @@ def torch_event_ms(torch, fn, reps: int = 5) -> float:
     """Median time of ``fn`` with torch events (for calibration only)."""
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
+        ((start, end),) = torch_event_pairs(torch, 1, fn)
         end.synchronize()
         times.append(start.elapsed_time(end))
     return median(times)
@@ -189,13 +186,7 @@ def time_with_torch_events(torch, fn, reps: int, stream, pre_sleep_cycles: int):
             fn()
         torch.cuda.synchronize()
         torch.cuda._sleep(pre_sleep_cycles)
-        pairs = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            pairs.append((start, end))
+        pairs = torch_event_pairs(torch, reps, fn)
         torch.cuda.synchronize()
     return [s.elapsed_time(e) * 1e3 for s, e in pairs]
 
@@ -520,10 +511,7 @@ def main(argv=None) -> int:
         print("\nAccuracy: median event-pair time (cudaevents.Timer) vs median CUPTI kernel time")
         out["accuracy"] = guarded("accuracy", accuracy, torch, sizes, args.reps)
     out["errors"] = ERRORS
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1, default=str)
-        print(f"\nwrote {args.out}")
+    write_report(out, args.out)
     if ERRORS:
         print(f"\n{len(ERRORS)} part(s) failed: " + "; ".join(ERRORS), file=sys.stderr)
     return 1 if ERRORS else 0
