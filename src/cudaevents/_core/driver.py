@@ -289,6 +289,12 @@ def device_total_memory(index: int) -> int:
     return int(call("cuDeviceTotalMem", call("cuDeviceGet", index)))
 
 
+def device_uuid(index: int) -> bytes:
+    """The 16-byte UUID of device ``index``: the same GPU in every process, whatever index
+    ``CUDA_VISIBLE_DEVICES`` gives it there."""
+    return bytes(call("cuDeviceGetUuid", call("cuDeviceGet", index)).bytes)
+
+
 def driver_version() -> int:
     """The CUDA version the driver supports, as 1000*major + 10*minor."""
     return int(call("cuDriverGetVersion"))
@@ -441,6 +447,39 @@ def mem_host_alloc(nbytes: int, *, mapped: bool = False):
 def mem_host_free(address: int) -> None:
     """Free memory from :func:`mem_host_alloc`."""
     call("cuMemFreeHost", address)
+
+
+def mem_host_register(index: int, address: int, nbytes: int) -> int:
+    """Page-lock the host range ``[address, address + nbytes)`` (page aligned, e.g. a shared
+    memory mapping), portable and mapped into every device's address space; returns its device
+    address. Undo with :func:`mem_host_unregister` before the range is unmapped."""
+    d = bindings()
+    flags = d.CU_MEMHOSTREGISTER_PORTABLE | d.CU_MEMHOSTREGISTER_DEVICEMAP
+    with pushed(index):
+        call("cuMemHostRegister", address, nbytes, flags)
+        return int(call("cuMemHostGetDevicePointer", address, 0))
+
+
+def mem_host_unregister(address: int) -> None:
+    """Undo :func:`mem_host_register` for the range starting at ``address``."""
+    call("cuMemHostUnregister", address)
+
+
+# -- interprocess events ----------------------------------------------------------------
+def ipc_event_handle(event) -> bytes:
+    """The 64-byte interprocess handle of ``event`` (created with the interprocess flag and
+    timing disabled), which another process opens with :func:`ipc_open_event`."""
+    return bytes(call("cuIpcGetEventHandle", event).reserved)
+
+
+def ipc_open_event(index: int, handle: bytes):
+    """Open in this process the event another process exported as ``handle`` (its 64 bytes),
+    in device ``index``'s primary context; close it with :func:`event_destroy`."""
+    h = bindings().CUipcEventHandle()
+    h.reserved = handle
+    with pushed(index):
+        event = call("cuIpcOpenEventHandle", h)
+    return int(event) if compiled.active() else event
 
 
 def memcpy_dtoh_async(host_address: int, src: int, nbytes: int, stream) -> None:
