@@ -15,7 +15,9 @@ from ._core.errors import (
     DeviceMismatchError,
     NotReadyError,
     NotRecordedError,
+    PeerDiedError,
 )
+from ._core.interprocess import IpcEvent
 from ._core.pool import EventPool, PoolStats, default_pool
 from ._core.streams import GpuStream, as_stream
 from ._core.wait import WaitPolicy
@@ -51,9 +53,11 @@ __all__ = [
     "EventPool",
     "Fence",
     "GpuStream",
+    "IpcEvent",
     "LayerTimer",
     "NotReadyError",
     "NotRecordedError",
+    "PeerDiedError",
     "PoolStats",
     "RankReport",
     "RankReporter",

@@ -48,6 +48,7 @@ import itertools
 import mmap
 import os
 import threading
+import types
 
 from .c_entries import proc_address
 
@@ -129,6 +130,7 @@ class FakeDriver:
         self.waited: list[tuple[int, int]] = []  # (stream, event) of every cuStreamWaitEvent, in call order
         self.twice: list = []  # events recorded again while a record of them was still pending
         self.early_reads = 0  # cuEventElapsedTime calls answered NOT_READY
+        self.ipc_exports = self.ipc_opens = 0  # cuIpcGetEventHandle and cuIpcOpenEventHandle calls
         self.held = False
         self._pinned = None
         self._pinned_base = 0
@@ -221,6 +223,9 @@ class FakeDriver:
     def cuDeviceTotalMem(self, dev):
         return (0, 1 << 30)
 
+    def cuDeviceGetUuid(self, dev):
+        return (0, types.SimpleNamespace(bytes=b"simulated-gpu-%02d" % int(dev)))
+
     def cuDevicePrimaryCtxRetain(self, dev):
         return (0, 0x100 + int(dev))
 
@@ -305,6 +310,18 @@ class FakeDriver:
         with self.cond:
             self.cond.wait_for(lambda: not self.held and not self._pending(event), timeout=WAIT_LIMIT)
         return (0,)
+
+    # interprocess events: a handle names this process and the event; opening one made in
+    # another process gives a fresh simulated event (a simulation spans one process)
+    CUipcEventHandle = types.SimpleNamespace
+
+    def cuIpcGetEventHandle(self, event):
+        self.ipc_exports += 1
+        return (0, types.SimpleNamespace(reserved=b"%d:%d" % (os.getpid(), int(event)) + bytes(64)[:40]))
+
+    def cuIpcOpenEventHandle(self, handle):
+        self.ipc_opens += 1
+        return (0, next(self.ids))
 
     def cuEventElapsedTime(self, start, end):
         with self.lock:
@@ -397,7 +414,7 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     the default pool, which outlives the test."""
     import gc
 
-    from cudaevents._core import devices, driver, pool, streams
+    from cudaevents._core import devices, driver, interprocess, pool, streams
     from cudaevents._sync import counter_storage
 
     gc.collect()  # what earlier tests left in cycles is finalized under the driver it belongs to
@@ -409,6 +426,9 @@ def bind(monkeypatch, fake: FakeDriver) -> FakeDriver:
     monkeypatch.setattr(counter_storage, "_slab", None)
     monkeypatch.setattr(counter_storage, "_quarantine", counter_storage.Quarantine())
     monkeypatch.setattr(streams, "_helpers", {})
+    monkeypatch.setattr(interprocess, "_exports", None)  # sends and their slots, per driver
+    monkeypatch.setattr(interprocess, "_opened", collections.OrderedDict())
+    monkeypatch.setattr(interprocess, "_local_devices", {})
     bound = [name for name in vars(driver) if name.startswith("_cu") and name != "_cu_launch_host_func"]
     for name in ("_d", "NOT_READY", "_usable", *bound):  # what _bind sets, and the cached availability
         monkeypatch.setattr(driver, name, getattr(driver, name))

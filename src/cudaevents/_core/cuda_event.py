@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import compiled, driver
 from .devices import Device, resolve_device_index
 from .errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError
+from .interprocess import IpcEvent, send
 from .pool import default_pool
 from .streams import GpuStream, as_stream
 from .wait import check_timeout, wait_until
@@ -53,7 +54,8 @@ class CudaEvent:
             records of such events behind unfinished work: on an H200 the 57th record behind
             a busy stream blocks the recording thread until the GPU catches up (an event
             without timing: none up to 6,000). Use it for the one event a thread sleeps on.
-        interprocess: the event can be shared with other processes (incompatible with timing).
+        interprocess: the event can be sent to other processes (:meth:`ipc_handle`), which
+            wait for it there; incompatible with timing.
         pool: the pool to draw from (default: :func:`default_pool`).
 
     A ``CudaEvent`` object is meant for one thread at a time, like the streams it is
@@ -237,6 +239,25 @@ class CudaEvent:
         if h is not None:
             self._handle = None
             self._pool.release(self._device, self._flags, h)
+
+    def ipc_handle(self) -> "IpcEvent":
+        """One send of this interprocess event: an :class:`~cudaevents.IpcEvent` to pickle
+        once to another process (``multiprocessing``, ``torch.multiprocessing``), which waits
+        for the event's record there. The event goes back to its pool only once every send has
+        been released (by its receiver, or here if never pickled); see
+        :mod:`cudaevents._core.interprocess`.
+
+        Raises:
+            ValueError: the event is not interprocess, or has no device yet.
+            ClosedError: the event was closed.
+        """
+        return send(self)
+
+    def __reduce__(self):
+        raise TypeError(
+            "a CudaEvent cannot be pickled; to wait for it in another process, create it with "
+            "interprocess=True and send event.ipc_handle()"
+        )
 
     def __enter__(self) -> "CudaEvent":
         if self._closed:

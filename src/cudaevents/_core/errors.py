@@ -13,6 +13,7 @@ __all__ = [
     "NotRecordedError",
     "NotReadyError",
     "DeviceMismatchError",
+    "PeerDiedError",
 ]
 
 
@@ -61,3 +62,8 @@ class NotReadyError(RuntimeError):
 
 class DeviceMismatchError(ValueError):
     """An object of one device was used with a stream or object of another device."""
+
+
+class PeerDiedError(RuntimeError):
+    """Another process that an interprocess event or a shared counter depends on has ended
+    without closing what it shared: what it would have signalled will not come."""

@@ -1,0 +1,193 @@
+"""Interprocess events without a GPU: what can be sent, one pickling per send, the export done
+once per event, the recycling rule (an exported event goes back to its pool only once every
+send is released, in this process and across spawned ones), stale releases, a dead exporter,
+and a forked receiver."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import time
+
+import pytest
+
+import cudaevents as ce
+from cudaevents._core import interprocess
+from helpers import ipc_peers
+from helpers.forking import wait_for_child
+
+TIMEOUT = 60.0
+
+
+def _sent(event):
+    """A send of ``event`` as a receiver gets it (pickled and unpickled in this process)."""
+    return pickle.loads(pickle.dumps(event.ipc_handle()))
+
+
+def _until(predicate, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_only_an_open_interprocess_event_with_a_device_can_be_sent(fake_driver):
+    with pytest.raises(ValueError, match=r"interprocess=True"):
+        ce.CudaEvent(0).ipc_handle()
+    with pytest.raises(ValueError, match=r"no device yet.*device="):
+        ce.CudaEvent(interprocess=True).ipc_handle()
+    closed = ce.CudaEvent(0, interprocess=True)
+    closed.close()
+    with pytest.raises(ce.ClosedError, match="send an open one"):
+        closed.ipc_handle()
+    with pytest.raises(ValueError, match="timing=False"):
+        ce.CudaEvent(0, timing=True, interprocess=True)
+    with pytest.raises(TypeError, match=r"interprocess=True and send event.ipc_handle\(\)"):
+        pickle.dumps(ce.CudaEvent(0, interprocess=True))
+
+
+def test_a_send_pickles_once_and_its_receiver_waits_on_the_exported_event(fake_driver):
+    s = ce.GpuStream(0)
+    event = ce.CudaEvent(0, interprocess=True).record(s)
+    send = event.ipc_handle()
+    data = pickle.dumps(send)
+    with pytest.raises(ce.ClosedError, match=r"new event.ipc_handle\(\)"):
+        pickle.dumps(send)  # one receiver per send
+    with pytest.raises(ce.ClosedError, match="released or pickled"):
+        send.wait(s)  # the sent copy is the receiver's now
+    received = pickle.loads(data)
+    assert isinstance(received, ce.IpcEvent) and received.exporter_pid == os.getpid()
+    received.wait(s)
+    assert fake_driver.waited[-1] == (int(s.handle), event.handle)
+    assert received.query() is False
+    fake_driver.run(s)
+    assert received.query() is True
+    received.synchronize(timeout=5)
+    with pytest.raises(TypeError, match="cannot be sent on"):
+        pickle.dumps(received)
+    received.release()
+    assert received.released
+    with pytest.raises(ce.ClosedError, match="released"):
+        received.wait(s)
+
+
+def test_the_handle_is_exported_once_per_event(fake_driver):
+    event = ce.CudaEvent(0, interprocess=True)
+    sends = [_sent(event) for _ in range(3)]
+    assert fake_driver.ipc_exports == 1
+    assert interprocess.stats()["unreleased"] == 3
+    for send in sends:
+        send.release()
+    assert interprocess.stats()["unreleased"] == 0
+
+
+def test_an_exported_event_returns_to_its_pool_only_once_every_send_is_released(fake_driver):
+    event = ce.CudaEvent(0, interprocess=True)
+    native = event.handle
+    kept_here = event.ipc_handle()  # a send never pickled: the exporter holds it
+    received = _sent(event)
+    event.close()
+    assert interprocess.stats() == {"sends": 2, "unreleased": 2, "held": 1}
+    other = ce.CudaEvent(0, interprocess=True)
+    assert other.handle != native  # the pool made another: the exported one is held
+    kept_here.release()
+    assert interprocess.stats()["held"] == 1
+    del received  # dropping a received send releases it
+    assert interprocess.stats() == {"sends": 2, "unreleased": 0, "held": 0}
+    assert ce.CudaEvent(0, interprocess=True).handle == native  # back in the pool
+
+
+def test_a_receiver_waiting_after_the_exporter_closed_the_event_waits_for_the_record_it_was_sent(fake_driver):
+    """The rule's point: had the closed event been recycled, the receiver's late wait would
+    wait on the other work's record instead (here: on an idle stream, so it would not wait)."""
+    busy, idle, consumer = ce.GpuStream(0), ce.GpuStream(0), ce.GpuStream(0)
+    event = ce.CudaEvent(0, interprocess=True).record(busy)
+    native = event.handle
+    received = _sent(event)
+    event.close()
+    later = ce.CudaEvent(0, interprocess=True).record(idle)  # what the recycled event would be
+    assert later.handle != native
+    received.wait(consumer)
+    assert fake_driver.waited[-1] == (int(consumer.handle), native)
+    assert [s for e, s in fake_driver.recorded if e == native] == [int(busy.handle)]
+
+
+def test_a_stale_release_of_a_reused_slot_releases_nothing(fake_driver):
+    event = ce.CudaEvent(0, interprocess=True)
+    first = _sent(event)
+    path, slot, seq = first._path, first._slot, first._seq
+    first.release()
+    second = _sent(event)
+    assert (second._path, second._slot) == (path, slot) and second._seq != seq  # the slot again
+    interprocess._ack_file(path).words[slot] = seq + 1  # the first receiver's release, again
+    assert interprocess.stats()["unreleased"] == 1
+    second.release()
+    assert interprocess.stats()["unreleased"] == 0
+
+
+def _spawn(target):
+    ctx = multiprocessing.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    child = ctx.Process(target=target, args=(inbox, outbox), daemon=True)
+    child.start()
+    return child, inbox, outbox
+
+
+def test_a_spawned_receiver_releases_its_sends_explicitly_and_by_exiting(fake_driver):
+    event = ce.CudaEvent(0, interprocess=True)
+    native = event.handle
+    child, inbox, outbox = _spawn(ipc_peers.receive_and_release)
+    try:
+        inbox.put(event.ipc_handle())
+        inbox.put(event.ipc_handle())
+        assert outbox.get(timeout=TIMEOUT) == ("IpcEvent", os.getpid(), False, os.getpid())
+        event.close()
+        assert interprocess.stats()["held"] == 1
+        inbox.put("release")
+        assert outbox.get(timeout=TIMEOUT) == "released"
+        assert interprocess.stats() == {"sends": 2, "unreleased": 1, "held": 1}
+        inbox.put("exit")
+        child.join(TIMEOUT)
+        assert child.exitcode == 0
+        _until(lambda: interprocess.stats()["held"] == 0, "the exiting receiver's release")
+        assert ce.CudaEvent(0, interprocess=True).handle == native
+    finally:
+        if child.is_alive():
+            child.kill()
+
+
+def test_a_receiver_whose_exporter_ended_gets_peer_died(fake_driver):
+    child, inbox, outbox = _spawn(ipc_peers.export_until_told)
+    try:
+        received = outbox.get(timeout=TIMEOUT)
+        assert received.exporter_pid == child.pid
+        assert received.query() is True  # opened here (a simulated open), while the exporter runs
+        assert fake_driver.ipc_opens == 1
+        inbox.put("exit")
+        assert outbox.get(timeout=TIMEOUT) == 1  # the exporter exported once
+        child.join(TIMEOUT)
+        for use in (received.query, lambda: received.wait(ce.GpuStream(0)),
+                    lambda: received.synchronize(timeout=5)):
+            with pytest.raises(ce.PeerDiedError, match=f"pid {child.pid}.*has ended"):
+                use()
+    finally:
+        if child.is_alive():
+            child.kill()
+
+
+def test_a_receiver_forked_after_cuda_use_is_refused_and_told_to_spawn(fake_driver):
+    from helpers.forking import expect_fork_error
+
+    data = pickle.dumps(ce.CudaEvent(0, interprocess=True).ipc_handle())
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if refused as it should be
+        code = 1
+        try:
+            received = pickle.loads(data)
+            expect_fork_error("IpcEvent.query() in a forked child", received.query)
+            code = 0
+        finally:
+            os._exit(code)
+    status = wait_for_child(pid, TIMEOUT)
+    assert os.waitstatus_to_exitcode(status) == 0
