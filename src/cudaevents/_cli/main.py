@@ -126,6 +126,22 @@ def _writable(parser, option: str, path: str | None) -> None:
         parser.error(f"{option} {path}: the folder {os.path.dirname(os.path.abspath(path))} does not exist")
 
 
+def _pipeline(out, args) -> int:
+    """``cudaevents demo --processes``."""
+    try:
+        import torch
+    except ImportError:
+        print("cudaevents demo --processes needs PyTorch (pip install torch)", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("cudaevents demo --processes needs a CUDA GPU, and PyTorch sees none here", file=sys.stderr)
+        return 1
+    from .pipeline import run_pipeline
+
+    run_pipeline(out, handoffs=args.handoffs, consumers=args.consumers)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cudaevents`` command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="cudaevents", description="Recycled CUDA events and friends.")
@@ -134,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="devices, capabilities and versions (or what is missing)")
     demo = sub.add_parser("demo", help="time real GPU work with event pairs, without and with recycling")
     demo.add_argument("--iterations", type=int, default=200, help="rounds of work per stream (default 200)")
+    demo.add_argument("--processes", action="store_true",
+                      help="instead: a pipeline of processes on one GPU handing buffers over with interprocess "
+                           "events, against a host-synchronized handshake (needs PyTorch)")
+    demo.add_argument("--handoffs", type=int, default=1000, help="with --processes: hand-offs per run (default 1000)")
+    demo.add_argument("--consumers", type=int, default=2,
+                      help="with --processes: consumer processes (default 2)")
     bench = sub.add_parser(
         "bench",
         add_help=False,
@@ -199,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = print
     if args.command in ("info", "demo", "bench"):
-        if args.command == "demo" and args.iterations < 1:
-            parser.error("--iterations must be at least 1")
+        if args.command == "demo":
+            for option in ("iterations", "handoffs", "consumers"):
+                if getattr(args, option) < 1:
+                    parser.error(f"--{option} must be at least 1")
         if args.command == "bench":
             for option in ("json", "markdown", "plot"):
                 _writable(bench, f"--{option}", getattr(args, option))
@@ -209,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _info(out)
             if args.command == "bench":
                 return _bench(args)
+            if args.processes:
+                return _pipeline(out, args)
             from .demo import run_demo
 
             return run_demo(out, iterations=args.iterations)

@@ -1,0 +1,230 @@
+"""``cudaevents demo --processes``: a pipeline of processes on one GPU.
+
+A producer process fills device buffers (int32, every element the hand-off's number ``k``)
+that consumer processes reach through CUDA IPC memory (PyTorch tensors sent with
+``torch.multiprocessing``). Each consumer sums the buffer it is handed on its own GPU stream and
+hands the buffer back; the producer refills it only after that. At the end every consumer's
+sums must be ``k * elements`` for exactly the hand-offs it was given, in order: a buffer read
+before it was filled, or refilled before it was read, shows as a wrong sum.
+
+How a hand-off travels (``mode``):
+
+- ``host``: the baseline. The producer waits on the host for its fill (a CUDA event's
+  synchronize) and sends ``k`` through a ``multiprocessing`` queue; the consumer sums,
+  synchronizes, and sends ``k`` back.
+- ``events``: interprocess events. The producer records a pooled
+  ``CudaEvent(interprocess=True)`` after the fill and sends ``event.ipc_handle()`` with ``k``;
+  the consumer's stream waits for it on the device, sums, and hands back an event of its own
+  the same way, which the producer's stream waits for before it refills the buffer. No host
+  waits for the GPU on either side.
+
+Two figures per mode, measured in one run: the **hand-off latency** in a ping-pong with one
+buffer and one consumer (from the producer enqueuing a fill to the producer's host knowing the
+consumer has summed it; p50 and p99 over the rounds), and the **throughput** with several
+buffers per consumer and all consumers (hand-offs per second over the whole run).
+"""
+
+from __future__ import annotations
+
+import queue as queue_module
+import statistics
+import time
+
+__all__ = ["run_pipeline", "MODES"]
+
+MODES = ("host", "events")
+TIMEOUT = 120.0  # seconds any process waits for a message before giving up
+
+
+def _torch():
+    import torch
+    import torch.multiprocessing as tmp
+
+    return torch, tmp
+
+
+def _consume(mode: str, device: int, buffers: list, inbox, outbox) -> None:
+    """A consumer process: sum each buffer it is handed, hand it back; at the end send the sums."""
+    torch, _ = _torch()
+    import cudaevents as ce
+
+    torch.cuda.set_device(device)
+    stream = torch.cuda.Stream(device)
+    gs = ce.as_stream(stream)
+    sums, ks = [], []
+    with torch.cuda.stream(stream):
+        while True:
+            msg = inbox.get(timeout=TIMEOUT)
+            if msg is None:
+                break
+            k, slot, sent = msg
+            buf = buffers[slot]
+            if mode == "events":
+                sent.wait(gs)  # on the device: the fill is done before the sum runs
+                sent.release()
+            sums.append(buf.sum(dtype=torch.int64))
+            ks.append(k)
+            if mode == "events":
+                back = ce.CudaEvent(device, interprocess=True).record(gs)
+                outbox.put((k, slot, back.ipc_handle()))
+                back.close()  # held by the send until the producer releases it
+            else:
+                stream.synchronize()
+                outbox.put((k, slot, None))
+        stream.synchronize()
+    outbox.put(("sums", ks, [int(s) for s in torch.stack(sums).cpu()] if sums else []))
+
+
+class _Producer:
+    """The producing side of one run: buffers per consumer, their queues, and the hand-offs."""
+
+    def __init__(self, mode: str, consumers: int, buffers: int, elements: int, device: int):
+        torch, tmp = _torch()
+        import cudaevents as ce
+
+        self.torch, self.ce, self.mode, self.device = torch, ce, mode, device
+        self.elements = elements
+        ctx = tmp.get_context("spawn")
+        self.stream = torch.cuda.Stream(device)
+        self.gs = ce.as_stream(self.stream)
+        self.buffers = [[torch.zeros(elements, dtype=torch.int32, device=device) for _ in range(buffers)]
+                        for _ in range(consumers)]
+        torch.cuda.synchronize(device)  # zeroed before another process sees them
+        self.inboxes = [ctx.Queue() for _ in range(consumers)]
+        self.outboxes = [ctx.Queue() for _ in range(consumers)]
+        self.procs = [ctx.Process(target=_consume, args=(mode, device, self.buffers[c], self.inboxes[c],
+                                                         self.outboxes[c]), daemon=True)
+                      for c in range(consumers)]
+        for p in self.procs:
+            p.start()
+        self.free: list[dict] = [{} for _ in range(consumers)]  # slot -> the consumer's hand-back
+        self.owed = [0] * consumers  # hand-offs a consumer has not handed back yet
+
+    def _back(self, c: int, block: bool):
+        """Take one hand-back ``(k, slot, event or None)`` of consumer ``c``; without ``block``,
+        ``None`` when there is none yet."""
+        try:
+            k, slot, back = self.outboxes[c].get(block=block, timeout=TIMEOUT if block else None)
+        except queue_module.Empty:
+            if block:
+                raise TimeoutError(f"consumer {c} handed nothing back in {TIMEOUT} s") from None
+            return None
+        self.owed[c] -= 1
+        self.free[c][slot] = back
+        return k, slot, back
+
+    def hand_off(self, k: int, c: int, slot: int, buffers: int) -> None:
+        """Fill consumer ``c``'s buffer ``slot`` with ``k`` once it is free, and hand it over.
+        Slots go round-robin and come back in order, so with fewer than ``buffers`` owed this
+        one is back."""
+        while self.owed[c] and self._back(c, block=self.owed[c] >= buffers) is not None:
+            pass
+        with self.torch.cuda.stream(self.stream):
+            back = self.free[c].pop(slot, None)
+            if back is not None:
+                back.wait(self.gs)  # the consumer's sum of the last hand-off is done
+                back.release()
+            self.buffers[c][slot].fill_(k)
+            if self.mode == "events":
+                event = self.ce.CudaEvent(self.device, interprocess=True).record(self.gs)
+                self.inboxes[c].put((k, slot, event.ipc_handle()))
+                event.close()  # held by the send until the consumer releases it
+            else:
+                self.stream.synchronize()
+                self.inboxes[c].put((k, slot, None))
+        self.owed[c] += 1
+
+    def finish(self) -> list[tuple[list, list]]:
+        """Collect every hand-back, stop the consumers, and return each one's (ks, sums)."""
+        for c in range(len(self.procs)):
+            while self.owed[c]:
+                self._back(c, block=True)
+            self.inboxes[c].put(None)
+        out = []
+        for c, p in enumerate(self.procs):
+            msg = self.outboxes[c].get(timeout=TIMEOUT)
+            assert msg[0] == "sums", msg
+            out.append((msg[1], msg[2]))
+            p.join(TIMEOUT)
+        for free in self.free:
+            for back in free.values():
+                if back is not None:
+                    back.release()
+        return out
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+
+
+def _check(results: list, handed: list[list[int]], elements: int) -> None:
+    for c, ((ks, sums), expected) in enumerate(zip(results, handed)):
+        if ks != expected:
+            raise AssertionError(f"consumer {c} got hand-offs {ks[:8]}... instead of {expected[:8]}...")
+        wrong = [(k, s) for k, s in zip(ks, sums) if s != k * elements]
+        if wrong:
+            raise AssertionError(f"consumer {c}: {len(wrong)} buffers read with the wrong contents, first "
+                                 f"(hand-off, sum) {wrong[0]}, expected {wrong[0][0] * elements}")
+
+
+def _run(mode: str, consumers: int, buffers: int, handoffs: int, elements: int, device: int,
+         latencies: bool) -> dict:
+    """One run: ``handoffs`` hand-offs round-robin over ``consumers``; verified; timed."""
+    producer = _Producer(mode, consumers, buffers, elements, device)
+    try:
+        torch = producer.torch
+        handed: list[list[int]] = [[] for _ in range(consumers)]
+        slots = [0] * consumers
+        rounds = []
+        warm = min(20, handoffs // 5)
+        start = None
+        for k in range(1, handoffs + 1):
+            if k == warm + 1:
+                torch.cuda.synchronize(device)
+                start = time.perf_counter()
+            c = k % consumers
+            t0 = time.perf_counter()
+            producer.hand_off(k, c, slots[c], buffers)
+            handed[c].append(k)
+            slots[c] = (slots[c] + 1) % buffers
+            if latencies:  # ping-pong: the producer's host waits to know the consumer is done
+                got = producer._back(c, block=True)
+                if got[2] is not None:
+                    got[2].synchronize(timeout=TIMEOUT)
+                if k > warm:
+                    rounds.append(time.perf_counter() - t0)
+        results = producer.finish()
+        seconds = time.perf_counter() - start
+        _check(results, handed, elements)
+    finally:
+        producer.close()
+    out = {"mode": mode, "consumers": consumers, "buffers": buffers, "handoffs": handoffs,
+           "throughput_per_s": (handoffs - warm) / seconds}
+    if rounds:
+        rounds.sort()
+        out["latency_us_p50"] = statistics.median(rounds) * 1e6
+        out["latency_us_p99"] = rounds[min(len(rounds) - 1, int(0.99 * len(rounds)))] * 1e6
+    return out
+
+
+def run_pipeline(out=print, *, handoffs: int = 1000, consumers: int = 2, buffers: int = 4,
+                 elements: int = 1 << 18, device: int = 0, modes=MODES) -> dict:
+    """Run the pipeline in every mode (latency ping-pong, then throughput), verify every
+    buffer, write a table with ``out``, and return the figures by mode (see the module
+    docstring). Needs PyTorch and a CUDA GPU."""
+    report: dict = {"elements": elements, "consumers": consumers, "buffers": buffers, "modes": {}}
+    for mode in modes:
+        lat = _run(mode, 1, 1, max(handoffs // 2, 50), elements, device, latencies=True)
+        thr = _run(mode, consumers, buffers, handoffs, elements, device, latencies=False)
+        report["modes"][mode] = {"latency_us_p50": lat["latency_us_p50"], "latency_us_p99": lat["latency_us_p99"],
+                                 "throughput_per_s": thr["throughput_per_s"]}
+    base = report["modes"].get("host")
+    out(f"{consumers} consumer process(es), {buffers} buffers each of {elements * 4 // 1024} KiB, "
+        f"{handoffs} hand-offs per throughput run; every buffer verified")
+    out(f"{'mode':10} {'latency p50 us':>15} {'p99 us':>10} {'hand-offs/s':>12} {'x host':>8}")
+    for mode, m in report["modes"].items():
+        ratio = f"{base['latency_us_p50'] / m['latency_us_p50']:.2f}" if base else "-"
+        out(f"{mode:10} {m['latency_us_p50']:15.1f} {m['latency_us_p99']:10.1f} {m['throughput_per_s']:12.0f} "
+            f"{ratio:>8}")
+    return report

@@ -1,0 +1,85 @@
+"""The other processes of the GPU interprocess tests, started with multiprocessing's 'spawn'
+method (PyTorch and a GPU in each): each function runs as a child's target and talks to the
+test through two queues, every read with a timeout."""
+
+from __future__ import annotations
+
+import time
+
+TIMEOUT = 60.0
+CYCLES_PER_MS = 2_000_000  # torch.cuda._sleep cycles per millisecond, roughly (an H200 clocks ~1.98 GHz)
+
+
+def sum_when_told(buffer, inbox, outbox) -> None:
+    """For each ``(send or None, wait)`` received: on a GPU stream, wait for the send (if
+    ``wait``), sum ``buffer`` and report the sum; ``None`` ends."""
+    import torch
+
+    import cudaevents as ce
+
+    stream = torch.cuda.Stream()
+    gs = ce.as_stream(stream)
+    buffer.sum()  # load the kernel before any "not finished yet" state
+    torch.cuda.synchronize()
+    outbox.put("ready")
+    while (msg := inbox.get(timeout=TIMEOUT)) is not None:
+        sent, wait = msg
+        if wait:
+            assert inbox.get(timeout=TIMEOUT) == "go"  # the exporter has done what it does before the wait
+            sent.wait(gs)
+        with torch.cuda.stream(stream):
+            total = buffer.sum(dtype=torch.int64)
+        stream.synchronize()
+        if sent is not None:
+            sent.release()
+        outbox.put(int(total))
+
+
+def export_behind_a_sleep(ms: float, receivers: int, outbox, inbox) -> None:
+    """Record an interprocess event behind a ``ms`` GPU sleep, send it ``receivers`` times, then
+    wait to be killed (or told to exit)."""
+    import torch
+
+    import cudaevents as ce
+
+    torch.cuda._sleep(1000)
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(int(ms * CYCLES_PER_MS))
+    event = ce.CudaEvent(0, interprocess=True).record(ce.as_stream(stream))
+    for _ in range(receivers):
+        outbox.put(event.ipc_handle())
+    assert inbox.get(timeout=TIMEOUT) == "exit"
+
+
+def wait_on_the_host(inbox, outbox) -> None:
+    """Receive a send and synchronize on it; report ``(exception name or None, message, seconds
+    from the "killed" message to the end of the wait)``."""
+    import cudaevents  # noqa: F401  (IpcEvent unpickles through it)
+
+    sent = inbox.get(timeout=TIMEOUT)
+    outbox.put("waiting")
+    try:
+        sent.synchronize(timeout=TIMEOUT)
+        outcome = (None, "")
+    except Exception as exc:  # reported to the test
+        outcome = (type(exc).__name__, str(exc))
+    ended = time.time()
+    killed_at = inbox.get(timeout=TIMEOUT)
+    outbox.put((*outcome, ended - killed_at))
+
+
+def receive_wait_and_exit(inbox, outbox) -> None:
+    """Receive two sends, enqueue a GPU wait on each, and return without releasing them (they
+    are dropped with this function's frame)."""
+    import torch
+
+    import cudaevents as ce
+
+    gs = ce.as_stream(torch.cuda.Stream())
+    sends = [inbox.get(timeout=TIMEOUT) for _ in range(2)]
+    for sent in sends:
+        sent.wait(gs)
+    gs.synchronize(timeout=TIMEOUT)
+    outbox.put("waited")
