@@ -82,6 +82,26 @@ def test_the_handle_is_exported_once_per_event(fake_driver):
     assert interprocess.stats()["unreleased"] == 0
 
 
+def test_a_resent_pooled_event_keeps_its_identity_unless_it_is_another_native_event(fake_driver):
+    event = ce.CudaEvent(0, interprocess=True)
+    native, first = event.handle, _sent(event)
+    first.release()
+    event.close()
+    again = ce.CudaEvent(0, interprocess=True)
+    assert again.handle == native
+    second = _sent(again)
+    assert second._uid == first._uid  # receivers' cached opened handle serves it
+    assert fake_driver.ipc_exports == 2  # one look at the handle per pool life, none per send
+    _sent(again).release()
+    assert fake_driver.ipc_exports == 2
+    second.release()
+    again.close()
+    # the pool destroyed it and the driver gave its number to a new event: another handle
+    fake_driver.cuIpcGetEventHandle = lambda event: (0, type("H", (), {"reserved": b"another event".ljust(64)}))
+    third = _sent(ce.CudaEvent(0, interprocess=True))
+    assert third._uid != first._uid
+
+
 def test_an_exported_event_returns_to_its_pool_only_once_every_send_is_released(fake_driver):
     event = ce.CudaEvent(0, interprocess=True)
     native = event.handle

@@ -10,7 +10,7 @@ before it was filled, or refilled before it was read, shows as a wrong sum.
 How a hand-off travels (``mode``):
 
 - ``host``: the baseline. The producer waits on the host for its fill (a CUDA event's
-  synchronize) and sends ``k`` through a ``multiprocessing`` queue; the consumer sums,
+  synchronize) and sends ``k`` to the consumer; the consumer sums,
   synchronizes, and sends ``k`` back.
 - ``events``: interprocess events. The producer records a pooled
   ``CudaEvent(interprocess=True)`` after the fill and sends ``event.ipc_handle()`` with ``k``;
@@ -26,7 +26,6 @@ buffers per consumer and all consumers (hand-offs per second over the whole run)
 
 from __future__ import annotations
 
-import queue as queue_module
 import statistics
 import time
 
@@ -43,7 +42,14 @@ def _torch():
     return torch, tmp
 
 
-def _consume(mode: str, device: int, buffers: list, inbox, outbox) -> None:
+def _recv(conn, what: str):
+    """The next message on ``conn``, waiting at most :data:`TIMEOUT` seconds."""
+    if not conn.poll(TIMEOUT):
+        raise TimeoutError(f"{what} sent nothing in {TIMEOUT} s")
+    return conn.recv()
+
+
+def _consume(mode: str, device: int, buffers: list, conn) -> None:
     """A consumer process: sum each buffer it is handed, hand it back; at the end send the sums."""
     torch, _ = _torch()
     import cudaevents as ce
@@ -54,7 +60,7 @@ def _consume(mode: str, device: int, buffers: list, inbox, outbox) -> None:
     sums, ks = [], []
     with torch.cuda.stream(stream):
         while True:
-            msg = inbox.get(timeout=TIMEOUT)
+            msg = _recv(conn, "the producer")
             if msg is None:
                 break
             k, slot, sent = msg
@@ -66,17 +72,17 @@ def _consume(mode: str, device: int, buffers: list, inbox, outbox) -> None:
             ks.append(k)
             if mode == "events":
                 back = ce.CudaEvent(device, interprocess=True).record(gs)
-                outbox.put((k, slot, back.ipc_handle()))
+                conn.send((k, slot, back.ipc_handle()))
                 back.close()  # held by the send until the producer releases it
             else:
                 stream.synchronize()
-                outbox.put((k, slot, None))
+                conn.send((k, slot, None))
         stream.synchronize()
-    outbox.put(("sums", ks, [int(s) for s in torch.stack(sums).cpu()] if sums else []))
+    conn.send(("sums", ks, [int(s) for s in torch.stack(sums).cpu()] if sums else []))
 
 
 class _Producer:
-    """The producing side of one run: buffers per consumer, their queues, and the hand-offs."""
+    """The producing side of one run: buffers per consumer, their pipes, and the hand-offs."""
 
     def __init__(self, mode: str, consumers: int, buffers: int, elements: int, device: int):
         torch, tmp = _torch()
@@ -90,10 +96,9 @@ class _Producer:
         self.buffers = [[torch.zeros(elements, dtype=torch.int32, device=device) for _ in range(buffers)]
                         for _ in range(consumers)]
         torch.cuda.synchronize(device)  # zeroed before another process sees them
-        self.inboxes = [ctx.Queue() for _ in range(consumers)]
-        self.outboxes = [ctx.Queue() for _ in range(consumers)]
-        self.procs = [ctx.Process(target=_consume, args=(mode, device, self.buffers[c], self.inboxes[c],
-                                                         self.outboxes[c]), daemon=True)
+        pipes = [ctx.Pipe() for _ in range(consumers)]
+        self.conns = [mine for mine, _ in pipes]
+        self.procs = [ctx.Process(target=_consume, args=(mode, device, self.buffers[c], pipes[c][1]), daemon=True)
                       for c in range(consumers)]
         for p in self.procs:
             p.start()
@@ -103,12 +108,9 @@ class _Producer:
     def _back(self, c: int, block: bool):
         """Take one hand-back ``(k, slot, event or None)`` of consumer ``c``; without ``block``,
         ``None`` when there is none yet."""
-        try:
-            k, slot, back = self.outboxes[c].get(block=block, timeout=TIMEOUT if block else None)
-        except queue_module.Empty:
-            if block:
-                raise TimeoutError(f"consumer {c} handed nothing back in {TIMEOUT} s") from None
+        if not block and not self.conns[c].poll():
             return None
+        k, slot, back = _recv(self.conns[c], f"consumer {c}")
         self.owed[c] -= 1
         self.free[c][slot] = back
         return k, slot, back
@@ -127,11 +129,11 @@ class _Producer:
             self.buffers[c][slot].fill_(k)
             if self.mode == "events":
                 event = self.ce.CudaEvent(self.device, interprocess=True).record(self.gs)
-                self.inboxes[c].put((k, slot, event.ipc_handle()))
+                self.conns[c].send((k, slot, event.ipc_handle()))
                 event.close()  # held by the send until the consumer releases it
             else:
                 self.stream.synchronize()
-                self.inboxes[c].put((k, slot, None))
+                self.conns[c].send((k, slot, None))
         self.owed[c] += 1
 
     def finish(self) -> list[tuple[list, list]]:
@@ -139,10 +141,10 @@ class _Producer:
         for c in range(len(self.procs)):
             while self.owed[c]:
                 self._back(c, block=True)
-            self.inboxes[c].put(None)
+            self.conns[c].send(None)
         out = []
         for c, p in enumerate(self.procs):
-            msg = self.outboxes[c].get(timeout=TIMEOUT)
+            msg = _recv(self.conns[c], f"consumer {c}")
             assert msg[0] == "sums", msg
             out.append((msg[1], msg[2]))
             p.join(TIMEOUT)

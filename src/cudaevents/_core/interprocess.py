@@ -78,13 +78,14 @@ def _shm_dir() -> str:
 class _Export:
     """This process's record of one exported native event, for one pool life."""
 
-    __slots__ = ("uid", "handle_bytes", "device_uuid", "pending")
+    __slots__ = ("uid", "handle_bytes", "device_uuid", "pending", "pooled")
 
     def __init__(self, uid: int, handle_bytes: bytes, device_uuid: bytes):
         self.uid = uid
         self.handle_bytes = handle_bytes
         self.device_uuid = device_uuid
         self.pending: list[tuple[_AckFile, int, int]] = []  # (file, slot, sequence) not yet released
+        self.pooled = False  # back in its pool since its last send
 
 
 class _Exports:
@@ -107,12 +108,20 @@ class _Exports:
         with self._lock:
             self._take_returned()
             export = self._by_handle.get(int(h))
-            if export is None:
+            handle_bytes = None
+            if export is not None and export.pooled:
+                # Back from the pool: the same native event, unless the pool destroyed it and
+                # the driver gave its number to a new one; its interprocess handle tells.
                 handle_bytes = driver.ipc_event_handle(h)
+                if handle_bytes != export.handle_bytes:
+                    export = None
+            if export is None:
+                handle_bytes = handle_bytes or driver.ipc_event_handle(h)
                 export = _Export(next(self._uids), handle_bytes, driver.device_uuid(event._device))
                 self._by_handle[int(h)] = export
             else:
                 self._released(export)  # its released sends' slots are free again
+            export.pooled = False
             if not isinstance(event._pool, _GuardedPool):
                 event._pool = _GuardedPool(event._pool, self)
             if not self._free:
@@ -138,8 +147,7 @@ class _Exports:
         for entry in self._parked:
             pool, device, flags, handle, export = entry
             if self._released(export):
-                self._by_handle.pop(int(handle), None)
-                pool.release(device, flags, handle)
+                self._to_pool(pool, device, flags, handle, export)
             else:
                 still.append(entry)
         self._parked = still
@@ -158,12 +166,7 @@ class _Exports:
         """An exported event was closed: back to ``pool`` now if none of its sends is out."""
         with self._lock:
             self._take_returned()
-            export = self._by_handle.get(int(handle))
-            if export is None or self._released(export):
-                self._by_handle.pop(int(handle), None)
-                pool.release(device, flags, handle)
-            else:
-                self._parked.append((pool, device, flags, handle, export))
+            self._closed(pool, device, flags, handle)
             self._settle()
 
     def release_deferred(self, pool, device: int, flags: int, handle) -> None:
@@ -172,12 +175,24 @@ class _Exports:
 
     def _take_returned(self) -> None:
         for pool, device, flags, handle in drain(self._returned):
-            export = self._by_handle.get(int(handle))
-            if export is None or self._released(export):
-                self._by_handle.pop(int(handle), None)
-                pool.release(device, flags, handle)
-            else:
-                self._parked.append((pool, device, flags, handle, export))
+            self._closed(pool, device, flags, handle)
+
+    def _closed(self, pool, device: int, flags: int, handle) -> None:
+        """With the lock held: an exported event was closed; to its pool or parked."""
+        export = self._by_handle.get(int(handle))
+        if export is None or self._released(export):
+            self._to_pool(pool, device, flags, handle, export)
+        else:
+            self._parked.append((pool, device, flags, handle, export))
+
+    @staticmethod
+    def _to_pool(pool, device: int, flags: int, handle, export) -> None:
+        """Give the handle back. Its record stays, so that a later send of the same native
+        event (the pool hands it out again) keeps the identity under which receivers cached
+        their opened handle: no driver call there."""
+        if export is not None:
+            export.pooled = True
+        pool.release(device, flags, handle)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -257,17 +272,25 @@ def stats() -> dict[str, int]:
 class _Opened:
     """A handle opened in this process (or, in the exporter itself, the exporter's own)."""
 
-    __slots__ = ("handle", "device", "owned", "__weakref__")
+    __slots__ = ("handle", "device", "exporter", "owned", "__weakref__")
 
-    def __init__(self, handle, device: int, owned: bool):
+    def __init__(self, handle, device: int, exporter, owned: bool):
         self.handle = handle
         self.device = device
+        self.exporter = exporter
         self.owned = owned
 
     def __del__(self):
         if self.owned and not state.exiting and not state.forked:
-            handle = self.handle
-            defer(lambda: driver.event_destroy(handle))  # a finalizer makes no driver call
+            handle, exporter = self.handle, self.exporter
+            defer(lambda: _close_opened(handle, exporter))  # a finalizer makes no driver call
+
+
+def _close_opened(handle, exporter) -> None:
+    """Close an opened handle, unless its exporter has ended: the event is gone with the
+    exporter's context, and CUDA may block closing what refers to it (left to the exit)."""
+    if processes.alive(exporter):
+        driver.event_destroy(handle)
 
 
 _opened: "collections.OrderedDict[tuple, _Opened]" = collections.OrderedDict()
@@ -306,10 +329,10 @@ def _open(exporter, uid: int, handle_bytes: bytes, device_uuid: bytes) -> _Opene
             native = next((h for h, e in exports._by_handle.items() if e.uid == uid), None)
         if native is None:
             raise ClosedError("this process exported the event and has since recycled it; send it again")
-        got = _Opened(native, _device_index(device_uuid), owned=False)
+        got = _Opened(native, _device_index(device_uuid), exporter, owned=False)
     else:
         index = _device_index(device_uuid)
-        got = _Opened(driver.ipc_open_event(index, handle_bytes), index, owned=True)
+        got = _Opened(driver.ipc_open_event(index, handle_bytes), index, exporter, owned=True)
     with _opened_lock:
         _opened[key] = got
         while len(_opened) > _OPENED_MAX:
