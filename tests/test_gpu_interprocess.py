@@ -93,13 +93,17 @@ def test_naive_recycling_of_an_exported_event_breaks_ordering_and_the_rule_keeps
     child, inbox, outbox = spawn(peers.sum_when_told, buffer)
     assert outbox.get(timeout=TIMEOUT) == "ready"
     busy, idle = torch.cuda.Stream(), ce.GpuStream(0)
+    event = ce.CudaEvent(0, interprocess=True).record(idle)
+    native = event.handle
+    inbox.put((event.ipc_handle(), True))  # the receiver opens the handle now, on finished work
+    inbox.put("go")
+    assert outbox.get(timeout=TIMEOUT) == 0
     sums = {}
     for how in ("naive", "rule"):
         buffer.zero_()
         torch.cuda.synchronize()
         _fill_behind_a_sleep(buffer, 5, busy)
-        event = ce.CudaEvent(0, interprocess=True).record(ce.as_stream(busy))
-        native = event.handle
+        event.record(ce.as_stream(busy))
         inbox.put((event.ipc_handle(), True))
         if how == "naive":  # what a pool recycling at close would let happen: other work records it
             event.record(idle)
@@ -108,13 +112,10 @@ def test_naive_recycling_of_an_exported_event_breaks_ordering_and_the_rule_keeps
             other = ce.CudaEvent(0, interprocess=True)
             assert other.handle != native  # held for the receiver; the pool made another
             other.record(idle)
-        inbox.put("go")  # only now does the receiver wait
+        inbox.put("go")  # only now does the receiver wait (its opened handle cached: no open)
         sums[how] = outbox.get(timeout=TIMEOUT)
         busy.synchronize()
-        if how == "naive":
-            event.close()
-        else:
-            other.close()
+    other.close()
     inbox.put(None)
     child.join(TIMEOUT)
     assert sums["naive"] == 0  # waited on the other work's record: read before the fill

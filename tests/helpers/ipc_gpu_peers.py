@@ -35,7 +35,7 @@ def sum_when_told(buffer, inbox, outbox) -> None:
         outbox.put(int(total))
 
 
-def export_behind_a_sleep(ms: float, receivers: int, outbox, inbox) -> None:
+def export_behind_a_sleep(ms: float, receivers: int, inbox, outbox) -> None:
     """Record an interprocess event behind a ``ms`` GPU sleep, send it ``receivers`` times, then
     wait to be killed (or told to exit)."""
     import torch
