@@ -83,3 +83,38 @@ def receive_wait_and_exit(inbox, outbox) -> None:
         sent.wait(gs)
     gs.synchronize(timeout=TIMEOUT)
     outbox.put("waited")
+
+
+def copy_to_gpu_1_and_sum(buffer, inbox, outbox) -> None:
+    """For each send received: a stream of GPU 1 waits for it, copies ``buffer`` (on GPU 0)
+    over and sums the copy; the sum is reported. ``None`` ends."""
+    import torch
+
+    import cudaevents as ce
+
+    torch.cuda.set_device(1)
+    stream = torch.cuda.Stream(1)
+    gs = ce.as_stream(stream)
+    buffer.to(1).sum()  # load the kernels
+    torch.cuda.synchronize(1)
+    outbox.put("ready")
+    while (sent := inbox.get(timeout=TIMEOUT)) is not None:
+        sent.wait(gs)
+        with torch.cuda.stream(stream):
+            total = buffer.to(1, non_blocking=True).sum(dtype=torch.int64)
+        stream.synchronize()
+        sent.release()
+        outbox.put(int(total))
+
+
+def open_seeing_only_gpu_1(inbox, outbox) -> None:
+    """With only GPU 1 visible, try to wait on a send from GPU 0; report what was raised."""
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = "1"  # before this process's first CUDA use
+    sent = inbox.get(timeout=TIMEOUT)
+    try:
+        sent.query()
+        outbox.put((None, ""))
+    except Exception as exc:  # reported to the test
+        outbox.put((type(exc).__name__, str(exc)))

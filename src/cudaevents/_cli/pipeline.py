@@ -50,7 +50,8 @@ def _recv(conn, what: str):
 
 
 def _consume(mode: str, device: int, buffers: list, conn) -> None:
-    """A consumer process: sum each buffer it is handed, hand it back; at the end send the sums."""
+    """A consumer process: sum each buffer it is handed on a stream of ``device`` (a buffer of
+    another GPU is copied over first), hand it back; at the end send the sums."""
     torch, _ = _torch()
     import cudaevents as ce
 
@@ -68,6 +69,8 @@ def _consume(mode: str, device: int, buffers: list, conn) -> None:
             if mode == "events":
                 sent.wait(gs)  # on the device: the fill is done before the sum runs
                 sent.release()
+            if buf.device.index != device:  # a peer copy, ordered after the stream's wait by torch
+                buf = buf.to(device, non_blocking=True)
             sums.append(buf.sum(dtype=torch.int64))
             ks.append(k)
             if mode == "events":
@@ -84,7 +87,8 @@ def _consume(mode: str, device: int, buffers: list, conn) -> None:
 class _Producer:
     """The producing side of one run: buffers per consumer, their pipes, and the hand-offs."""
 
-    def __init__(self, mode: str, consumers: int, buffers: int, elements: int, device: int):
+    def __init__(self, mode: str, consumers: int, buffers: int, elements: int, device: int,
+                 consumer_device: int):
         torch, tmp = _torch()
         import cudaevents as ce
 
@@ -98,7 +102,7 @@ class _Producer:
         torch.cuda.synchronize(device)  # zeroed before another process sees them
         pipes = [ctx.Pipe() for _ in range(consumers)]
         self.conns = [mine for mine, _ in pipes]
-        self.procs = [ctx.Process(target=_consume, args=(mode, device, self.buffers[c], pipes[c][1]), daemon=True)
+        self.procs = [ctx.Process(target=_consume, args=(mode, consumer_device, self.buffers[c], pipes[c][1]), daemon=True)
                       for c in range(consumers)]
         for p in self.procs:
             p.start()
@@ -171,9 +175,11 @@ def _check(results: list, handed: list[list[int]], elements: int) -> None:
 
 
 def _run(mode: str, consumers: int, buffers: int, handoffs: int, elements: int, device: int,
-         latencies: bool) -> dict:
-    """One run: ``handoffs`` hand-offs round-robin over ``consumers``; verified; timed."""
-    producer = _Producer(mode, consumers, buffers, elements, device)
+         latencies: bool, consumer_device: int | None = None) -> dict:
+    """One run: ``handoffs`` hand-offs round-robin over ``consumers`` (computing on
+    ``consumer_device``, by default the producer's); verified; timed."""
+    producer = _Producer(mode, consumers, buffers, elements, device,
+                         device if consumer_device is None else consumer_device)
     try:
         torch = producer.torch
         handed: list[list[int]] = [[] for _ in range(consumers)]
