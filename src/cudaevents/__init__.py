@@ -10,11 +10,14 @@ from ._core.cuda_event import CudaEvent
 from ._core.devices import Device, DeviceCapabilities, device_count, is_available
 from ._core.errors import (
     ClosedError,
+    CreatorClosedError,
     CudaError,
     CudaUnavailableError,
     DeviceMismatchError,
     NotReadyError,
     NotRecordedError,
+    NotShareableError,
+    PeerError,
 )
 from ._core.pool import EventPool, PoolStats, default_pool
 from ._core.streams import GpuStream, as_stream
@@ -41,6 +44,7 @@ __all__ = [
     "BenchmarkResult",
     "ClosedError",
     "CpuStream",
+    "CreatorClosedError",
     "CudaError",
     "CudaEvent",
     "CudaUnavailableError",
@@ -54,6 +58,8 @@ __all__ = [
     "LayerTimer",
     "NotReadyError",
     "NotRecordedError",
+    "NotShareableError",
+    "PeerError",
     "PoolStats",
     "RankReport",
     "RankReporter",

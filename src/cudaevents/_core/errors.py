@@ -13,6 +13,9 @@ __all__ = [
     "NotRecordedError",
     "NotReadyError",
     "DeviceMismatchError",
+    "PeerError",
+    "CreatorClosedError",
+    "NotShareableError",
 ]
 
 
@@ -61,3 +64,36 @@ class NotReadyError(RuntimeError):
 
 class DeviceMismatchError(ValueError):
     """An object of one device was used with a stream or object of another device."""
+
+
+class PeerError(ClosedError):
+    """Another process sharing a counter died without closing it, or failed it (a producer's
+    exception there): the values it would have signalled may never come.
+
+    Every process sharing the counter sees it: waits for values above :attr:`value` raise
+    this error, waits for values it had reached by then still return, and signals change
+    nothing. The counter stays broken: make a new one.
+
+    Attributes:
+        pid: the process that died or failed the counter.
+        died: True when it ended without closing the counter; False when it failed it.
+        value: the counter's value when the break was seen.
+    """
+
+    def __init__(self, message: str, pid: int = 0, died: bool = True, value: int = 0):
+        super().__init__(message)
+        self.pid, self.died, self.value = pid, died, value
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.pid, self.died, self.value))
+
+
+class CreatorClosedError(ClosedError):
+    """A shared counter was received (unpickled) after the process that created it closed it
+    or exited: its storage is gone for new processes."""
+
+
+class NotShareableError(TypeError):
+    """Something that cannot cross a process boundary was sent to another process: an
+    AtomicEvent made without ``shared=True``, or a shared counter on a backend that cannot be
+    shared."""
