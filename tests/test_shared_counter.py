@@ -35,6 +35,10 @@ def test_host_signals_of_one_process_release_host_and_cpu_stream_waits_of_anothe
     scenario("host_to_waits")
 
 
+def test_two_processes_take_turns_signalling_from_the_host_and_cpu_streams():
+    scenario("ping_pong")
+
+
 def test_values_never_decrease_across_processes_and_a_host_signal_behind_a_peers_pending_one_is_refused():
     scenario("monotonic")
 

@@ -61,6 +61,38 @@ def host_to_waits():
     joined(p)
 
 
+# -- turns taken many times: every signal of one process seen by the other's next wait -------
+ROUNDS = 200
+
+
+def pong_child(a):
+    s = ce.CpuStream("child")
+    for r in range(ROUNDS):
+        a.wait(2 * r + 1, timeout=T)
+        if r % 2:
+            a.signal(2 * r + 2)
+        else:
+            a.signal(2 * r + 2, s)        # a CpuStream signal, racing the parent's next wait
+    s.synchronize(timeout=T)
+    s.close(timeout=T)
+    a.close()
+
+
+def ping_pong():
+    a = ce.AtomicEvent(shared=True)
+    p = spawn(pong_child, a)
+    s = ce.CpuStream("parent")
+    for r in range(ROUNDS):
+        if r % 3:
+            a.signal(2 * r + 1)
+        else:
+            a.signal(2 * r + 1, s)
+        a.wait(2 * r + 2, timeout=T)
+    joined(p)
+    assert a.value == 2 * ROUNDS and a.error is None
+    s.close(timeout=T)
+
+
 # -- values never decrease, across processes ----------------------------------------------------
 def order_child(a, ctl):
     ctl.wait(1, timeout=T)
