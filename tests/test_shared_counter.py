@@ -145,3 +145,12 @@ def test_a_gpu_the_receiving_process_does_not_see_leaves_it_host_and_cpu_streams
     assert a.value == 2
     b.close()
     a.close()
+
+
+def test_a_shared_counter_on_the_host_backend_is_host_only_also_beside_a_gpu(gpu, monkeypatch):
+    monkeypatch.setenv("CUDAEVENTS_ATOMIC_BACKEND", "host")
+    a = ce.AtomicEvent(0, shared=True)
+    assert a.backend == "host" and a.device is None and a._cell.uuid is None and not gpu.registered
+    with pytest.raises(ValueError, match="uses the host backend"):
+        a.signal(1, ce.GpuStream(0))
+    a.close()

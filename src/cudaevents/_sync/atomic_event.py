@@ -116,6 +116,7 @@ class AtomicEvent:
         backend = counter_storage.choose_backend(index)
         if shared:
             cell = shared_storage.create(backend, index)
+            index = index if cell.gpu else None  # host only, as in every process that receives it
         else:
             cell = counter_storage.make_cell(backend, -1 if index is None else index)
         self._start(cell, index)
