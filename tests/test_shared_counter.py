@@ -59,6 +59,10 @@ def test_after_the_creator_closed_or_exited_the_counter_cannot_be_received():
     scenario("creator_closed")
 
 
+def test_a_killed_creator_breaks_the_counter_and_nobody_can_receive_it_any_more():
+    scenario("creator_killed")
+
+
 def test_a_peer_death_lets_gpu_waits_of_this_process_go_without_a_driver_call():
     scenario("gpu_waits_let_go")
 

@@ -201,7 +201,7 @@ def clean_close():
 
 # -- the creator's close and exit ----------------------------------------------------------------
 def late_child(data, ctl):
-    err = expect(ce.CreatorClosedError, pickle.loads, data, match="closed (or its process exited) in the process that created it")
+    err = expect(ce.CreatorClosedError, pickle.loads, data, match="was closed in the process that created it, or that process ended")
     assert isinstance(err, ce.ClosedError)
     ctl.signal(1)
 
@@ -235,6 +235,27 @@ def creator_closed():
     data = queue.get(timeout=T)
     joined(p)
     expect(ce.CreatorClosedError, pickle.loads, data)
+
+
+def doomed_creator_child(queue):
+    a = ce.AtomicEvent(shared=True)
+    a.signal(1)
+    queue.put(pickle.dumps(a))
+    time.sleep(T)                         # killed long before
+
+
+def creator_killed():
+    queue = multiprocessing.get_context("spawn").Queue()
+    p = spawn(doomed_creator_child, queue)
+    data = queue.get(timeout=T)
+    a = pickle.loads(data)
+    os.kill(p.pid, signal.SIGKILL)
+    expect(ce.PeerError, a.wait, 2, timeout=T, match=f"process {p.pid}")
+    assert not os.path.exists(a._cell.path)  # whoever saw the creator's death unlinked the file
+    joined(p, -signal.SIGKILL)
+    ctl = ce.AtomicEvent(shared=True)
+    joined(spawn(late_child, data, ctl))  # nobody can receive it any more
+    a.close()
 
 
 # -- GPU streams of this process, on the simulated driver; the children have no GPU -------------

@@ -89,8 +89,8 @@ class PeerError(ClosedError):
 
 
 class CreatorClosedError(ClosedError):
-    """A shared counter was received (unpickled) after the process that created it closed it
-    or exited: its storage is gone for new processes."""
+    """A shared counter was received (unpickled) after the process that created it closed it,
+    exited or died: its storage is gone for new processes."""
 
 
 class NotShareableError(TypeError):

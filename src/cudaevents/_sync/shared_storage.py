@@ -382,7 +382,7 @@ def _refuse_unmapped(*args, **kwargs):
 
 def _creator_closed(path: str) -> CreatorClosedError:
     return CreatorClosedError(
-        f"the shared AtomicEvent {path} was closed (or its process exited) in the process that created it, so "
+        f"the shared AtomicEvent {path} was closed in the process that created it, or that process ended, so "
         "it can no longer be received: send it to other processes while its creator still has it open, or "
         "create a new shared AtomicEvent"
     )
