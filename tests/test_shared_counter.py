@@ -55,6 +55,10 @@ def test_a_clean_close_or_exit_is_no_death():
     scenario("clean_close")
 
 
+def test_a_process_that_exits_with_its_signal_pending_counts_as_dead():
+    scenario("exit_with_a_pending_signal")
+
+
 def test_after_the_creator_closed_or_exited_the_counter_cannot_be_received():
     scenario("creator_closed")
 

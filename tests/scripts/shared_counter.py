@@ -188,6 +188,20 @@ def exiting_child(a):
     a.wait(1, timeout=T)                  # exits without closing: the interpreter's exit detaches
 
 
+def pending_exit_child(a):
+    gate = threading.Event()              # never opened: the signal behind it never lands
+    s = ce.CpuStream("child")
+    s.enqueue(gate.wait, T)
+    a.signal(3, s)                        # exits with it pending: the process stays attached
+
+
+def exit_with_a_pending_signal():
+    a = ce.AtomicEvent(shared=True)
+    p = spawn(pending_exit_child, a)
+    joined(p)
+    expect(ce.PeerError, a.wait, 3, timeout=T, match=f"process {p.pid}")
+
+
 def clean_close():
     a = ce.AtomicEvent(shared=True)
     for target in (closing_child, exiting_child):
