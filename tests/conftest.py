@@ -190,3 +190,23 @@ def buffers():
     yield alloc
     for ptr in allocated:
         driver.mem_free(ptr)
+
+
+@pytest.fixture
+def spawned():
+    """``spawned(target, *args) -> (process, inbox, outbox)``: children started with the
+    'spawn' method (helpers.spawning.with_queues); those still alive at the end are killed."""
+    from helpers.spawning import T, with_queues
+
+    started = []
+
+    def start(target, *args):
+        child, inbox, outbox = with_queues(target, *args)
+        started.append(child)
+        return child, inbox, outbox
+
+    yield start
+    for child in started:
+        if child.is_alive():
+            child.kill()
+        child.join(T)

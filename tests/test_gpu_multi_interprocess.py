@@ -12,37 +12,17 @@ from helpers import ipc_gpu_peers as peers
 pytestmark = [pytest.mark.gpu, pytest.mark.multigpu]
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("torch.multiprocessing")  # from here on, CUDA tensors pickle as CUDA IPC memory
 
 TIMEOUT = 60.0
 N = 1 << 20
 
 
-@pytest.fixture
-def spawn():
-    from torch import multiprocessing as tmp
-
-    ctx = tmp.get_context("spawn")
-    started = []
-
-    def start(target, *args):
-        inbox, outbox = ctx.Queue(), ctx.Queue()
-        child = ctx.Process(target=target, args=(*args, inbox, outbox), daemon=True)
-        child.start()
-        started.append(child)
-        return child, inbox, outbox
-
-    yield start
-    for child in started:
-        if child.is_alive():
-            child.kill()
-        child.join(TIMEOUT)
-
-
-def test_a_receiver_on_gpu_1_waits_for_an_event_of_gpu_0_and_copies_what_it_wrote(spawn):
+def test_a_receiver_on_gpu_1_waits_for_an_event_of_gpu_0_and_copies_what_it_wrote(spawned):
     buffer = torch.zeros(N, dtype=torch.int32, device="cuda:0")
     torch.cuda._sleep(1000)
     torch.cuda.synchronize(0)
-    child, inbox, outbox = spawn(peers.copy_to_gpu_1_and_sum, buffer)
+    child, inbox, outbox = spawned(peers.copy_to_gpu_1_and_sum, buffer)
     assert outbox.get(timeout=TIMEOUT) == "ready"
     stream = torch.cuda.Stream(0)
     for value in (3, 4):
@@ -58,9 +38,9 @@ def test_a_receiver_on_gpu_1_waits_for_an_event_of_gpu_0_and_copies_what_it_wrot
     assert child.exitcode == 0
 
 
-def test_a_receiver_that_does_not_see_the_exporters_gpu_is_told_which_and_why(spawn):
+def test_a_receiver_that_does_not_see_the_exporters_gpu_is_told_which_and_why(spawned):
     event = ce.CudaEvent(0, interprocess=True).record(ce.GpuStream(0))
-    child, inbox, outbox = spawn(peers.open_seeing_only_gpu_1)
+    child, inbox, outbox = spawned(peers.open_seeing_only_gpu_1)
     inbox.put(event.ipc_handle())
     name, message = outbox.get(timeout=TIMEOUT)
     assert name == "DeviceMismatchError", message

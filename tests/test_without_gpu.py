@@ -57,6 +57,19 @@ def test_cli_demo_without_a_device_shows_cpu_streams():
     assert "consume 2" in r.stdout and "synchronize() raised ValueError('bad batch')" in r.stdout
 
 
+def test_cli_demo_processes_without_a_device_says_what_it_needs():
+    r = run_cli("demo", "--processes", env=NO_GPU)
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert r.returncode == 2 and "needs PyTorch (pip install torch)" in r.stderr
+    else:
+        assert r.returncode == 1 and "needs a CUDA GPU" in r.stderr
+    r = run_cli("demo", "--processes", "--consumers", "0", env=NO_GPU)
+    assert r.returncode == 2 and "--consumers must be at least 1" in r.stderr
+
+
 def test_cli_usage():
     r = run_cli(env=NO_GPU)
     assert r.returncode == 2 and "info" in r.stdout and "demo" in r.stdout

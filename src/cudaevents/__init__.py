@@ -10,12 +10,14 @@ from ._core.cuda_event import CudaEvent
 from ._core.devices import Device, DeviceCapabilities, device_count, is_available
 from ._core.errors import (
     ClosedError,
+    CreatorClosedError,
     CudaError,
     CudaUnavailableError,
     DeviceMismatchError,
     NotReadyError,
     NotRecordedError,
-    PeerDiedError,
+    NotShareableError,
+    PeerError,
 )
 from ._core.interprocess import IpcEvent
 from ._core.pool import EventPool, PoolStats, default_pool
@@ -43,6 +45,7 @@ __all__ = [
     "BenchmarkResult",
     "ClosedError",
     "CpuStream",
+    "CreatorClosedError",
     "CudaError",
     "CudaEvent",
     "CudaUnavailableError",
@@ -57,7 +60,8 @@ __all__ = [
     "LayerTimer",
     "NotReadyError",
     "NotRecordedError",
-    "PeerDiedError",
+    "NotShareableError",
+    "PeerError",
     "PoolStats",
     "RankReport",
     "RankReporter",

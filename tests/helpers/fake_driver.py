@@ -22,11 +22,15 @@ The simulated GPU:
   work has completed. Both give up after 60 s, so a test that forgot to run the GPU fails on
   its own timeout instead of hanging.
 - Device memory (``cuMemAlloc``) is addresses only: memsets on it do nothing.
+- Host memory registration (``cuMemHostRegister``) maps a range as it is: its device address
+  is its host address (``registered`` lists the ranges). Device ``i``'s UUID is 16 bytes of
+  ``i + 1`` unless ``uuids`` says otherwise.
 - Pinned host memory comes from a shared anonymous mapping (MAP_SHARED), so a forked child's
   store into it would show in the parent, as it can with real pinned memory; its device
   address is its host address. Stream memory operations take effect at once: a write stores
   the value, a wait passes. With ``stream_order=True`` a write waits in its stream's queue
-  like a record and stores when :meth:`FakeDriver.run` gets there.
+  like a record and stores when :meth:`FakeDriver.run` gets there. ``value_waits`` lists
+  every memory wait as ``(stream, address, value)``, in call order.
 - With ``reuse_streams=True`` a new stream gets the handle of the last one destroyed, as the
   real driver does most of the time. ``cuStreamGetDevice`` says device 0 for any handle.
 - :meth:`FakeDriver.fail` makes an entry point fail with an error code from then on.
@@ -101,6 +105,8 @@ class FakeDriver:
     CUdevice_attribute = _Names()
     CU_MEMHOSTALLOC_PORTABLE = 1
     CU_MEMHOSTALLOC_DEVICEMAP = 2
+    CU_MEMHOSTREGISTER_PORTABLE = 1
+    CU_MEMHOSTREGISTER_DEVICEMAP = 2
     PINNED_BYTES = 1 << 16
 
     CUdriverProcAddress_flags = _Names()
@@ -136,6 +142,9 @@ class FakeDriver:
         self._pinned_base = 0
         self._pinned_used = 0
         self._count_lock = threading.Lock()
+        self.registered: list[tuple[int, int]] = []  # (address, bytes) of cuMemHostRegister
+        self.uuids = [bytes([i + 1]) * 16 for i in range(devices)]
+        self.value_waits: list[tuple[int, int, int]] = []  # (stream, address, value) of memory waits
 
     def _called(self, name: str) -> None:
         if os.getpid() != self.pid:
@@ -224,7 +233,10 @@ class FakeDriver:
         return (0, 1 << 30)
 
     def cuDeviceGetUuid(self, dev):
-        return (0, types.SimpleNamespace(bytes=b"simulated-gpu-%02d" % int(dev)))
+        class CUuuid:
+            bytes = self.uuids[int(dev)]
+
+        return (0, CUuuid())
 
     def cuDevicePrimaryCtxRetain(self, dev):
         return (0, 0x100 + int(dev))
@@ -349,6 +361,13 @@ class FakeDriver:
     def cuMemFreeHost(self, address):
         return (0,)
 
+    def cuMemHostRegister(self, address, nbytes, flags):
+        self.registered.append((int(address), int(nbytes)))
+        return (0,)
+
+    def cuMemHostUnregister(self, address):
+        return (0,)
+
     # -- device memory: addresses only (nothing reads or writes it); calls counted as all are --
     def cuMemAlloc(self, nbytes):
         return (0, next(self.ids) << 32)
@@ -377,9 +396,11 @@ class FakeDriver:
         return self._write(stream, ctypes.c_uint64.from_address(address), value)
 
     def cuStreamWaitValue32(self, stream, address, value, flags):
+        self.value_waits.append((int(stream), int(address), int(value)))
         return (0,)
 
     def cuStreamWaitValue64(self, stream, address, value, flags):
+        self.value_waits.append((int(stream), int(address), int(value)))
         return (0,)
 
 

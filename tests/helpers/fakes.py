@@ -55,6 +55,7 @@ class FakeGpuCell:
     name = "fake"
     limit = 1 << 63
     gpu = True
+    shared = False
 
     def __init__(self, *, signals_land: bool = True, recycled_value: int | None = None):
         self.word = 0

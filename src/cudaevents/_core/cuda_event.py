@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import compiled, driver
 from .devices import Device, resolve_device_index
-from .errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError
+from .errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecordedError, NotShareableError
 from .interprocess import IpcEvent, send
 from .pool import default_pool
 from .streams import GpuStream, as_stream
@@ -248,13 +248,14 @@ class CudaEvent:
         :mod:`cudaevents._core.interprocess`.
 
         Raises:
-            ValueError: the event is not interprocess, or has no device yet.
+            NotShareableError: the event is not interprocess.
+            ValueError: the event has no device yet.
             ClosedError: the event was closed.
         """
         return send(self)
 
     def __reduce__(self):
-        raise TypeError(
+        raise NotShareableError(
             "a CudaEvent cannot be pickled; to wait for it in another process, create it with "
             "interprocess=True and send event.ipc_handle()"
         )

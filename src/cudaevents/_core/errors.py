@@ -13,7 +13,9 @@ __all__ = [
     "NotRecordedError",
     "NotReadyError",
     "DeviceMismatchError",
-    "PeerDiedError",
+    "PeerError",
+    "CreatorClosedError",
+    "NotShareableError",
 ]
 
 
@@ -64,6 +66,36 @@ class DeviceMismatchError(ValueError):
     """An object of one device was used with a stream or object of another device."""
 
 
-class PeerDiedError(RuntimeError):
-    """Another process that an interprocess event or a shared counter depends on has ended
-    without closing what it shared: what it would have signalled will not come."""
+class PeerError(ClosedError):
+    """Another process that shares something with this one ended without closing it, or
+    failed it (a producer's exception there): what it would have signalled may never come.
+
+    For a shared counter, every process sharing it sees the break: waits for values above
+    :attr:`value` raise this error, waits for values it had reached by then still return, and
+    signals change nothing; the counter stays broken: make a new one. For an interprocess
+    event (:class:`~cudaevents.IpcEvent`), its exporter has ended and the event with it.
+
+    Attributes:
+        pid: the process that died or failed what it shared.
+        died: True when it ended without closing; False when it failed a counter.
+        value: a counter's value when the break was seen (0 for an event).
+    """
+
+    def __init__(self, message: str, pid: int = 0, died: bool = True, value: int = 0):
+        super().__init__(message)
+        self.pid, self.died, self.value = pid, died, value
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.pid, self.died, self.value))
+
+
+class CreatorClosedError(ClosedError):
+    """A shared counter was received (unpickled) after the process that created it closed it,
+    exited or died: its storage is gone for new processes."""
+
+
+class NotShareableError(TypeError):
+    """Something that cannot cross a process boundary was sent to another process: an
+    AtomicEvent made without ``shared=True`` or on a backend that cannot be shared, a
+    ``CudaEvent`` (send ``ipc_handle()`` of one made with ``interprocess=True``), or an
+    :class:`~cudaevents.IpcEvent` received from another process."""

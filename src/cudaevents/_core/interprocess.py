@@ -24,7 +24,7 @@ a receiver that died) holds its event until this process exits: a leak, never a 
 
 **Death.** A receiver checks that the exporter still runs before each use
 (:func:`processes.alive <cudaevents._core.processes.alive>`) and raises
-:class:`~cudaevents.PeerDiedError` when it does not: the event lived in the exporter's
+:class:`~cudaevents.PeerError` when it does not: the event lived in the exporter's
 context, which its exit destroyed.
 """
 
@@ -39,7 +39,7 @@ import threading
 import time
 
 from . import driver, processes
-from .errors import ClosedError, CudaUnavailableError, DeviceMismatchError, PeerDiedError
+from .errors import ClosedError, CudaUnavailableError, DeviceMismatchError, NotShareableError, PeerError
 from .lifetime import after_fork_in_child, defer, drain, state
 from .streams import GpuStream, as_stream
 from .wait import check_timeout, wait_until
@@ -248,7 +248,7 @@ def _get_exports() -> _Exports:
 def send(event) -> "IpcEvent":
     """``CudaEvent.ipc_handle()``: one send of ``event``, refusing what cannot be sent."""
     if not event.interprocess:
-        raise ValueError(
+        raise NotShareableError(
             "only an interprocess CudaEvent can be sent to another process; create it with "
             "CudaEvent(interprocess=True) (timing must stay off: CUDA cannot export timing events)"
         )
@@ -364,7 +364,7 @@ class IpcEvent:
     record they were sent for (see the module's recycling rule). A receiver opens the handle
     at its first use, once per exported event and process.
 
-    Raises (from every use): :class:`~cudaevents.PeerDiedError` when the exporter has ended,
+    Raises (from every use): :class:`~cudaevents.PeerError` when the exporter has ended,
     :class:`~cudaevents.ClosedError` after :meth:`release` or once pickled,
     :class:`~cudaevents.DeviceMismatchError` when this process does not see the event's GPU,
     :class:`~cudaevents.CudaUnavailableError` in a child forked after its parent used CUDA
@@ -408,9 +408,10 @@ class IpcEvent:
         if state.forked:
             raise CudaUnavailableError(driver.FORK_REASON)
         if not processes.alive(self._exporter):
-            raise PeerDiedError(
+            raise PeerError(
                 f"{what}: the process that exported this event (pid {self._exporter[0]}) has ended, and the "
-                "event with it; the work it stood for will not be signalled from there"
+                "event with it; the work it stood for will not be signalled from there",
+                pid=self._exporter[0],
             )
         opened = self._opened
         if opened is None:
@@ -469,7 +470,7 @@ class IpcEvent:
             raise ClosedError("this IpcEvent was pickled already (one receiver per send); send a new "
                               "event.ipc_handle()")
         if not self._sendable:
-            raise TypeError(
+            raise NotShareableError(
                 "an IpcEvent goes to one receiver and cannot be sent on (the exporter counts each "
                 "send); have the exporting process send event.ipc_handle() to each receiver"
             )

@@ -11,11 +11,11 @@ import weakref
 from .._core import driver
 from .._core.cuda_event import HeldEvent
 from .._core.devices import resolve_device_index
-from .._core.errors import ClosedError, CudaError, DeviceMismatchError
+from .._core.errors import ClosedError, CudaError, DeviceMismatchError, NotShareableError, PeerError
 from .._core.lifetime import after_fork_in_child, defer, state
 from .._core.streams import GpuStream, as_stream, helper_stream
 from .._core.wait import check_timeout, resolve_policy, wait_until
-from . import counter_storage
+from . import counter_storage, shared_storage
 from .cpu_stream import CpuStream
 
 __all__ = ["AtomicEvent", "atomic_backend"]
@@ -83,23 +83,72 @@ class AtomicEvent:
     that will give the signal. The detectable case, a GPU wait enqueued from a CpuStream
     task for a value that only a later task of that same CpuStream signals, is refused.
 
+    Shared by processes (``shared=True``): the value lives in shared memory, and the counter
+    pickles, so ``multiprocessing`` (start method ``spawn``) or ``torch.multiprocessing``
+    sends it to other processes, whose host, CPU streams and GPU streams (of the same GPU,
+    whatever its ordinal there) signal and wait on the same counter, with the same rules:
+    values never decrease from one signal call to the next in any process, and a stream
+    signal behind another process's pending signal waits for it first (a host signal then
+    raises ``ValueError``). Backends mem64, mem32 and host share; hostfn does not. A process
+    that ends without closing it (killed, crashed) breaks it for all: waits for values not
+    reached by then raise :class:`PeerError` within about a second, GPU waits are let go,
+    signals change nothing; a failure in one process breaks it the same way. ``close()`` in
+    a process detaches it (interpreter exit does too); after its creator closed it no
+    process can receive it (:class:`CreatorClosedError`). A forked child uses an inherited
+    shared counter from the host without joining it (its end is not watched).
+
     Args:
         device: the device whose streams use the counter; ``None`` is the current device,
             or no device on a machine without a GPU (then only host and CPU streams).
         policy: the default :class:`WaitPolicy` (or preset name) for host waits.
+        shared: keep the value in shared memory, for other processes (see above).
     """
 
     __slots__ = ("_cell", "_device", "_lock", "_gpu_lock", "_cond", "_promised", "_last_source", "_error",
                  "_error_tb", "_closed", "_touched", "_gpu_wait_max", "_cpu_pending", "_direct_promised",
                  "_gpu_promised", "_gpu_inflight", "_gpu_signalling", "_policy", "_final", "_finish", "__weakref__")
 
-    def __init__(self, device=None, *, policy=None):
+    def __init__(self, device=None, *, policy=None, shared: bool = False):
         self._closed = True  # until fully built, so a failed __init__ leaves nothing to close
         self._final = 0  # the value at close(): the cell may be released or recycled after it
         self._policy = resolve_policy(policy)
         index = None if device is None and not driver.is_usable() else resolve_device_index(device)
         backend = counter_storage.choose_backend(index)
-        self._cell = counter_storage.make_cell(backend, -1 if index is None else index)
+        if shared:
+            cell = shared_storage.create(backend, index)
+            index = index if cell.gpu else None  # host only, as in every process that receives it
+        else:
+            cell = counter_storage.make_cell(backend, -1 if index is None else index)
+        self._start(cell, index)
+
+    @classmethod
+    def _attach(cls, path: str, backend: str, uuid, policy) -> "AtomicEvent":
+        """Unpickling: the shared counter at ``path`` in this process (one object per counter
+        and process while it is open here)."""
+        event = _shared.get(path)
+        if event is not None and not event._closed:
+            return event
+        event = object.__new__(cls)
+        event._closed, event._final, event._policy = True, 0, policy
+        cell, index = shared_storage.attach(path, backend, uuid)
+        event._start(cell, index)
+        return event
+
+    def __reduce__(self):
+        cell = self._cell
+        if not cell.shared:
+            raise NotShareableError(
+                "this AtomicEvent is not shared and cannot be sent to another process (pickled); create it with "
+                "AtomicEvent(device, shared=True)"
+            )
+        if self._closed:
+            raise ClosedError("this shared AtomicEvent was closed in this process and cannot be sent from it; "
+                              "send it before closing it")
+        return (AtomicEvent._attach, (cell.path, cell.name, cell.uuid, self._policy))
+
+    def _start(self, cell, index: int | None) -> None:
+        """The rest of construction, around a new ``cell`` on device ``index`` (or none)."""
+        self._cell = cell
         self._device = -1 if index is None else index
         self._lock = threading.Lock()  # the state; never held across a driver call
         self._gpu_lock = threading.Lock()  # GPU enqueues of this counter, one at a time
@@ -118,6 +167,8 @@ class AtomicEvent:
         self._direct_promised = 0  # highest value signalled by the host or a GPU stream
         self._closed = False
         _events.add(self)
+        if cell.shared:
+            _shared[cell.path] = self
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -135,8 +186,10 @@ class AtomicEvent:
     @property
     def value(self) -> int:
         """The counter's current value (what has completed, not what is enqueued)."""
+        value = self._read()
+        self._adopt_break()
         self._raise_error()
-        return self._read()
+        return value
 
     @property
     def error(self) -> BaseException | None:
@@ -148,9 +201,14 @@ class AtomicEvent:
         """True after :meth:`close`."""
         return self._closed
 
+    @property
+    def shared(self) -> bool:
+        """True for a counter shared by processes (``shared=True``, or received from another)."""
+        return self._cell.shared
+
     def __repr__(self) -> str:
         state = f"closed at {self._final}" if self._closed else f"value={self._cell.read()}"
-        return f"<AtomicEvent {self._cell.name} {state}>"
+        return f"<AtomicEvent {self._cell.name}{' shared' if self._cell.shared else ''} {state}>"
 
     # -- checks -------------------------------------------------------------------------
     def _read(self) -> int:
@@ -159,10 +217,23 @@ class AtomicEvent:
         value = self._cell.read()
         return self._final if self._closed else value
 
-    def _raise_error(self) -> None:
+    def _raise_error(self, reached: int | None = None) -> None:
+        """Raise the counter's error, unless it is another process's break and ``reached``
+        (a value waited for) was reached before it."""
         err = self._error
         if err is not None:
+            if reached is not None and type(err) is PeerError and reached <= err.value:
+                return
             raise err.with_traceback(self._error_tb)
+
+    def _adopt_break(self) -> None:
+        """A shared counter that another process broke fails here too. Called after reading
+        the value: the release value a break stores is then seen with its break."""
+        cell = self._cell
+        if cell.shared and self._error is None:
+            err = cell.peer_error()
+            if err is not None:
+                self._poison(err)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -176,6 +247,14 @@ class AtomicEvent:
             )
 
     def _gpu_stream(self, stream) -> GpuStream:
+        if state.forked:  # before any decision: a shared counter must not fail for its other processes
+            driver.refuse_forked()
+        if not self._cell.gpu and self._cell.shared and self._cell.uuid is not None:
+            raise DeviceMismatchError(
+                f"this shared AtomicEvent belongs to the GPU with UUID {self._cell.uuid.hex()}, which this process "
+                "does not see (CUDA_VISIBLE_DEVICES, or no usable driver here); make that GPU visible to this "
+                "process, or use the host and CpuStreams here"
+            )
         s = stream if type(stream) is GpuStream else as_stream(stream)
         if not self._cell.gpu:
             raise ValueError(
@@ -198,10 +277,28 @@ class AtomicEvent:
         Once the counter carries an error (see :attr:`error`), signals change nothing.
 
         Raises:
-            ValueError: ``value`` is negative, too large, or below a value already signalled;
-                or a host signal would be overtaken by a pending stream signal.
+            ValueError: ``value`` is negative, too large, or below a value already signalled
+                (in any process, for a shared counter); or a host signal would be overtaken
+                by a pending stream signal (of any process).
             ClosedError: the event (or the CpuStream) was closed.
         """
+        if self._cell.shared:
+            self._adopt_break()
+            try:
+                self._signal(value, stream)
+            except PeerError as err:  # another process broke it meanwhile: the signal changes nothing
+                self._poison(err)
+            return
+        self._signal(value, stream)
+
+    def _claim(self, v: int, host: bool):
+        """Around the decision of a signal of ``v``, with the state lock held: for a shared
+        counter, the page's promise (:meth:`SharedCell.claiming
+        <cudaevents._sync.shared_storage.SharedCell.claiming>`: it yields another process's
+        pending value, which the signal must follow); else nothing (yields ``None``)."""
+        return self._cell.claiming(v, host) if self._cell.shared else _NO_RECORD
+
+    def _signal(self, value: int, stream) -> None:
         cell = self._cell
         v = _check_value(value, cell.limit, cell.name)
         if stream is None:
@@ -216,9 +313,10 @@ class AtomicEvent:
                         f"a stream signal of {self._promised} has not happened yet, and a host signal of {v} "
                         f"now would be overwritten by it; wait({self._promised}) first or signal on that stream"
                     )
-                self._promised = self._direct_promised = v
-                self._last_source = None
-                cell.store(v)
+                with self._claim(v, True):
+                    self._promised = self._direct_promised = v
+                    self._last_source = None
+                    cell.store(v)
                 self._cond.notify_all()
             return
         if type(stream) is CpuStream:
@@ -232,12 +330,15 @@ class AtomicEvent:
                 if self._last_source is not stream and cell.read() < self._promised:
                     prev = self._promised
                 entry = (v, stream)
-                # enqueue first: a closed stream raises ClosedError and nothing has changed
-                # (the task cannot finish before we let go of the lock: it takes it at the end)
-                stream.enqueue(self._cpu_signal, v, prev, stream, entry)
-                self._promised = v
-                self._last_source = stream
-                self._cpu_pending.append(entry)
+                with self._claim(v, False) as other:
+                    if other is not None:  # another process's later signal, which follows ours too
+                        prev = other
+                    # enqueue first: a closed stream raises ClosedError and nothing has changed
+                    # (the task cannot finish before we let go of the lock: it takes it at the end)
+                    stream.enqueue(self._cpu_signal, v, prev, stream, entry)
+                    self._promised = v
+                    self._last_source = stream
+                    self._cpu_pending.append(entry)
             return
         s = self._gpu_stream(stream)
         with self._gpu_lock:  # GPU enqueues of this counter in call order, outside self._lock
@@ -252,12 +353,15 @@ class AtomicEvent:
                 after = None  # what this signal must follow: a GPU stream's fence, or a CPU value
                 if last is not None and last != s._key and cell.read() < self._promised:
                     after = self._touched[last].signalled if type(last) is int else self._promised
-                # Promised before the enqueue, so a host signal meanwhile is refused rather than
-                # overwritten; a failed enqueue fails the counter (the signal can never land).
-                self._promised = self._direct_promised = self._gpu_promised = v
-                self._last_source = s._key
-                touched = self._in_flight(s, new)
-                self._gpu_signalling += 1
+                with self._claim(v, False) as other:
+                    if other is not None:  # another process's later signal, which follows ours too
+                        after = other
+                    # Promised before the enqueue, so a host signal meanwhile is refused rather than
+                    # overwritten; a failed enqueue fails the counter (the signal can never land).
+                    self._promised = self._direct_promised = self._gpu_promised = v
+                    self._last_source = s._key
+                    touched = self._in_flight(s, new)
+                    self._gpu_signalling += 1
             try:
                 if type(after) is int:  # keep completion order = call order
                     s._call(cell.gpu_wait, s._live(), after)  # a host value: only a memory wait sees it
@@ -330,7 +434,7 @@ class AtomicEvent:
                 failed = self._failure_probe(prev)
                 wait_until(lambda: self._error is not None or cell.read() >= prev or failed(), None,
                            f"AtomicEvent.signal({v}) after {prev}", self._policy, self._cond,
-                           notified=not cell.gpu)
+                           notified=not (cell.gpu or cell.shared))
             with self._lock:
                 if self._error is not None:
                     return
@@ -351,16 +455,28 @@ class AtomicEvent:
         with that error: a GPU signal behind failed work never lands, and the wait must not
         hang. It calls the driver only while a GPU signal has promised ``v``: a value only the
         host or a CpuStream will give needs no driver, and a thread that will give a value
-        GPU streams wait for must not need the driver (it may block behind those waits)."""
-        if not self._cell.gpu:
+        GPU streams wait for must not need the driver (it may block behind those waits).
+
+        On a shared counter it also looks whether a process sharing it has ended without
+        closing it (or another process broke it), and then fails the counter with that
+        :class:`PeerError` (no driver call either)."""
+        cell = self._cell
+        if not cell.gpu and not cell.shared:
             return _never
         next_at = [time.monotonic() + _PROBE_EVERY]
 
         def failed() -> bool:
             now = time.monotonic()
-            if now < next_at[0] or self._gpu_promised < v:
+            if now < next_at[0]:
                 return False
             next_at[0] = now + _PROBE_EVERY
+            if cell.shared:
+                err = cell.check_peers()
+                if err is not None:
+                    self._poison(err)
+                    return True
+            if self._gpu_promised < v or state.forked:  # a forked child cannot ask the parent's streams
+                return False
             for s in [touched.stream for touched in list(self._touched.values())]:
                 try:
                     s.query()
@@ -380,7 +496,9 @@ class AtomicEvent:
             if self._error is None:
                 self._error = error
                 self._error_tb = error.__traceback__
-                if self._cell.gpu:
+                if self._cell.shared:
+                    self._cell.fail(error)  # breaks it for every process, and lets every GPU wait go
+                elif self._cell.gpu:
                     self._cell.release_waiters()  # a GPU stream cannot raise: let it go rather than hang
             self._cond.notify_all()
 
@@ -394,6 +512,7 @@ class AtomicEvent:
 
         Raises:
             BaseException: the error of a failed producer (see :attr:`error`).
+            PeerError: a process sharing the counter died or failed it before ``value``.
             ClosedError: the event was closed before reaching ``value``.
             RuntimeError: a GPU wait that would deadlock its enqueuing thread (see class doc).
         """
@@ -405,9 +524,10 @@ class AtomicEvent:
             return
         if timeout is not None or policy is not None:
             raise TypeError("timeout and policy apply to host waits only (stream=None)")
+        self._adopt_break()
         if type(stream) is CpuStream:
             with self._lock:
-                self._raise_error()
+                self._raise_error(v)
                 if self._closed and self._final < v:
                     raise self._never_reached(v)
             stream.enqueue(self._host_wait, v, None, None)
@@ -416,7 +536,7 @@ class AtomicEvent:
         with self._gpu_lock:
             new = self._new_touched(s)
             with new or _NO_RECORD, self._lock:
-                self._raise_error()
+                self._raise_error(v)
                 if self._read() >= v:
                     return
                 if self._closed:
@@ -442,7 +562,7 @@ class AtomicEvent:
     def _only_this_thread_signals(self, v: int) -> bool:
         """True when ``v`` is promised only by pending signals of a CpuStream whose thread is
         the calling one (so the caller would block before giving the signal)."""
-        if self._direct_promised >= v:
+        if self._direct_promised >= v or (self._cell.shared and self._cell.promised_elsewhere(v)):
             return False
         me = threading.current_thread()
         givers = {src.thread for pv, src in self._cpu_pending if pv >= v}
@@ -466,17 +586,21 @@ class AtomicEvent:
                 return self._error is not None or self._closed or cell.read() >= v or failed()
 
             spinner = getattr(cell, "spinner", None)  # a word in memory the GPU writes: spun on in C
+            # another process's stores notify nobody here
             wait_until(done, timeout, f"AtomicEvent.wait({v})", self._policy if policy is None else policy, self._cond,
-                       notified=not cell.gpu, spin=None if spinner is None else spinner(v))
-        self._raise_error()
+                       notified=not (cell.gpu or cell.shared), spin=None if spinner is None else spinner(v))
+        self._adopt_break()
+        self._raise_error(v)
         if self._read() < v:
             raise self._never_reached(v)
 
     def is_signaled(self, value: int) -> bool:
         """True when the counter has reached ``value`` (never blocks)."""
         v = _check_value(value, self._cell.limit, self._cell.name)
-        self._raise_error()
-        return self._read() >= v
+        reached = self._read() >= v
+        self._adopt_break()
+        self._raise_error(v)
+        return reached
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
@@ -488,21 +612,34 @@ class AtomicEvent:
         values no signal promised are let go (and a warning logged) after the last of those
         signals, never before, rather than left to hang. The storage is given back once every
         GPU stream that used the counter has passed its last operation of it. Idempotent.
-        Afterwards :attr:`value` and waits answer from the value at close."""
+        Afterwards :attr:`value` and waits answer from the value at close.
+
+        A shared counter is closed in this process only: this process detaches once none of
+        its operations is in flight any more (pending CpuStream signals stored, GPU ones
+        enqueued), the others go on. Its stranded GPU waits are let go only by the last
+        process attached (another may still signal them). The creator's close makes the
+        counter impossible to receive from then on."""
         with self._lock:
             if self._closed:
                 return
             cell = self._cell
-            if cell.gpu and state.forked:  # the parent's pinned memory: touch nothing
+            if cell.gpu and state.forked and not cell.shared:  # the parent's pinned memory: touch nothing
                 self._final, self._closed, self._touched = 0, True, {}
                 self._cond.notify_all()
                 return
-            self._final = cell.read()
+            self._final = cell.settled() if cell.shared else cell.read()
             self._closed = True
             self._cond.notify_all()
-            # GPU waits that no signal will satisfy (after a failure too: a GPU signal enqueued
-            # before it may have landed since and lowered the value again)
-            stranded = cell.gpu and self._gpu_wait_max > (self._final if self._error is not None else self._promised)
+            if cell.shared:
+                cell.close()
+                if _shared.get(cell.path) is self:
+                    del _shared[cell.path]
+                stranded = (cell.gpu and self._error is None and self._gpu_wait_max > max(self._promised, cell.promised())
+                            and cell.last_attached())
+            else:
+                # GPU waits that no signal will satisfy (after a failure too: a GPU signal enqueued
+                # before it may have landed since and lowered the value again)
+                stranded = cell.gpu and self._gpu_wait_max > (self._final if self._error is not None else self._promised)
             last = self._last_source
             behind = self._touched.get(last) if type(last) is int and self._final < self._promised else None
             touched = list(self._touched.values())
@@ -557,8 +694,9 @@ class AtomicEvent:
         if getattr(self, "_closed", True):
             return
         if state.exiting:
-            if self._cell.gpu and not state.forked and self._gpu_wait_max > self._cell.read():
-                self._cell.release_waiters()
+            cell = self._cell  # a shared counter's other processes may still signal
+            if cell.gpu and not cell.shared and not state.forked and self._gpu_wait_max > cell.read():
+                cell.release_waiters()
             return
         defer(self.close)
 
@@ -590,7 +728,8 @@ class _Touched:
 
 
 class _NoRecord:
-    """Stands in for a new :class:`_Touched` where the stream has its record already."""
+    """Stands in for a new :class:`_Touched` where the stream has its record already, and
+    for the claim of a signal on a counter that is not shared."""
 
     __slots__ = ()
 
@@ -605,6 +744,7 @@ _NO_RECORD = _NoRecord()
 
 
 _events: weakref.WeakSet = weakref.WeakSet()
+_shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # path -> this process's open shared counter
 
 
 @after_fork_in_child

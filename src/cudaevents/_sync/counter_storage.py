@@ -11,6 +11,9 @@
   callback thread.
 - ``host``: a plain integer, for machines without a GPU; only host and CPU streams.
 
+Counters shared by processes keep their value in a page of shared memory instead
+(:mod:`.shared_storage`); every cell says which it is (``shared``).
+
 Cells are not thread-safe on their own: the owning AtomicEvent holds its lock around them.
 
 In a child forked after its parent initialized CUDA, the GPU cells it inherited (``mem64``,
@@ -121,6 +124,7 @@ class HostCell:
     name = "host"
     limit = 1 << 63
     gpu = False
+    shared = False
     releases_in_stream_order = False
 
     def __init__(self, device: int):
@@ -150,6 +154,7 @@ class MemCell:
     """A counter value in a slab slot, reached by GPU stream memory operations."""
 
     gpu = True
+    shared = False
     releases_in_stream_order = True  # gpu_signal(limit - 1) lets every GPU wait go, in stream order
 
     def __init__(self, device: int, bits: int):
@@ -231,6 +236,7 @@ class HostFnCell:
     name = "hostfn"
     limit = 1 << 63
     gpu = True
+    shared = False
     releases_in_stream_order = False  # only the host releases its waits (release_waiters)
 
     def __init__(self, device: int):

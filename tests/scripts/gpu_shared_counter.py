@@ -1,0 +1,135 @@
+"""A shared AtomicEvent between GPU streams of processes started with multiprocessing's 'spawn'
+method, on GPU 0: ``gpu_shared_counter.py consumers N`` or ``gpu_shared_counter.py killed``.
+Prints ``ok ...`` and exits 0 when every check held; every wait has a timeout, every child is
+joined with one (killed past it).
+
+Run by tests/test_gpu_shared_counter.py. Needs torch (``torch.cuda._sleep``, the GPU spin that
+keeps a signal from landing for a while). ``ready`` counters are how consumers tell the
+producer that their GPU waits are enqueued."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+
+from helpers.spawning import T, expect, joined, spawn
+
+import cudaevents as ce
+from cudaevents._core import driver
+
+ROUNDS = 3
+SPIN = 200_000_000  # GPU cycles, about 0.1 s: a copy that did not wait would read long before the data lands
+
+
+def torch_stream():
+    """A torch stream of GPU 0 (torch runs the spin kernel), warmed up, and that stream as a
+    cudaevents stream."""
+    import torch
+
+    ts = torch.cuda.Stream(0)
+    with torch.cuda.stream(ts):
+        torch.cuda._sleep(1000)            # loads the kernel
+    ts.synchronize()
+    return ts, ce.as_stream(ts)
+
+
+def pinned_word():
+    host = driver.mem_host_alloc(8)
+    word = ctypes.c_uint64.from_address(host)
+    word.value = 0
+    return host, word
+
+
+# -- producer and consumers on one GPU -------------------------------------------------------------
+def producer(a, data, ready):
+    import torch
+
+    ts, s = torch_stream()
+    warm = ce.AtomicEvent(0)
+    warm.signal(1, s)                      # stream memory operations, once
+    warm.wait(1, timeout=T)
+    warm.close()
+    for r in range(1, ROUNDS + 1):
+        for counter in ready:
+            counter.wait(r, timeout=T)     # every consumer's GPU wait for r is enqueued
+        with torch.cuda.stream(ts):
+            torch.cuda._sleep(SPIN)
+        data.signal(1000 * r, s)           # the data, then the value the consumers wait for
+        a.signal(r, s)
+    ts.synchronize()
+    for counter in (a, data, *ready):
+        counter.close()
+
+
+def consumer(a, data, ready):
+    assert a.device is not None and a.device.index == 0 and a.backend in ("mem64", "mem32")
+    s = ce.GpuStream(0)
+    host, word = pinned_word()
+    driver.memcpy_dtoh_async(host, data._cell._dev, 8, s.handle)  # warm-up of the copy
+    s.synchronize(timeout=T)
+    for r in range(1, ROUNDS + 1):
+        a.wait(r, s)
+        driver.memcpy_dtoh_async(host, data._cell._dev, 8, s.handle)  # reads the data once r landed
+        ready.signal(r)
+        s.synchronize(timeout=T)
+        assert word.value == 1000 * r, f"round {r}: the copy read {word.value}: it did not wait for the producer"
+        a.wait(r, timeout=T)
+    for counter in (a, data, ready):
+        counter.close()
+    s.close()
+
+
+def consumers(n: str):
+    a, data = ce.AtomicEvent(0, shared=True), ce.AtomicEvent(0, shared=True)
+    ready = [ce.AtomicEvent(0, shared=True) for _ in range(int(n))]
+    procs = [spawn(consumer, a, data, counter) for counter in ready]
+    procs.append(spawn(producer, a, data, ready))
+    for p in procs:
+        joined(p)
+    assert a.value == ROUNDS and data.value == 1000 * ROUNDS
+
+
+# -- a signaller killed while this process's GPU stream waits for it -----------------------------
+def signaller(a, ctl):
+    _, s = torch_stream()
+    a.signal(1, s)
+    ctl.signal(1)
+    time.sleep(T)                          # killed long before
+
+
+def killed():
+    a, ctl = ce.AtomicEvent(0, shared=True), ce.AtomicEvent(0, shared=True)
+    s = ce.GpuStream(0)
+    host, word = pinned_word()
+    driver.memcpy_dtoh_async(host, a._cell._dev, 8, s.handle)  # warm-up of the copy
+    s.synchronize(timeout=T)
+    p = spawn(signaller, a, ctl)
+    ctl.wait(1, timeout=T)
+    a.wait(1, timeout=T)
+    a.wait(5, s)                           # only the signaller could give 5
+    driver.memcpy_dtoh_async(host, a._cell._dev, 8, s.handle)
+    assert not s.query()
+    os.kill(p.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    s.synchronize(timeout=T)               # let go by the watcher: no host wait of `a` runs
+    assert time.monotonic() - killed_at < 3, "the GPU stream was not let go within 3 s of the death"
+    exc = expect(ce.PeerError, a.wait, 5, timeout=T, match=f"process {p.pid}, which shared this AtomicEvent")
+    assert exc.died and exc.value == 1, exc
+    assert time.monotonic() - killed_at < 3
+    a.wait(1, timeout=1)                   # reached before the death
+    expect(ce.PeerError, a.wait, 6, s)     # GPU waits enqueued after the death raise at once
+    s.synchronize(timeout=T)
+    joined(p, -signal.SIGKILL)
+    a.close()
+    ctl.close()
+    s.close()
+    driver.mem_host_free(host)
+
+
+if __name__ == "__main__":
+    scenario, *args = sys.argv[1:]
+    globals()[scenario](*args)
+    print("ok", scenario, *args, flush=True)
