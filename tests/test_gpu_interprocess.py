@@ -121,12 +121,9 @@ def test_the_pipeline_ping_pong_in_every_mode_verifies_its_buffers():
 
 
 def test_consumers_waiting_on_a_killed_exporter_get_peer_died_within_a_second(spawned):
-    producer, to_producer, from_producer = spawned(peers.export_behind_a_sleep, 3000.0, 2)
-    mine = from_producer.get(timeout=TIMEOUT)
-    theirs = from_producer.get(timeout=TIMEOUT)
     other, to_other, from_other = spawned(peers.wait_on_the_host)
-    to_other.put(theirs)
-    del theirs
+    producer, to_producer, from_producer = spawned(peers.export_behind_a_sleep, 3000.0, [to_other])
+    mine = from_producer.get(timeout=TIMEOUT)
     assert from_other.get(timeout=TIMEOUT) == "waiting"
     stream = ce.GpuStream(0)
     mine.wait(stream)  # a GPU wait enqueued here on the exporter's event
@@ -151,7 +148,7 @@ def test_consumers_waiting_on_a_killed_exporter_get_peer_died_within_a_second(sp
 
 
 def test_an_exporter_exiting_with_sends_out_exits_cleanly_and_its_receivers_are_told(spawned):
-    producer, to_producer, from_producer = spawned(peers.export_behind_a_sleep, 1.0, 1)
+    producer, to_producer, from_producer = spawned(peers.export_behind_a_sleep, 1.0, [])
     sent = from_producer.get(timeout=TIMEOUT)
     sent.synchronize(timeout=TIMEOUT)
     to_producer.put("exit")

@@ -35,9 +35,9 @@ def sum_when_told(buffer, inbox, outbox) -> None:
         outbox.put(int(total))
 
 
-def export_behind_a_sleep(ms: float, receivers: int, inbox, outbox) -> None:
-    """Record an interprocess event behind a ``ms`` GPU sleep, send it ``receivers`` times, then
-    wait to be killed (or told to exit)."""
+def export_behind_a_sleep(ms: float, others: list, inbox, outbox) -> None:
+    """Record an interprocess event behind a ``ms`` GPU sleep, send it to the test (``outbox``)
+    and to each queue of ``others``, then wait to be killed (or told to exit)."""
     import torch
 
     import cudaevents as ce
@@ -48,8 +48,8 @@ def export_behind_a_sleep(ms: float, receivers: int, inbox, outbox) -> None:
     with torch.cuda.stream(stream):
         torch.cuda._sleep(int(ms * CYCLES_PER_MS))
     event = ce.CudaEvent(0, interprocess=True).record(ce.as_stream(stream))
-    for _ in range(receivers):
-        outbox.put(event.ipc_handle())
+    for queue in [outbox, *others]:
+        queue.put(event.ipc_handle())
     assert inbox.get(timeout=TIMEOUT) == "exit"
 
 
