@@ -1,6 +1,7 @@
 """Interprocess events on one GPU, across spawned processes: a consumer never reads a buffer
 before the producer's fill behind a long GPU wait (and, as a control, does without the wait);
-naive recycling of an exported event breaks that ordering and the recycling rule keeps it;
+naive recycling of an exported event ties a receiver's wait to unrelated work, the recycling
+rule does not;
 the two-process pipeline with 2 and 4 consumers, 1,000 hand-offs verified; a killed exporter
 with consumers waiting; either side exiting with events exported."""
 
@@ -43,7 +44,7 @@ def _fill_behind_a_sleep(buffer, value: int, stream) -> None:
 def test_a_consumer_waiting_on_the_event_never_reads_before_the_fill_and_without_the_wait_it_does(spawned):
     buffer = torch.zeros(N, dtype=torch.int32, device="cuda")
     _warm(buffer)
-    child, inbox, outbox = spawned(peers.sum_when_told, buffer)
+    child, inbox, outbox = spawned(peers.sum_when_told, [buffer])
     assert outbox.get(timeout=TIMEOUT) == "ready"
     stream = torch.cuda.Stream()
     for value, wait in ((7, True), (9, False)):
@@ -54,7 +55,7 @@ def test_a_consumer_waiting_on_the_event_never_reads_before_the_fill_and_without
         inbox.put((event.ipc_handle(), wait))
         if wait:
             inbox.put("go")
-        total = outbox.get(timeout=TIMEOUT)
+        (total,) = outbox.get(timeout=TIMEOUT)
         if wait:
             assert total == value * N  # waited on the device for the fill
         else:
@@ -66,39 +67,45 @@ def test_a_consumer_waiting_on_the_event_never_reads_before_the_fill_and_without
     assert child.exitcode == 0
 
 
-def test_naive_recycling_of_an_exported_event_breaks_ordering_and_the_rule_keeps_it(spawned):
-    buffer = torch.zeros(N, dtype=torch.int32, device="cuda")
-    _warm(buffer)
-    child, inbox, outbox = spawned(peers.sum_when_told, buffer)
+def test_naive_recycling_of_an_exported_event_ties_the_receiver_to_unrelated_work_and_the_rule_does_not(spawned):
+    """The exporter records and sends an event after a hand-off's fill, then more work starts
+    (a 300 ms spin, then it writes another buffer) with an event of its own. Had the pool
+    given the sent event back for that work (naive recycling), the receiver's later wait would
+    wait for that unrelated work too: it sees the other buffer written. With the rule the
+    event is held, the unrelated work gets another one, and the receiver reads the other
+    buffer before that work writes it."""
+    mine = torch.zeros(N, dtype=torch.int32, device="cuda")
+    unrelated = torch.zeros(N, dtype=torch.int32, device="cuda")
+    _warm(mine)
+    child, inbox, outbox = spawned(peers.sum_when_told, [mine, unrelated])
     assert outbox.get(timeout=TIMEOUT) == "ready"
-    busy, idle = torch.cuda.Stream(), ce.GpuStream(0)
-    event = ce.CudaEvent(0, interprocess=True).record(idle)
-    native = event.handle
-    inbox.put((event.ipc_handle(), True))  # the receiver opens the handle now, on finished work
-    inbox.put("go")
-    assert outbox.get(timeout=TIMEOUT) == 0
+    busy, late = torch.cuda.Stream(), torch.cuda.Stream()
     sums = {}
     for how in ("naive", "rule"):
-        buffer.zero_()
+        mine.zero_()
+        unrelated.zero_()
         torch.cuda.synchronize()
-        _fill_behind_a_sleep(buffer, 5, busy)
-        event.record(ce.as_stream(busy))
+        with torch.cuda.stream(busy):
+            mine.fill_(5)
+        event = ce.CudaEvent(0, interprocess=True).record(ce.as_stream(busy))
+        native = event.handle
         inbox.put((event.ipc_handle(), True))
-        if how == "naive":  # what a pool recycling at close would let happen: other work records it
-            event.record(idle)
+        if how == "naive":
+            reused = event  # what a pool recycling at close would hand the next work
         else:
             event.close()
-            other = ce.CudaEvent(0, interprocess=True)
-            assert other.handle != native  # held for the receiver; the pool made another
-            other.record(idle)
-        inbox.put("go")  # only now does the receiver wait (its opened handle cached: no open)
+            reused = ce.CudaEvent(0, interprocess=True)
+            assert reused.handle != native  # held for the receiver; the pool made another
+        _fill_behind_a_sleep(unrelated, 9, late)
+        reused.record(ce.as_stream(late))
+        inbox.put("go")  # only now does the receiver wait
         sums[how] = outbox.get(timeout=TIMEOUT)
-        busy.synchronize()
-    other.close()
+        late.synchronize()
+        reused.close()
     inbox.put(None)
     child.join(TIMEOUT)
-    assert sums["naive"] == 0  # waited on the other work's record: read before the fill
-    assert sums["rule"] == 5 * N
+    assert sums["naive"] == [5 * N, 9 * N]  # it waited for the unrelated work too
+    assert sums["rule"] == [5 * N, 0]  # it waited for its hand-off only
     assert interprocess.stats()["held"] == 0  # released by the receiver, back in the pool
 
 

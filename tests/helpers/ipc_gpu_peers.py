@@ -10,16 +10,16 @@ TIMEOUT = 60.0
 CYCLES_PER_MS = 2_000_000  # torch.cuda._sleep cycles per millisecond, roughly (an H200 clocks ~1.98 GHz)
 
 
-def sum_when_told(buffer, inbox, outbox) -> None:
+def sum_when_told(buffers, inbox, outbox) -> None:
     """For each ``(send or None, wait)`` received: on a GPU stream, wait for the send (if
-    ``wait``), sum ``buffer`` and report the sum; ``None`` ends."""
+    ``wait``, once told "go"), sum each of ``buffers`` and report the sums; ``None`` ends."""
     import torch
 
     import cudaevents as ce
 
     stream = torch.cuda.Stream()
     gs = ce.as_stream(stream)
-    buffer.sum()  # load the kernel before any "not finished yet" state
+    buffers[0].sum()  # load the kernel before any "not finished yet" state
     torch.cuda.synchronize()
     outbox.put("ready")
     while (msg := inbox.get(timeout=TIMEOUT)) is not None:
@@ -28,11 +28,11 @@ def sum_when_told(buffer, inbox, outbox) -> None:
             assert inbox.get(timeout=TIMEOUT) == "go"  # the exporter has done what it does before the wait
             sent.wait(gs)
         with torch.cuda.stream(stream):
-            total = buffer.sum(dtype=torch.int64)
+            totals = [b.sum(dtype=torch.int64) for b in buffers]
         stream.synchronize()
         if sent is not None:
             sent.release()
-        outbox.put(int(total))
+        outbox.put([int(t) for t in totals])
 
 
 def export_behind_a_sleep(ms: float, others: list, inbox, outbox) -> None:
