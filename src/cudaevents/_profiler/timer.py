@@ -697,4 +697,4 @@ class Timer:
             self._samples = []
 
 
-compiled.register(Timer, ("begin", "end", "_unshared"), lambda hot, cls, python: hot.install_timer(cls, python))
+compiled.register(Timer, ("begin", "end", "_unshared", "_meet"), lambda hot, cls, python: hot.install_timer(cls, python))

@@ -475,8 +475,8 @@ class _Engine:
         return n
 
 
-compiled.register(_Engine, ("_stream_for", "begin_forward", "end_forward"),
-                  lambda hot, cls, python: hot.install_engine(cls, python))
+compiled.register(_Engine, ("_stream_for", "begin_forward", "end_forward", "begin_backward", "end_backward", "_meet"),
+                  lambda hot, cls, python: hot.install_engine(cls, python, _Module, _Call, _Stack))
 
 
 def _selector(include, root_name: str, depth: int | None):
