@@ -136,6 +136,35 @@ def test_a_region_whose_record_fails_keeps_its_handles(fake_driver, hot_path):
     assert st.live == 1 and st.cached == 2 and st.creates == 3
 
 
+def test_regions_that_meet_where_the_record_fails_keep_their_handles(fake_driver, hot_path):
+    """Timer._meet (LayerTimer's backward) with spare handles enough, so that on the compiled
+    path it records in C: a failed record gives the handles back to the spares and leaves the
+    ending region open; the next meeting shares one record."""
+    pool = ce.EventPool()
+    s = ce.GpuStream()
+    timer = ce.Timer(pool=pool, nvtx=False)
+    for name in ("warm", "up"):
+        with timer.region(name, s):
+            pass
+    fake_driver.run(s)
+    timer.harvest()  # four spare handles
+    x = timer.begin("x", s)
+    spare = list(timer._spare[0])
+    fake_driver.fail("cuEventRecord", 1)
+    with pytest.raises(CudaError, match="cuEventRecord"):
+        timer._meet([x], ["y"], s)
+    fake_driver.fail("cuEventRecord", 0)
+    assert sorted(timer._spare[0]) == sorted(spare) and x.start is not None and not timer._shared
+    records = fake_driver.records
+    (y,) = timer._meet([x], ["y"], s)
+    assert fake_driver.records == records + 1 and y.start == x.end
+    timer.end(y)
+    fake_driver.run(s)
+    r = {smp.name: smp for smp in timer.results(timeout=10).samples}
+    assert r["x"].start_ms + r["x"].duration_ms == r["y"].start_ms
+    assert pool.stats().live == 1 and not timer._shared  # the reference event
+
+
 @needs_extension
 def test_pool_statistics_stay_exact_under_16_threads(fake_driver, hot_path):
     """Acquire, release, events dropped without close (their finalizers return handles with

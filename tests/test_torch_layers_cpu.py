@@ -17,6 +17,8 @@ from cudaevents import CpuStream, LayerTimer, Timer
 
 torch = pytest.importorskip("torch")
 
+from helpers.torch_modules import Attention, Leaf  # noqa: E402  (they need torch)
+
 pytestmark = pytest.mark.usefixtures("hot_path")  # every test on the compiled and the pure-Python path
 nn = torch.nn
 
@@ -404,43 +406,6 @@ def test_a_transformer_from_a_config_reads_as_its_module_tree(cpu):
     assert {s.step for s in r.samples} == {0, 1}
 
 
-class _Tag(torch.autograd.Function):
-    """An identity whose backward writes its name to a log: where autograd runs it."""
-
-    @staticmethod
-    def forward(ctx, x, name, log):
-        ctx.name, ctx.log = name, log
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.log.append(("ran", ctx.name))
-        return grad, None, None
-
-
-class _Leaf(nn.Module):
-    def __init__(self, tag, log):
-        super().__init__()
-        self.tag, self.log = tag, log
-
-    def forward(self, x):
-        return _Tag.apply(x, self.tag, self.log)
-
-
-class _Attention(nn.Module):
-    """Three children reading one input (as q, k and v projections do), with work of its own
-    before, between and after them."""
-
-    def __init__(self, log):
-        super().__init__()
-        self.log = log
-        self.q, self.k, self.v = _Leaf("q", log), _Leaf("k", log), _Leaf("v", log)
-
-    def forward(self, x):
-        h = _Tag.apply(x, "pre", self.log)
-        return _Tag.apply(self.q(h) * self.k(h) + self.v(h), "post", self.log)
-
-
 class _LoggingTimer:
     """Stands for a Timer: logs each region's begin and end."""
 
@@ -466,7 +431,7 @@ def test_backward_regions_hold_their_own_modules_work(cpu):
     input end one another, the enclosing module's own work outside them, the first layer
     with the pass."""
     log = []
-    model = nn.Sequential(_Leaf("first", log), _Attention(log), _Leaf("last", log))
+    model = nn.Sequential(Leaf("first", log), Attention(log), Leaf("last", log))
     x = torch.randn(3, requires_grad=True)
     with LayerTimer(model, timer=_LoggingTimer(log), stream=cpu, backward=True) as layers:
         out = model(x)
@@ -519,7 +484,7 @@ def test_backward_timing_changes_no_gradient_and_warns_nothing(cpu):
 
 def test_detach_disarms_the_backward_of_a_forward_before_it(cpu):
     log = []
-    model = nn.Sequential(_Leaf("a", log), _Leaf("b", log))
+    model = nn.Sequential(Leaf("a", log), Leaf("b", log))
     layers = LayerTimer(model, timer=_LoggingTimer(log), stream=cpu, backward=True).attach()
     out = model(torch.randn(2, requires_grad=True))
     layers.detach()

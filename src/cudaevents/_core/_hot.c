@@ -325,7 +325,7 @@ static int same_int(PyObject *a, PyObject *b) {
 
 static PyObject *s_acquire, *s_release, *s_release_deferred, *s_append, *s_harvest, *s_get;
 static PyObject *s_pending, *s_spare, *s_nvtx, *s_step, *s_since, *s_every, *s_popleft, *s_gpu_stream, *s_shared;
-static PyObject *s_entered;
+static PyObject *s_entered, *s_share;
 static PyObject *minus_one, *one;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1059,17 +1059,22 @@ static PyObject *op_exit(METHOD_ARGS) {
  * block, for hooks (LayerTimer's); the region's own fast paths, without a Python frame. */
 static PyObject *tm_fb_begin, *tm_fb_end, *region_type;
 
-static PyObject *tm_begin(METHOD_ARGS) {
-    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
-    if (n < 1 || n > 2 || kwnames || region_type == NULL)
-        HAND_OVER(tm_fb_begin);
-    PyObject *a[3] = {self, args[0], n == 2 ? args[1] : Py_None};
+/* A region of timer named name begun on stream: _Open(timer, name, stream).__enter__() */
+static PyObject *begin_region(PyObject *timer, PyObject *name, PyObject *stream) {
+    PyObject *a[3] = {timer, name, stream};
     PyObject *token = PyObject_Vectorcall(region_type, a, 3, NULL);
     if (token == NULL)
         return NULL;
     PyObject *r = op_enter(token, NULL, 0, NULL);
     Py_DECREF(token);
     return r; /* the token itself */
+}
+
+static PyObject *tm_begin(METHOD_ARGS) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n < 1 || n > 2 || kwnames || region_type == NULL)
+        HAND_OVER(tm_fb_begin);
+    return begin_region(self, args[0], n == 2 ? args[1] : Py_None);
 }
 
 static PyObject *tm_end(METHOD_ARGS) {
@@ -1117,6 +1122,186 @@ static PyObject *tm_unshared(METHOD_ARGS) {
     }
     Py_DECREF(shared);
     return out;
+}
+
+/* Timer._meet(self, ending, names, stream): the regions of ending that are open on stream end,
+ * and those of names begin, at one record there (what LayerTimer's backward does between
+ * modules). C ends the other tokens and does the rest where the spare handles suffice; a
+ * stream's first region, too few spares, NVTX, other kinds of tokens: the Python methods. */
+static PyObject *tm_fb_meet;
+
+/* timer._since_harvest += n, harvesting once it reaches _harvest_every (unlocked: it only paces) */
+static int pace(PyObject *timer, Py_ssize_t n) {
+    PyObject *since = tget(timer, tm_since, s_since), *add = NULL, *more = NULL, *every = NULL;
+    int due = -1;
+    if (since != NULL && (add = PyLong_FromSsize_t(n)) != NULL && (more = PyNumber_Add(since, add)) != NULL &&
+        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
+        due = PyObject_RichCompareBool(more, every, Py_GE);
+    Py_XDECREF(since);
+    Py_XDECREF(add);
+    Py_XDECREF(more);
+    Py_XDECREF(every);
+    PyObject *h = due > 0 ? PyObject_CallMethodNoArgs(timer, s_harvest) : NULL;
+    Py_XDECREF(h);
+    return due < 0 || (due && h == NULL) ? -1 : 0;
+}
+
+/* need handles from the end of a spare list, last first (as pops take them), or NULL (none
+ * taken; an error set only on an error) */
+static PyObject *take_n(PyObject *spare, Py_ssize_t need) {
+    PyObject *out = NULL;
+    LOCKED(spare);
+    Py_ssize_t n = PyList_GET_SIZE(spare);
+    if (n >= need && (out = PyList_New(need)) != NULL) {
+        for (Py_ssize_t i = 0; i < need; i++)
+            PyList_SET_ITEM(out, i, Py_NewRef(PyList_GET_ITEM(spare, n - 1 - i)));
+        if (PyList_SetSlice(spare, n - need, n, NULL))
+            Py_CLEAR(out);
+    }
+    UNLOCKED;
+    return out;
+}
+
+/* Timer._share(self, here, names, s, key) where the spares suffice and the queue exists */
+static PyObject *share(PyObject *self, PyObject *here, PyObject *names, PyObject *s, PyObject *key, void *sh) {
+    Py_ssize_t nh = PyList_GET_SIZE(here), nn = PyList_GET_SIZE(names);
+    PyObject *pending = tget(self, tm_pending, s_pending), *shared = NULL, *queue = NULL, *spare = NULL;
+    PyObject *handles = NULL;
+    if (pending != NULL && PyDict_CheckExact(pending)) {
+        queue = Py_XNewRef(PyDict_GetItemWithError(pending, key));
+        shared = queue ? tget(self, tm_shared, s_shared) : NULL;
+        spare = shared ? timer_spare(self, PyTuple_GET_ITEM(key, 0)) : NULL;
+        if (spare && PyList_CheckExact(spare) && PyDict_CheckExact(shared))
+            handles = take_n(spare, 1 + nn);
+    }
+    Py_XDECREF(pending);
+    PyObject *began = NULL, *step = NULL, *count = NULL;
+    if (handles == NULL) {
+        if (!PyErr_Occurred()) {
+            PyObject *a[5] = {self, here, names, s, key};
+            began = PyObject_VectorcallMethod(s_share, a, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        goto done;
+    }
+    PyObject *mark = PyList_GET_ITEM(handles, 0);
+    void *mh;
+    int err = 0;
+    if (handle_of(mark, &mh) || (err = cu_record(mh, sh))) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        for (Py_ssize_t i = 0; i <= nn; i++)
+            PyList_Append(spare, PyList_GET_ITEM(handles, i));
+        PyErr_Restore(et, ev, tb);
+        if (err)
+            fail(err, "cuEventRecord");
+        goto done;
+    }
+    /* no lock: mark is fresh, and one dict store is atomic (see the Python method) */
+    if ((count = PyLong_FromSsize_t(nh + nn)) == NULL || PyDict_SetItem(shared, mark, count) ||
+        (step = tget(self, tm_step, s_step)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *token = PyList_GET_ITEM(here, i), *start = SLOT(token, op_start), *name = SLOT(token, op_name);
+        PyObject *entry = PyTuple_Pack(4, name ? name : Py_None, start, mark, step), *r = NULL;
+        if (entry == NULL || PyList_Append(spare, SLOT(token, op_end))) { /* its end, taken at its begin, not needed now */
+            Py_XDECREF(entry);
+            goto done;
+        }
+        slot_set(token, op_start, Py_None);
+        slot_set(token, op_end, mark);
+        PyObject *a[2] = {queue, entry};
+        r = PyObject_VectorcallMethod(s_append, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(entry);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    began = PyList_New(nn);
+    for (Py_ssize_t i = 0; began != NULL && i < nn; i++) {
+        PyObject *a[3] = {self, PyList_GET_ITEM(names, i), s};
+        PyObject *token = PyObject_Vectorcall(region_type, a, 3, NULL);
+        if (token == NULL) {
+            Py_CLEAR(began);
+            break;
+        }
+        slot_set(token, op_start, mark);
+        slot_set(token, op_end, PyList_GET_ITEM(handles, 1 + i));
+        slot_set(token, op_key, key);
+        PyList_SET_ITEM(began, i, token);
+    }
+    if (began != NULL && pace(self, nh))
+        Py_CLEAR(began);
+done: /* after the record, an error of memory: the handles stay with the regions or the spares */
+    Py_XDECREF(count);
+    Py_XDECREF(step);
+    Py_XDECREF(handles);
+    Py_XDECREF(spare);
+    Py_XDECREF(shared);
+    Py_XDECREF(queue);
+    return began;
+}
+
+static PyObject *tm_meet(METHOD_ARGS) {
+    PyObject *nv, *sdev;
+    void *sh;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+        region_type == NULL || cu_record == NULL || (nv = tget(self, tm_nvtx, s_nvtx)) == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        HAND_OVER(tm_fb_meet);
+    }
+    Py_DECREF(nv);
+    PyObject *ending = args[0], *names = args[1], *s = args[2];
+    int r = nv == Py_None ? plain_stream(s, &sh, &sdev) : 1;
+    if (r < 0)
+        return NULL;
+    PyObject *sid = r ? NULL : SLOT(s, st_id);
+    for (Py_ssize_t i = 0; sid != NULL && i < PyList_GET_SIZE(ending); i++) {
+        PyObject *token = PyList_GET_ITEM(ending, i);
+        if ((PyObject *)Py_TYPE(token) != region_type || SLOT(token, op_nvtx) != Py_False)
+            sid = NULL;
+    }
+    for (Py_ssize_t i = 0; sid != NULL && i < PyList_GET_SIZE(names); i++)
+        if (!PyUnicode_CheckExact(PyList_GET_ITEM(names, i)))
+            sid = NULL;
+    if (sid == NULL)
+        HAND_OVER(tm_fb_meet);
+    PyObject *key = PyTuple_Pack(2, sdev, sid), *here = key ? PyList_New(0) : NULL, *began = NULL;
+    int bad = here == NULL;
+    for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(ending); i++) {
+        PyObject *token = Py_NewRef(PyList_GET_ITEM(ending, i)), *tkey = SLOT(token, op_key);
+        if (!is_none(SLOT(token, op_start))) {
+            if (tkey != NULL && PyTuple_CheckExact(tkey) && PyTuple_GET_SIZE(tkey) == 2 &&
+                same_int(PyTuple_GET_ITEM(tkey, 0), sdev) && same_int(PyTuple_GET_ITEM(tkey, 1), sid)) {
+                bad = PyList_Append(here, token);
+            } else {
+                PyObject *x = op_exit(token, NULL, 0, NULL);
+                bad = x == NULL;
+                Py_XDECREF(x);
+            }
+        }
+        Py_DECREF(token);
+    }
+    if (!bad && PyList_GET_SIZE(here) + PyList_GET_SIZE(names) < 2) { /* nothing to share */
+        for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(here); i++) {
+            PyObject *x = op_exit(PyList_GET_ITEM(here, i), NULL, 0, NULL);
+            bad = x == NULL;
+            Py_XDECREF(x);
+        }
+        began = bad ? NULL : PyList_New(PyList_GET_SIZE(names));
+        for (Py_ssize_t i = 0; began != NULL && i < PyList_GET_SIZE(names); i++) {
+            PyObject *token = begin_region(self, PyList_GET_ITEM(names, i), s);
+            if (token == NULL)
+                Py_CLEAR(began);
+            else
+                PyList_SET_ITEM(began, i, token);
+        }
+    } else if (!bad) {
+        began = share(self, here, names, s, key, sh);
+    }
+    Py_XDECREF(here);
+    Py_XDECREF(key);
+    return began;
 }
 
 /* _Laps.__call__(self, name): end the phase running and begin the next at one timing event
@@ -1253,9 +1438,12 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* LayerTimer's forward hooks (the _Engine of cudaevents._profiler.torch_layers): the stream of
- * a module call found in C, and a forward-only region begun and ended without Python frames.
- * Timing backward, a call torch.compile traces, stale entries: the Python methods.          */
+/* LayerTimer's hooks (the _Engine of cudaevents._profiler.torch_layers): the stream of a module
+ * call found in C, its forward region begun and ended, and with backward timed, the autograd
+ * nodes at its boundary armed (NodeHook) and its backward region begun, ended and met with the
+ * next one's (Timer._meet), without Python frames. A call torch.compile traces, stale entries,
+ * a thread's first use, objects of other kinds: the Python methods. As in Python, the GIL
+ * orders what threads do here (autograd runs one device's nodes on one thread).            */
 
 #define NO_TENSOR (-2)
 #define CPU_ONLY (-1)
@@ -1263,7 +1451,7 @@ fail:
 static PyObject *en_fb_stream_for, *en_fb_begin, *en_fb_end;
 static PyObject *s_fixed, *s_Tensor, *s_last_device, *s_capturing, *s_streams, *s_raw_stream, *s_is_cuda;
 static PyObject *s_get_device, *s_compiling, *s_backward, *s_local, *s_stack, *s_timer, *s_begin, *s_end;
-static PyObject *s_name, *s_modules, *s_tokens, *s_last_node, *s_last_calls, *s_begin_forward, *s_end_forward;
+static PyObject *s_name, *s_begin_forward, *s_end_forward;
 static PyObject *s_gpu_stream_of, *s_stack_method;
 
 /* The CUDA ordinal of a tensor, CPU_ONLY for one elsewhere, NO_TENSOR for no tensor; -3 on error. */
@@ -1332,6 +1520,48 @@ static PyObject *attr_call(PyObject *o, PyObject *name) { /* o.<name>(), the att
     return r;
 }
 
+/* The GpuStream of torch's current stream on device dev (an int): the engine's cached wrapper
+ * of that stream's handle, else its Python _gpu_stream(dev), which makes one. */
+static PyObject *engine_gpu_stream(PyObject *self, PyObject *dev) {
+    long device = PyLong_AsLong(dev);
+    if (device == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *streams = PyObject_GetAttr(self, s_streams), *raw = PyObject_GetAttr(self, s_raw_stream);
+    PyObject *found = NULL;
+    if (streams && raw && raw != Py_None && PyList_CheckExact(streams) && device >= 0 &&
+        device < PyList_GET_SIZE(streams)) {
+        PyObject *by_handle = PyList_GET_ITEM(streams, device);
+        PyObject *handle = PyObject_CallOneArg(raw, dev);
+        if (handle != NULL && PyDict_CheckExact(by_handle)) {
+            found = PyDict_GetItemWithError(by_handle, handle);
+            Py_XINCREF(found);
+        }
+        Py_XDECREF(handle);
+    }
+    Py_XDECREF(streams);
+    Py_XDECREF(raw);
+    if (found == NULL && !PyErr_Occurred()) {
+        PyObject *a[2] = {self, dev};
+        found = PyObject_VectorcallMethod(s_gpu_stream_of, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    return found;
+}
+
+/* Whether the engine says events recorded now go into a CUDA graph capture: 1, 0, -1 error. */
+static int engine_capturing(PyObject *self) {
+    PyObject *capturing = PyObject_GetAttr(self, s_capturing);
+    if (capturing == NULL)
+        return -1;
+    int yes = 0;
+    if (capturing != Py_None) {
+        PyObject *c = PyObject_CallNoArgs(capturing);
+        yes = c ? PyObject_IsTrue(c) : -1;
+        Py_XDECREF(c);
+    }
+    Py_DECREF(capturing);
+    return yes;
+}
+
 /* _stream_for(self, values, kwargs=None) */
 static PyObject *en_stream_for(METHOD_ARGS) {
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
@@ -1379,44 +1609,11 @@ static PyObject *en_stream_for(METHOD_ARGS) {
             return NULL;
         }
     }
-    PyObject *capturing = PyObject_GetAttr(self, s_capturing);
-    if (capturing == NULL) {
-        Py_DECREF(dev);
-        return NULL;
-    }
-    if (capturing != Py_None) {
-        PyObject *c = PyObject_CallNoArgs(capturing);
-        int yes = c ? PyObject_IsTrue(c) : -1;
-        Py_XDECREF(c);
-        if (yes) {
-            Py_DECREF(capturing);
-            Py_DECREF(dev);
-            if (yes < 0)
-                return NULL;
-            Py_RETURN_NONE; /* events recorded into a CUDA graph capture cannot be timed */
-        }
-    }
-    Py_DECREF(capturing);
-    /* _gpu_stream(device): the cached wrapper of torch's current stream there, else Python */
-    PyObject *streams = PyObject_GetAttr(self, s_streams), *raw = PyObject_GetAttr(self, s_raw_stream);
-    PyObject *found = NULL;
-    if (streams && raw && raw != Py_None && PyList_CheckExact(streams) && device >= 0 &&
-        device < PyList_GET_SIZE(streams)) {
-        PyObject *by_handle = PyList_GET_ITEM(streams, device);
-        PyObject *handle = PyObject_CallOneArg(raw, dev);
-        if (handle != NULL && PyDict_CheckExact(by_handle)) {
-            found = PyDict_GetItemWithError(by_handle, handle);
-            Py_XINCREF(found);
-        }
-        Py_XDECREF(handle);
-    }
-    Py_XDECREF(streams);
-    Py_XDECREF(raw);
-    if (found == NULL && !PyErr_Occurred()) {
-        PyObject *a[2] = {self, dev};
-        found = PyObject_VectorcallMethod(s_gpu_stream_of, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    }
+    int capturing = engine_capturing(self);
+    PyObject *found = capturing ? NULL : engine_gpu_stream(self, dev);
     Py_DECREF(dev);
+    if (capturing > 0)
+        Py_RETURN_NONE; /* events recorded into a CUDA graph capture cannot be timed */
     return found;
 }
 
@@ -1427,34 +1624,282 @@ static int is_true_call(PyObject *self, PyObject *name) { /* bool(self.<name>())
     return t;
 }
 
-static PyObject *engine_stack(PyObject *self) { /* self._local.stack, else self._stack() */
+static int is_true_attr(PyObject *self, PyObject *name) { /* bool(self.<name>) */
+    PyObject *r = PyObject_GetAttr(self, name);
+    int t = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    return t;
+}
+
+/* self._local.<name>; else self.<make>() where make is given, or NULL without an error set. */
+static PyObject *engine_local(PyObject *self, PyObject *name, PyObject *make) {
     PyObject *local = PyObject_GetAttr(self, s_local);
     if (local == NULL)
         return NULL;
-    PyObject *stack = PyObject_GetAttr(local, s_stack);
+    PyObject *v = PyObject_GetAttr(local, name);
     Py_DECREF(local);
-    if (stack != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError))
-        return stack;
+    if (v != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError))
+        return v;
     PyErr_Clear();
-    return PyObject_CallMethodNoArgs(self, s_stack_method);
+    return make ? PyObject_CallMethodNoArgs(self, make) : NULL;
 }
 
-/* begin_forward(self, state, args, kwargs=None), forward only */
+/* -- LayerTimer's backward: the objects of torch_layers the C code reads (install_engine) -- */
+
+static PyTypeObject *call_type, *stack_type, *module_type;
+static Py_ssize_t ca_state, ca_parent, ca_inputs, ca_device, ca_token, ca_begun;
+static Py_ssize_t sk_modules, sk_tokens, sk_calls, sk_last_node, sk_last_calls;
+static Py_ssize_t md_backward_name, md_ancestors;
+static PyObject *en_fb_begin_backward, *en_fb_end_backward, *en_fb_meet;
+static PyObject *s_grad_fn, *s_values, *s_register_prehook, *s_begin_backward, *s_end_backward, *s_epoch;
+static PyObject *s_grad_enabled, *s_callback_queued, *s_queue_end, *s_backward_stack, *s_begun, *s_meet, *s_meets;
+static PyObject *s_ancestors, *s_backward_name, *empty_tuple;
+
+/* NodeHook: a backward hook on an autograd node (Node.register_prehook), for one call or the
+ * calls one node begins: called with the node's grad_outputs, it calls engine.<method>(arg,
+ * epoch) by name (so it follows compiled.use()) and returns None (the gradients unchanged). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *engine, *method, *arg, *epoch;
+} NodeHook;
+
+static int hook_traverse(NodeHook *h, visitproc visit, void *arg) {
+    Py_VISIT(h->engine);
+    Py_VISIT(h->arg);
+    Py_VISIT(h->epoch);
+    return 0;
+}
+
+static int hook_clear(NodeHook *h) {
+    Py_CLEAR(h->engine);
+    Py_CLEAR(h->arg);
+    Py_CLEAR(h->epoch);
+    return 0;
+}
+
+static void hook_dealloc(NodeHook *h) {
+    PyObject_GC_UnTrack(h);
+    hook_clear(h);
+    Py_CLEAR(h->method);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyObject *hook_call(NodeHook *h, PyObject *args, PyObject *kw) {
+    if (h->engine == NULL)
+        Py_RETURN_NONE; /* cleared by the collector */
+    PyObject *a[3] = {h->engine, h->arg, h->epoch};
+    PyObject *r = PyObject_VectorcallMethod(h->method, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyTypeObject NodeHookType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cudaevents._core._hot.NodeHook",
+    .tp_basicsize = sizeof(NodeHook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "LayerTimer's hook on an autograd node: engine.<method>(arg, epoch) before the node runs.",
+    .tp_dealloc = (destructor)hook_dealloc,
+    .tp_traverse = (traverseproc)hook_traverse,
+    .tp_clear = (inquiry)hook_clear,
+    .tp_call = (ternaryfunc)hook_call,
+};
+
+/* node.register_prehook(NodeHook(engine, method, arg, epoch)): 0, -1 on an error. */
+static int hook_node(PyObject *node, PyObject *engine, PyObject *method, PyObject *arg, PyObject *epoch) {
+    NodeHook *h = PyObject_GC_New(NodeHook, &NodeHookType);
+    if (h == NULL)
+        return -1;
+    h->engine = Py_NewRef(engine);
+    h->method = Py_NewRef(method);
+    h->arg = Py_NewRef(arg);
+    h->epoch = Py_NewRef(epoch);
+    PyObject_GC_Track(h);
+    PyObject *r = PyObject_CallMethodOneArg(node, s_register_prehook, (PyObject *)h);
+    Py_DECREF(h);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static int holds(PyObject *seq, PyObject *o) { /* o in seq, for a list or tuple of objects compared by identity */
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == o)
+            return 1;
+    return 0;
+}
+
+/* v.grad_fn appended to nodes where v is a tensor whose node is new there: 1 (a tensor), 0 (not
+ * a tensor), -1 (an error). */
+static int add_node(PyObject *v, PyTypeObject *tensor, PyObject *nodes) {
+    if (!PyObject_TypeCheck(v, tensor))
+        return 0;
+    PyObject *node = PyObject_GetAttr(v, s_grad_fn);
+    if (node == NULL)
+        return -1;
+    int r = node == Py_None || holds(nodes, node) || PyList_Append(nodes, node) == 0 ? 1 : -1;
+    Py_DECREF(node);
+    return r;
+}
+
+/* _grad_nodes(values, Tensor, into): 0, -1 on an error */
+static int grad_nodes(PyObject *values, PyTypeObject *tensor, PyObject *into) {
+    PyObject *seq = PySequence_Fast(values, "LayerTimer looks into a sequence of values");
+    if (seq == NULL)
+        return -1;
+    int bad = 0;
+    for (Py_ssize_t i = 0; !bad && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *v = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        int r = add_node(v, tensor, into);
+        if (r < 0) {
+            bad = 1;
+        } else if (r == 0 && (PyTuple_CheckExact(v) || PyList_CheckExact(v) || PyDict_Check(v))) {
+            PyObject *inner = PyDict_CheckExact(v) ? PyDict_Values(v)
+                              : PyDict_Check(v)    ? PyObject_CallMethodNoArgs(v, s_values)
+                                                   : Py_NewRef(v);
+            PyObject *fast = inner ? PySequence_Fast(inner, "LayerTimer looks into a dict's values") : NULL;
+            Py_XDECREF(inner);
+            bad = fast == NULL;
+            for (Py_ssize_t j = 0; !bad && j < PySequence_Fast_GET_SIZE(fast); j++)
+                bad = add_node(PySequence_Fast_GET_ITEM(fast, j), tensor, into) < 0;
+            Py_XDECREF(fast);
+        }
+        Py_DECREF(v);
+    }
+    Py_DECREF(seq);
+    return bad ? -1 : 0;
+}
+
+static PyObject *engine_tensor(PyObject *self) { /* self._Tensor, a type */
+    PyObject *t = PyObject_GetAttr(self, s_Tensor);
+    if (t != NULL && !PyType_Check(t)) {
+        Py_DECREF(t);
+        return PyErr_Format(PyExc_TypeError, "the engine's _Tensor is not a type");
+    }
+    return t;
+}
+
+/* _arm_end(self, call, args, kwargs, stack): 0, -1 on an error */
+static int arm_end(PyObject *self, PyObject *call, PyObject *args, PyObject *kwargs, PyObject *stack) {
+    PyObject *tensor = engine_tensor(self), *nodes = tensor ? PyList_New(0) : NULL, *epoch = NULL, *last = NULL;
+    int bad = nodes == NULL || grad_nodes(args, (PyTypeObject *)tensor, nodes);
+    if (!bad && PyList_GET_SIZE(nodes) == 0) { /* keyword arguments only where no positional one needs a gradient */
+        int some = PyObject_IsTrue(kwargs);
+        PyObject *vals = some > 0 ? PyObject_CallMethodNoArgs(kwargs, s_values) : NULL;
+        bad = some < 0 || (some && (vals == NULL || grad_nodes(vals, (PyTypeObject *)tensor, nodes)));
+        Py_XDECREF(vals);
+    }
+    if (!bad && PyList_GET_SIZE(nodes)) {
+        slot_set(call, ca_inputs, nodes);
+        epoch = PyObject_GetAttr(self, s_epoch);
+        last = Py_XNewRef(SLOT(stack, sk_last_node));
+        bad = epoch == NULL;
+        for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(nodes); i++) {
+            PyObject *node = PyList_GET_ITEM(nodes, i);
+            /* the node with the last begin hook begins another module's backward, ending this one */
+            if (node != last)
+                bad = hook_node(node, self, s_end_backward, call, epoch);
+        }
+    }
+    Py_XDECREF(last);
+    Py_XDECREF(epoch);
+    Py_XDECREF(nodes);
+    Py_XDECREF(tensor);
+    return bad ? -1 : 0;
+}
+
+/* _arm_begin(self, call, output, stack): 0, -1 on an error */
+static int arm_begin(PyObject *self, PyObject *call, PyObject *output, PyObject *stack) {
+    PyObject *inputs = SLOT(call, ca_inputs);
+    if (inputs == NULL || !(PyList_CheckExact(inputs) || PyTuple_CheckExact(inputs))) {
+        PyErr_SetString(PyExc_TypeError, "a LayerTimer call's inputs are a list");
+        return -1;
+    }
+    Py_INCREF(inputs);
+    slot_set(call, ca_inputs, empty_tuple);
+    PyObject *values = PyTuple_CheckExact(output) || PyList_CheckExact(output) ? Py_NewRef(output)
+                                                                                : PyTuple_Pack(1, output);
+    PyObject *tensor = values ? engine_tensor(self) : NULL, *nodes = tensor ? PyList_New(0) : NULL;
+    PyObject *epoch = nodes ? PyObject_GetAttr(self, s_epoch) : NULL;
+    int bad = epoch == NULL || grad_nodes(values, (PyTypeObject *)tensor, nodes);
+    for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(nodes); i++) {
+        PyObject *node = PyList_GET_ITEM(nodes, i), *last_calls = SLOT(stack, sk_last_calls), *calls;
+        if (holds(inputs, node))
+            continue; /* an input passed through (nn.Identity): no backward of its own */
+        if (node == SLOT(stack, sk_last_node)) {
+            /* the output of the module that ended last (inside this one), returned as is: one
+             * hook begins the outer module's backward, then the inner one's */
+            bad = last_calls == NULL || !PyList_Check(last_calls) || PyList_Insert(last_calls, 0, call);
+            if (bad && !PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a LayerTimer stack's last calls are a list");
+            continue;
+        }
+        bad = (calls = PyList_New(1)) == NULL;
+        if (!bad) {
+            PyList_SET_ITEM(calls, 0, Py_NewRef(call));
+            bad = hook_node(node, self, s_begin_backward, calls, epoch);
+        }
+        if (!bad) {
+            Py_XSETREF(SLOT(stack, sk_last_node), Py_NewRef(node));
+            Py_XSETREF(SLOT(stack, sk_last_calls), Py_NewRef(calls));
+        }
+        Py_XDECREF(calls);
+    }
+    Py_XDECREF(epoch);
+    Py_XDECREF(nodes);
+    Py_XDECREF(tensor);
+    Py_XDECREF(values);
+    Py_DECREF(inputs);
+    return bad ? -1 : 0;
+}
+
+/* A new _Call(state, parent, device): the slots its __init__ sets, without a Python frame. */
+static PyObject *new_call(PyObject *state, PyObject *parent, PyObject *device) {
+    PyObject *c = call_type->tp_alloc(call_type, 0);
+    if (c == NULL)
+        return NULL;
+    slot_set(c, ca_state, state);
+    slot_set(c, ca_parent, parent);
+    slot_set(c, ca_device, device);
+    slot_set(c, ca_inputs, empty_tuple);
+    slot_set(c, ca_token, Py_None);
+    slot_set(c, ca_begun, Py_False);
+    return c;
+}
+
+/* The engine's _Stack for this thread with its lists (borrowed from it), or NULL: an error set,
+ * or none (not a _Stack of lists: the Python method decides). */
+static PyObject *engine_stack(PyObject *self, PyObject **modules, PyObject **tokens, PyObject **calls) {
+    PyObject *stack = engine_local(self, s_stack, s_stack_method);
+    if (stack == NULL)
+        return NULL;
+    if (Py_TYPE(stack) == stack_type) {
+        *modules = SLOT(stack, sk_modules);
+        *tokens = SLOT(stack, sk_tokens);
+        *calls = SLOT(stack, sk_calls);
+        if (*modules && *tokens && *calls && PyList_CheckExact(*modules) && PyList_CheckExact(*tokens) &&
+            PyList_CheckExact(*calls))
+            return stack;
+    }
+    Py_DECREF(stack);
+    return NULL;
+}
+
+/* begin_forward(self, state, args, kwargs=None) */
 static PyObject *en_begin(METHOD_ARGS) {
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
-    if (n < 2 || n > 3 || kwnames)
+    if (n < 2 || n > 3 || kwnames || stack_type == NULL)
         HAND_OVER(en_fb_begin);
-    PyObject *backward = PyObject_GetAttr(self, s_backward);
-    if (backward == NULL)
+    int backward = is_true_attr(self, s_backward);
+    if (backward < 0)
         return NULL;
-    Py_DECREF(backward);
-    if (backward != Py_False)
-        HAND_OVER(en_fb_begin);
     int compiling = is_true_call(self, s_compiling);
     if (compiling)
         return compiling < 0 ? NULL : Py_NewRef(Py_None); /* traced by torch.compile: no hook in the graph */
-    PyObject *state = args[0];
-    PyObject *a[3] = {self, args[1], n == 3 ? args[2] : Py_None};
+    PyObject *state = args[0], *kwargs = n == 3 ? args[2] : Py_None;
+    PyObject *a[3] = {self, args[1], kwargs};
     PyObject *stream = en_stream_for(self, a + 1, 2, NULL), *token = Py_None;
     if (stream == NULL)
         return NULL;
@@ -1471,61 +1916,61 @@ static PyObject *en_begin(METHOD_ARGS) {
     } else {
         Py_INCREF(token);
     }
-    Py_DECREF(stream);
-    if (token == NULL)
-        return NULL;
-    PyObject *stack = engine_stack(self), *modules = NULL, *tokens = NULL;
-    int bad = stack == NULL || (modules = PyObject_GetAttr(stack, s_modules)) == NULL ||
-              (tokens = PyObject_GetAttr(stack, s_tokens)) == NULL || !PyList_CheckExact(modules) ||
-              !PyList_CheckExact(tokens) || PyList_Append(modules, state) || PyList_Append(tokens, token);
+    PyObject *modules, *tokens, *calls, *call = Py_NewRef(Py_None);
+    PyObject *stack = token ? engine_stack(self, &modules, &tokens, &calls) : NULL;
+    int bad = stack == NULL;
     if (bad && !PyErr_Occurred())
         PyErr_SetString(PyExc_TypeError, "a LayerTimer stack holds lists");
+    if (!bad && backward && token != Py_None) {
+        int grad = is_true_call(self, s_grad_enabled); /* an untimed forward has no backward region */
+        if (grad > 0) {
+            Py_ssize_t k = PyList_GET_SIZE(calls);
+            PyObject *device = Py_TYPE(stream) == stream_type ? SLOT(stream, st_device) : minus_one;
+            if (device == NULL)
+                PyErr_SetString(PyExc_AttributeError, "a GpuStream without its _device");
+            Py_SETREF(call, device ? new_call(state, k ? PyList_GET_ITEM(calls, k - 1) : Py_None, device) : NULL);
+            bad = call == NULL || arm_end(self, call, args[1], kwargs, stack);
+        } else {
+            bad = grad < 0;
+        }
+    }
+    bad = bad || (backward && PyList_Append(calls, call)) || PyList_Append(modules, state) ||
+          PyList_Append(tokens, token);
+    Py_XDECREF(call);
     Py_XDECREF(stack);
-    Py_XDECREF(modules);
-    Py_XDECREF(tokens);
-    Py_DECREF(token);
+    Py_XDECREF(token);
+    Py_DECREF(stream);
     if (bad)
         return NULL;
     Py_RETURN_NONE;
 }
 
-/* end_forward(self, state, output=None), forward only, the innermost module ending */
+/* end_forward(self, state, output=None), the innermost module ending (stale entries: Python) */
 static PyObject *en_end(METHOD_ARGS) {
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
-    if (n < 1 || n > 2 || kwnames)
+    if (n < 1 || n > 2 || kwnames || stack_type == NULL)
         HAND_OVER(en_fb_end);
-    PyObject *backward = PyObject_GetAttr(self, s_backward);
-    if (backward == NULL)
+    int backward = is_true_attr(self, s_backward);
+    if (backward < 0)
         return NULL;
-    Py_DECREF(backward);
-    if (backward != Py_False)
-        HAND_OVER(en_fb_end);
     int compiling = is_true_call(self, s_compiling);
     if (compiling)
         return compiling < 0 ? NULL : Py_NewRef(Py_None);
-    PyObject *stack = engine_stack(self), *modules = NULL, *tokens = NULL;
-    if (stack == NULL)
-        return NULL;
-    modules = PyObject_GetAttr(stack, s_modules);
-    tokens = modules ? PyObject_GetAttr(stack, s_tokens) : NULL;
-    if (tokens == NULL || !PyList_CheckExact(modules) || !PyList_CheckExact(tokens)) {
-        Py_DECREF(stack);
-        Py_XDECREF(modules);
-        Py_XDECREF(tokens);
+    PyObject *modules, *tokens, *calls, *stack = engine_stack(self, &modules, &tokens, &calls);
+    if (stack == NULL) {
         if (PyErr_Occurred())
             return NULL;
         HAND_OVER(en_fb_end);
     }
-    Py_ssize_t m = PyList_GET_SIZE(modules), t = PyList_GET_SIZE(tokens);
+    Py_ssize_t m = PyList_GET_SIZE(modules), t = PyList_GET_SIZE(tokens), k = PyList_GET_SIZE(calls);
     if (m == 0 || t != m || PyList_GET_ITEM(modules, m - 1) != args[0]) { /* stale entries: Python */
         Py_DECREF(stack);
-        Py_DECREF(modules);
-        Py_DECREF(tokens);
         HAND_OVER(en_fb_end);
     }
     PyObject *token = Py_NewRef(PyList_GET_ITEM(tokens, t - 1));
-    int bad = PyList_SetSlice(modules, m - 1, m, NULL) || PyList_SetSlice(tokens, t - 1, t, NULL);
-    Py_DECREF(tokens);
+    PyObject *call = backward && k ? Py_NewRef(PyList_GET_ITEM(calls, k - 1)) : NULL;
+    int bad = PyList_SetSlice(modules, m - 1, m, NULL) || PyList_SetSlice(tokens, t - 1, t, NULL) ||
+              (call && PyList_SetSlice(calls, k - 1, k, NULL));
     if (!bad && token != Py_None) {
         PyObject *timer = PyObject_GetAttr(self, s_timer);
         PyObject *b[2] = {timer, token};
@@ -1535,15 +1980,271 @@ static PyObject *en_end(METHOD_ARGS) {
         Py_XDECREF(r);
     }
     Py_DECREF(token);
-    if (!bad && PyList_GET_SIZE(modules) == 0) { /* the outermost timed forward is over */
-        PyObject *empty = PyList_New(0);
-        bad = empty == NULL || PyObject_SetAttr(stack, s_last_node, Py_None) ||
-              PyObject_SetAttr(stack, s_last_calls, empty);
-        Py_XDECREF(empty);
+    if (!bad && call != NULL && call != Py_None) {
+        if (Py_TYPE(call) != call_type) {
+            PyErr_SetString(PyExc_TypeError, "a LayerTimer stack holds _Call entries");
+            bad = 1;
+        } else {
+            bad = arm_begin(self, call, n == 2 ? args[1] : Py_None, stack);
+        }
     }
-    Py_DECREF(modules);
+    Py_XDECREF(call);
+    if (!bad && PyList_GET_SIZE(modules) == 0) { /* the outermost timed forward is over: hold no node of its graph */
+        PyObject *empty = PyList_New(0);
+        bad = empty == NULL;
+        if (!bad) {
+            Py_XSETREF(SLOT(stack, sk_last_node), Py_NewRef(Py_None));
+            Py_XSETREF(SLOT(stack, sk_last_calls), empty);
+        }
+    }
     Py_DECREF(stack);
     if (bad)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* epoch != self._epoch: 1, 0, -1 on an error */
+static int stale_epoch(PyObject *self, PyObject *epoch) {
+    PyObject *now = PyObject_GetAttr(self, s_epoch);
+    int r = now ? PyObject_RichCompareBool(epoch, now, Py_NE) : -1;
+    Py_XDECREF(now);
+    return r;
+}
+
+/* _encloses(outer, call): 1, 0, -1 on an error */
+static int encloses(PyObject *outer, PyObject *call) {
+    if (Py_TYPE(outer) != call_type) {
+        PyErr_SetString(PyExc_TypeError, "LayerTimer's backward stacks hold _Call entries");
+        return -1;
+    }
+    for (PyObject *c = SLOT(call, ca_parent); c != NULL && c != Py_None; c = SLOT(c, ca_parent)) {
+        if (c == outer)
+            return 1;
+        if (Py_TYPE(c) != call_type)
+            break;
+    }
+    PyObject *state = SLOT(call, ca_state), *outer_state = SLOT(outer, ca_state);
+    if (state == NULL || outer_state == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a LayerTimer call without its module");
+        return -1;
+    }
+    PyObject *ancestors = Py_TYPE(state) == module_type ? Py_XNewRef(SLOT(state, md_ancestors))
+                                                         : PyObject_GetAttr(state, s_ancestors);
+    int r = ancestors ? PySequence_Contains(ancestors, outer_state) : -1;
+    Py_XDECREF(ancestors);
+    return r;
+}
+
+/* [c.token for c in calls if c.token is not None], reversed: from the last call */
+static PyObject *tokens_of(PyObject *calls, int reversed) {
+    Py_ssize_t n = PyList_GET_SIZE(calls);
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *call = PyList_GET_ITEM(calls, reversed ? n - 1 - i : i), *token;
+        if (Py_TYPE(call) != call_type) {
+            PyErr_SetString(PyExc_TypeError, "LayerTimer's backward stacks hold _Call entries");
+            Py_CLEAR(out);
+        } else if (!is_none(token = SLOT(call, ca_token)) && PyList_Append(out, token)) {
+            Py_CLEAR(out);
+        }
+    }
+    return out;
+}
+
+/* self._meet(tokens, starting, stream), by name */
+static PyObject *engine_meet(PyObject *self, PyObject *tokens, PyObject *starting, PyObject *stream) {
+    if (tokens == NULL)
+        return NULL;
+    PyObject *a[4] = {self, tokens, starting, stream};
+    PyObject *r = PyObject_VectorcallMethod(s_meet, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(tokens);
+    return r;
+}
+
+static int all_calls(PyObject *list) { /* a list of _Call objects */
+    if (!PyList_CheckExact(list))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
+        if (Py_TYPE(PyList_GET_ITEM(list, i)) != call_type)
+            return 0;
+    return 1;
+}
+
+static int index_of(PyObject *list, PyObject *o) { /* the last index of o (identity) in a list, or -1 */
+    for (Py_ssize_t i = PyList_GET_SIZE(list) - 1; i >= 0; i--)
+        if (PyList_GET_ITEM(list, i) == o)
+            return (int)i;
+    return -1;
+}
+
+/* begin_backward(self, calls, epoch) */
+static PyObject *en_begin_backward(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames || call_type == NULL || !all_calls(args[0]))
+        HAND_OVER(en_fb_begin_backward);
+    PyObject *calls = args[0];
+    int skip = stale_epoch(self, args[1]);
+    if (!skip)
+        skip = is_true_call(self, s_compiling);
+    if (skip)
+        return skip < 0 ? NULL : Py_NewRef(Py_None);
+    int queued = is_true_attr(self, s_callback_queued);
+    if (queued == 0) {
+        PyObject *r = PyObject_CallMethodNoArgs(self, s_queue_end);
+        queued = r ? 1 : -1;
+        Py_XDECREF(r);
+    }
+    if (queued < 0)
+        return NULL;
+    PyObject *open = engine_local(self, s_backward, s_backward_stack), *begun = PyObject_GetAttr(self, s_begun);
+    PyObject *ending = PyList_New(0), *starting = PyList_New(0), *stream = NULL, *r = NULL;
+    int bad = open == NULL || begun == NULL || ending == NULL || starting == NULL;
+    if (!bad && (!PyList_CheckExact(open) || !PyList_Check(begun))) {
+        PyErr_SetString(PyExc_TypeError, "LayerTimer's backward stacks are lists");
+        bad = 1;
+    }
+    for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(calls); i++) {
+        PyObject *call = PyList_GET_ITEM(calls, i), *was = SLOT(call, ca_begun);
+        int done = was ? PyObject_IsTrue(was) : -1;
+        if (done) {
+            bad = done < 0;
+            continue;
+        }
+        Py_INCREF(call);
+        slot_set(call, ca_begun, Py_True);
+        bad = PyList_Append(begun, call);
+        Py_ssize_t top;
+        while (!bad && (top = PyList_GET_SIZE(open)) > 0) {
+            PyObject *ended = PyList_GET_ITEM(open, top - 1);
+            int in = encloses(ended, call);
+            if (in) {
+                bad = in < 0;
+                break;
+            }
+            int at = index_of(starting, ended); /* begun by this same hook: not a region after all */
+            bad = (at >= 0 ? PyList_SetSlice(starting, at, at + 1, NULL) : PyList_Append(ending, ended)) ||
+                  PyList_SetSlice(open, top - 1, top, NULL);
+        }
+        bad = bad || PyList_Append(starting, call) || PyList_Append(open, call);
+        Py_DECREF(call);
+    }
+    if (!bad && PyList_GET_SIZE(starting)) { /* torch's current stream on the forward's device, as autograd sets it */
+        stream = PyObject_GetAttr(self, s_fixed);
+        if (stream == Py_None) {
+            int capturing = engine_capturing(self);
+            Py_SETREF(stream, capturing ? (capturing < 0 ? NULL : Py_NewRef(Py_None))
+                                        : engine_gpu_stream(self, SLOT(PyList_GET_ITEM(starting, 0), ca_device)));
+        }
+        bad = stream == NULL;
+    }
+    if (!bad)
+        r = engine_meet(self, tokens_of(ending, 0), starting, stream ? stream : Py_None);
+    Py_XDECREF(stream);
+    Py_XDECREF(open);
+    Py_XDECREF(begun);
+    Py_XDECREF(ending);
+    Py_XDECREF(starting);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* end_backward(self, call, epoch) */
+static PyObject *en_end_backward(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames || call_type == NULL || Py_TYPE(args[0]) != call_type)
+        HAND_OVER(en_fb_end_backward);
+    PyObject *call = args[0], *was = SLOT(call, ca_begun);
+    int skip = stale_epoch(self, args[1]);
+    if (!skip) {
+        int t = was ? PyObject_IsTrue(was) : -1;
+        skip = t < 0 ? -1 : !t;
+    }
+    if (skip)
+        return skip < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *open = engine_local(self, s_backward, NULL);
+    if (open == NULL || !PyList_CheckExact(open)) {
+        if (open == NULL)
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        Py_DECREF(open);
+        HAND_OVER(en_fb_end_backward);
+    }
+    int i = index_of(open, call);
+    PyObject *ending = i >= 0 ? PyList_GetSlice(open, i, PyList_GET_SIZE(open)) : NULL, *r = NULL;
+    if (ending != NULL && PyList_SetSlice(open, i, PyList_GET_SIZE(open), NULL) == 0) {
+        PyObject *starting = PyList_New(0);
+        r = starting ? engine_meet(self, tokens_of(ending, 1), starting, Py_None) : NULL;
+        Py_XDECREF(starting);
+    } else if (i < 0) {
+        r = Py_NewRef(Py_None);
+    }
+    Py_XDECREF(ending);
+    Py_DECREF(open);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* _meet(self, tokens, starting, stream): on a GpuStream through the timer's _meet, else each
+ * token ended and each region begun through the timer's end and begin */
+static PyObject *en_meet(METHOD_ARGS) {
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames || call_type == NULL || !PyList_CheckExact(args[0]) ||
+        !all_calls(args[1]))
+        HAND_OVER(en_fb_meet);
+    PyObject *tokens = args[0], *starting = args[1], *stream = args[2], *where = stream;
+    int meets = is_true_attr(self, s_meets);
+    if (meets < 0)
+        return NULL;
+    if (stream == Py_None && meets && PyList_GET_SIZE(tokens)) {
+        PyObject *first = PyList_GET_ITEM(tokens, 0);
+        if ((PyObject *)Py_TYPE(first) != region_type || SLOT(first, op_stream) == NULL)
+            HAND_OVER(en_fb_meet);
+        where = SLOT(first, op_stream);
+    }
+    Py_ssize_t n = stream == Py_None ? 0 : PyList_GET_SIZE(starting);
+    PyObject *timer = PyObject_GetAttr(self, s_timer), *names = timer ? PyList_New(n) : NULL, *began = NULL;
+    for (Py_ssize_t i = 0; names != NULL && i < n; i++) {
+        PyObject *state = SLOT(PyList_GET_ITEM(starting, i), ca_state);
+        PyObject *name = state == NULL ? NULL
+                         : Py_TYPE(state) == module_type ? Py_XNewRef(SLOT(state, md_backward_name))
+                                                         : PyObject_GetAttr(state, s_backward_name);
+        if (name == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_AttributeError, "a LayerTimer call without its module's backward name");
+            Py_CLEAR(names);
+        } else {
+            PyList_SET_ITEM(names, i, name);
+        }
+    }
+    if (names != NULL && meets && Py_TYPE(where) == stream_type) {
+        PyObject *a[4] = {timer, tokens, names, where};
+        began = PyObject_VectorcallMethod(s_meet, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    } else if (names != NULL) {
+        int bad = 0;
+        for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(tokens); i++) {
+            PyObject *a[2] = {timer, PyList_GET_ITEM(tokens, i)};
+            PyObject *r = PyObject_VectorcallMethod(s_end, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            bad = r == NULL;
+            Py_XDECREF(r);
+        }
+        began = bad ? NULL : PyList_New(n);
+        for (Py_ssize_t i = 0; began != NULL && i < n; i++) {
+            PyObject *a[3] = {timer, PyList_GET_ITEM(names, i), stream};
+            PyObject *token = PyObject_VectorcallMethod(s_begin, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (token == NULL)
+                Py_CLEAR(began);
+            else
+                PyList_SET_ITEM(began, i, token);
+        }
+    }
+    PyObject *fast = began ? PySequence_Fast(began, "Timer._meet gives a list") : NULL;
+    for (Py_ssize_t i = 0; fast != NULL && i < PyList_GET_SIZE(starting) && i < PySequence_Fast_GET_SIZE(fast); i++)
+        slot_set(PyList_GET_ITEM(starting, i), ca_token, PySequence_Fast_GET_ITEM(fast, i));
+    Py_XDECREF(fast);
+    Py_XDECREF(began);
+    Py_XDECREF(names);
+    Py_XDECREF(timer);
+    if (fast == NULL)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1828,15 +2529,18 @@ static PyMethodDef op_defs[] = {
 static PyObject **op_fbs[] = {&op_fb_init, &op_fb_enter, &op_fb_exit};
 
 static PyMethodDef tm_defs[] = {FAST_METHOD(tm_begin, "begin"), FAST_METHOD(tm_end, "end"),
-                                FAST_METHOD(tm_unshared, "_unshared")};
-static PyObject **tm_fbs[] = {&tm_fb_begin, &tm_fb_end, &tm_fb_unshared};
+                                FAST_METHOD(tm_unshared, "_unshared"), FAST_METHOD(tm_meet, "_meet")};
+static PyObject **tm_fbs[] = {&tm_fb_begin, &tm_fb_end, &tm_fb_unshared, &tm_fb_meet};
 
 static PyMethodDef lp_defs[] = {FAST_METHOD(lp_call, "__call__")};
 static PyObject **lp_fbs[] = {&lp_fb_call};
 
-static PyMethodDef en_defs[] = {FAST_METHOD(en_stream_for, "_stream_for"), FAST_METHOD(en_begin, "begin_forward"),
-                                FAST_METHOD(en_end, "end_forward")};
-static PyObject **en_fbs[] = {&en_fb_stream_for, &en_fb_begin, &en_fb_end};
+static PyMethodDef en_defs[] = {
+    FAST_METHOD(en_stream_for, "_stream_for"),       FAST_METHOD(en_begin, "begin_forward"),
+    FAST_METHOD(en_end, "end_forward"),              FAST_METHOD(en_begin_backward, "begin_backward"),
+    FAST_METHOD(en_end_backward, "end_backward"),    FAST_METHOD(en_meet, "_meet")};
+static PyObject **en_fbs[] = {&en_fb_stream_for,     &en_fb_begin,        &en_fb_end,
+                              &en_fb_begin_backward, &en_fb_end_backward, &en_fb_meet};
 
 /* {name: method descriptor of cls} for defs, after keeping fallbacks[name] for each */
 static PyObject *methods_for(PyObject *cls, PyObject *fallbacks, PyMethodDef *defs, PyObject ***fbs, int n) {
@@ -1937,7 +2641,7 @@ static PyObject *hot_install_timer(PyObject *m, PyObject *args) {
     Py_ssize_t *outs[] = {&tm_nvtx, &tm_spare, &tm_pending, &tm_step, &tm_since, &tm_every, &tm_shared};
     if (offsets(cls, names, outs, 7))
         return NULL;
-    PyObject *methods = methods_for(cls, fallbacks, tm_defs, tm_fbs, 3);
+    PyObject *methods = methods_for(cls, fallbacks, tm_defs, tm_fbs, 4);
     if (methods != NULL) {
         Py_INCREF(cls);
         Py_XSETREF(timer_type, (PyTypeObject *)cls);
@@ -1974,10 +2678,25 @@ static PyObject *hot_speed_slots(PyObject *m, PyObject *cls) {
 }
 
 static PyObject *hot_install_engine(PyObject *m, PyObject *args) {
-    PyObject *cls, *fallbacks;
-    if (!PyArg_ParseTuple(args, "OO!", &cls, &PyDict_Type, &fallbacks))
+    PyObject *cls, *fallbacks, *mod, *call, *stack;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!", &cls, &PyDict_Type, &fallbacks, &PyType_Type, &mod, &PyType_Type, &call,
+                          &PyType_Type, &stack))
         return NULL;
-    return methods_for(cls, fallbacks, en_defs, en_fbs, 3);
+    static const char *mn[] = {"backward_name", "ancestors"};
+    Py_ssize_t *mo[] = {&md_backward_name, &md_ancestors};
+    static const char *cn[] = {"state", "parent", "inputs", "device", "token", "begun"};
+    Py_ssize_t *co[] = {&ca_state, &ca_parent, &ca_inputs, &ca_device, &ca_token, &ca_begun};
+    static const char *sn[] = {"modules", "tokens", "calls", "last_node", "last_calls"};
+    Py_ssize_t *so[] = {&sk_modules, &sk_tokens, &sk_calls, &sk_last_node, &sk_last_calls};
+    if (offsets(mod, mn, mo, 2) || offsets(call, cn, co, 6) || offsets(stack, sn, so, 5))
+        return NULL;
+    PyObject *methods = methods_for(cls, fallbacks, en_defs, en_fbs, 6);
+    if (methods != NULL) {
+        Py_XSETREF(module_type, (PyTypeObject *)Py_NewRef(mod));
+        Py_XSETREF(call_type, (PyTypeObject *)Py_NewRef(call));
+        Py_XSETREF(stack_type, (PyTypeObject *)Py_NewRef(stack));
+    }
+    return methods;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -2003,7 +2722,8 @@ static PyMethodDef hot_functions[] = {
     {"install_region", hot_install_region, METH_VARARGS, "install_region(_Open, fallbacks) -> methods."},
     {"install_timer", hot_install_timer, METH_VARARGS, "install_timer(Timer, fallbacks) -> methods (after install_region)."},
     {"speed_slots", hot_speed_slots, METH_O, "speed_slots(cls): tp_init/tp_finalize straight to C (after install)."},
-    {"install_engine", hot_install_engine, METH_VARARGS, "install_engine(_Engine, fallbacks) -> methods."},
+    {"install_engine", hot_install_engine, METH_VARARGS,
+     "install_engine(_Engine, fallbacks, _Module, _Call, _Stack) -> methods (after install_stream)."},
     {"forward_pre", (PyCFunction)(void (*)(void))hot_forward_pre, METH_FASTCALL,
      "forward_pre(engine, state, module, args, kwargs): LayerTimer's forward pre-hook."},
     {"forward_post", (PyCFunction)(void (*)(void))hot_forward_post, METH_FASTCALL,
@@ -2052,23 +2772,36 @@ PyMODINIT_FUNC PyInit__hot(void) {
     INTERN(s_begin, "begin");
     INTERN(s_end, "end");
     INTERN(s_name, "name");
-    INTERN(s_modules, "modules");
-    INTERN(s_tokens, "tokens");
-    INTERN(s_last_node, "last_node");
-    INTERN(s_last_calls, "last_calls");
     INTERN(s_begin_forward, "begin_forward");
     INTERN(s_end_forward, "end_forward");
     INTERN(s_gpu_stream_of, "_gpu_stream");
     INTERN(s_stack_method, "_stack");
     INTERN(s_exiting, "exiting");
+    INTERN(s_grad_fn, "grad_fn");
+    INTERN(s_values, "values");
+    INTERN(s_register_prehook, "register_prehook");
+    INTERN(s_begin_backward, "begin_backward");
+    INTERN(s_end_backward, "end_backward");
+    INTERN(s_epoch, "_epoch");
+    INTERN(s_grad_enabled, "_grad_enabled");
+    INTERN(s_callback_queued, "_callback_queued");
+    INTERN(s_queue_end, "_queue_end_of_backward");
+    INTERN(s_backward_stack, "_backward_stack");
+    INTERN(s_begun, "_begun");
+    INTERN(s_meet, "_meet");
+    INTERN(s_meets, "_meets");
+    INTERN(s_share, "_share");
+    INTERN(s_ancestors, "ancestors");
+    INTERN(s_backward_name, "backward_name");
     INTERN(k_device, "device");
     INTERN(k_timing, "timing");
     INTERN(k_blocking_sync, "blocking_sync");
     INTERN(k_interprocess, "interprocess");
     INTERN(k_pool, "pool");
-    if ((minus_one = PyLong_FromLong(-1)) == NULL || (one = PyLong_FromLong(1)) == NULL)
+    if ((minus_one = PyLong_FromLong(-1)) == NULL || (one = PyLong_FromLong(1)) == NULL ||
+        (empty_tuple = PyTuple_New(0)) == NULL)
         return NULL;
-    if (PyType_Ready(&WordType) < 0 || PyType_Ready(&LockType) < 0)
+    if (PyType_Ready(&WordType) < 0 || PyType_Ready(&LockType) < 0 || PyType_Ready(&NodeHookType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&hot_module);
     if (m == NULL)

@@ -364,6 +364,11 @@ class Timer:
             for token in here:
                 token.__exit__(None, None, None)
             return [_Open(self, name, s).__enter__() for name in names]
+        return self._share(here, names, s, key)
+
+    def _share(self, here: list, names: list, s: GpuStream, key: tuple) -> list:
+        """The rest of :meth:`_meet` where regions share the event: end ``here`` (open regions
+        on ``s``, whose queue ``key`` is) and begin ``names`` at one record on ``s``."""
         device = s._device
         spare = self._spare.get(device)
         if spare is None:
@@ -692,4 +697,4 @@ class Timer:
             self._samples = []
 
 
-compiled.register(Timer, ("begin", "end", "_unshared"), lambda hot, cls, python: hot.install_timer(cls, python))
+compiled.register(Timer, ("begin", "end", "_unshared", "_meet"), lambda hot, cls, python: hot.install_timer(cls, python))

@@ -176,7 +176,7 @@ class _Engine:
         self._callback_queued = False
         self._begun: list = []  # the calls whose backward began in this pass (begun again in the next)
         self._epoch = 0  # hooks armed before the last discard_open() do nothing
-        self._timer_meet = getattr(timer, "_meet", None)  # a Timer's; a stand-in may have none
+        self._meets = hasattr(timer, "_meet")  # a Timer has it; a stand-in may not
 
     # -- streams ---------------------------------------------------------------------------
     def _gpu_stream(self, device: int):
@@ -387,10 +387,10 @@ class _Engine:
         (nothing is enqueued between)."""
         timer = self.timer
         names = [] if stream is None else [c.state.backward_name for c in starting]
-        meet = self._timer_meet
-        where = stream if stream is not None or meet is None or not tokens else tokens[0].stream
-        if meet is not None and type(where) is GpuStream:
-            began = meet(tokens, names, where)
+        meets = self._meets
+        where = stream if stream is not None or not meets or not tokens else tokens[0].stream
+        if meets and type(where) is GpuStream:
+            began = timer._meet(tokens, names, where)
         else:
             for token in tokens:
                 timer.end(token)
@@ -475,8 +475,8 @@ class _Engine:
         return n
 
 
-compiled.register(_Engine, ("_stream_for", "begin_forward", "end_forward"),
-                  lambda hot, cls, python: hot.install_engine(cls, python))
+compiled.register(_Engine, ("_stream_for", "begin_forward", "end_forward", "begin_backward", "end_backward", "_meet"),
+                  lambda hot, cls, python: hot.install_engine(cls, python, _Module, _Call, _Stack))
 
 
 def _selector(include, root_name: str, depth: int | None):
