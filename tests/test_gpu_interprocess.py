@@ -25,7 +25,7 @@ pytest.importorskip("torch.multiprocessing")  # from here on, CUDA tensors pickl
 
 TIMEOUT = 60.0
 N = 1 << 20
-SLEEP_MS = 300  # the producer's fill waits this long behind a GPU sleep
+SLEEP_MS = 1000  # the producer's fill waits this long behind a GPU sleep (other tests may load the GPU)
 
 
 def _warm(buffer):
@@ -69,7 +69,7 @@ def test_a_consumer_waiting_on_the_event_never_reads_before_the_fill_and_without
 
 def test_naive_recycling_of_an_exported_event_ties_the_receiver_to_unrelated_work_and_the_rule_does_not(spawned):
     """The exporter records and sends an event after a hand-off's fill, then more work starts
-    (a 300 ms spin, then it writes another buffer) with an event of its own. Had the pool
+    (a 1 s spin, then it writes another buffer) with an event of its own. Had the pool
     given the sent event back for that work (naive recycling), the receiver's later wait would
     wait for that unrelated work too: it sees the other buffer written. With the rule the
     event is held, the unrelated work gets another one, and the receiver reads the other
