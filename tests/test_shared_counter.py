@@ -12,7 +12,7 @@ import time
 
 import pytest
 from helpers.fake_driver import FakeDriver, bound
-from helpers.subproc import NO_GPU, run_script
+from helpers.subproc import NO_GPU, run_code, run_script
 
 import cudaevents as ce
 from cudaevents._sync import atomic_event
@@ -234,3 +234,21 @@ def test_a_copy_between_host_memory_behind_an_unreached_gpu_wait_blocks_the_call
     a.close()
     s.close()
 
+
+def test_a_hung_spawned_child_prints_where_it_hangs_before_it_is_killed():
+    """helpers.spawning.joined: a child still running at the deadline prints its threads'
+    stacks before the kill, so a hang shows its place, not only its peers' PeerErrors."""
+    r = run_code("""
+        import time
+
+        from helpers.spawning import joined, spawn
+
+        p = spawn(time.sleep, 60)
+        time.sleep(2)                      # started, and sleeping
+        try:
+            joined(p, timeout=0.5)
+        except AssertionError as exc:
+            print("hung:", exc)
+    """, timeout=60, env=NO_GPU)
+    assert "hung: SpawnProcess-1 hung: killed after 0.5 s" in r.stdout, r
+    assert "spawning.py\", line" in r.stderr and "in _traced" in r.stderr, r  # the child's stack
