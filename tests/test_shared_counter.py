@@ -6,12 +6,13 @@ hard timeout; the real-GPU versions are in tests/test_gpu_shared_counter.py."""
 from __future__ import annotations
 
 import os
-import time
 import pickle
+import threading
+import time
 
 import pytest
 from helpers.fake_driver import FakeDriver, bound
-from helpers.subproc import NO_GPU, run_script
+from helpers.subproc import NO_GPU, run_code, run_script
 
 import cudaevents as ce
 from cudaevents._sync import atomic_event
@@ -166,3 +167,88 @@ def test_a_shared_counter_on_the_host_backend_is_host_only_also_beside_a_gpu(gpu
     with pytest.raises(ValueError, match="uses the host backend"):
         a.signal(1, ce.GpuStream(0))
     a.close()
+
+
+def _gpu_script():
+    """tests/scripts/gpu_shared_counter.py as a module (its GPU parts run on the simulated driver)."""
+    import importlib.util
+
+    from helpers.subproc import SCRIPTS
+
+    spec = importlib.util.spec_from_file_location("gpu_shared_counter", SCRIPTS / "gpu_shared_counter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_scripts_consumer_enqueues_its_copy_behind_its_gpu_wait_without_blocking(gpu):
+    """The consumer of tests/scripts/gpu_shared_counter.py, against a producer thread in this
+    process on the simulated GPU, whose copies wait in stream order behind memory waits and
+    whose copies between two host ranges block the caller, as the real driver's do. The
+    script once copied the counter's page straight into pinned memory: on the H200 that copy
+    blocked the consumer behind its own GPU wait before it gave ``ready``, the producer waited
+    for ``ready`` until the parent killed the hung consumer, and the producer's wait then
+    raised PeerError for that killed consumer (the error that was reported)."""
+    script = _gpu_script()
+    a, data, ready = (ce.AtomicEvent(0, shared=True) for _ in range(3))
+    errors = []
+
+    def produce():
+        try:
+            for r in range(1, script.ROUNDS + 1):
+                ready.wait(r, timeout=10)  # the consumer's GPU wait for r is enqueued
+                data.signal(1000 * r)
+                a.signal(r)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    with gpu.running():
+        producer.start()
+        script.consumer(a, data, ready)   # copies the data each round and checks it
+        producer.join(10)
+    assert not errors and a.closed and data.closed and ready.closed
+
+
+def test_a_copy_between_host_memory_behind_an_unreached_gpu_wait_blocks_the_caller(gpu, monkeypatch):
+    """What the simulated driver models of the real one (the documented synchronous copies),
+    on which the test above rests: a copy from device memory waits in the stream, one
+    between two host ranges holds the calling thread."""
+    from helpers import fake_driver
+
+    from cudaevents._core import driver
+
+    monkeypatch.setattr(fake_driver, "HOST_COPY_LIMIT", 0.2)
+    a = ce.AtomicEvent(0, shared=True)
+    s = ce.GpuStream(0)
+    read, word, host, dev = _gpu_script().page_reader(a, s)
+    a.wait(5, s)
+    read()                                # page -> device -> pinned: both wait in the stream
+    assert not s.query() and word.value == 0
+    with pytest.raises(AssertionError, match="copy between host memory is synchronous"):
+        driver.memcpy_dtoh_async(host, a._cell._dev, 8, s.handle)  # page -> pinned: the caller waits
+    a.signal(5)
+    with gpu.running():
+        s.synchronize(timeout=10)
+    assert word.value == 5
+    a.close()
+    s.close()
+
+
+def test_a_hung_spawned_child_prints_where_it_hangs_before_it_is_killed():
+    """helpers.spawning.joined: a child still running at the deadline prints its threads'
+    stacks before the kill, so a hang shows its place, not only its peers' PeerErrors."""
+    r = run_code("""
+        import time
+
+        from helpers.spawning import joined, spawn
+
+        p = spawn(time.sleep, 60)
+        time.sleep(2)                      # started, and sleeping
+        try:
+            joined(p, timeout=0.5)
+        except AssertionError as exc:
+            print("hung:", exc)
+    """, timeout=60, env=NO_GPU)
+    assert "hung: SpawnProcess-1 hung: killed after 0.5 s" in r.stdout, r
+    assert "spawning.py\", line" in r.stderr and "in _traced" in r.stderr, r  # the child's stack

@@ -31,6 +31,16 @@ The simulated GPU:
   the value, a wait passes. With ``stream_order=True`` a write waits in its stream's queue
   like a record and stores when :meth:`FakeDriver.run` gets there. ``value_waits`` lists
   every memory wait as ``(stream, address, value)``, in call order.
+- Copies (``cuMemcpyHtoDAsync``, ``cuMemcpyDtoHAsync``) move bytes: device memory from
+  ``cuMemAlloc`` gets storage once a copy touches it. A copy waits in its stream's order
+  behind the memory waits enqueued there before it that its words have not reached yet
+  (those waits gate copies only: records, stream writes and queries see them pass, as
+  above), and lands once a query or synchronize of the stream finds them reached; the
+  stream is NOT_READY while a copy waits. A copy whose two ends are host memory (pinned or
+  registered) is synchronous with respect to the host, as the real driver documents ("API
+  synchronization behavior"): it blocks the calling thread until those waits are reached,
+  and raises ``AssertionError`` after ``HOST_COPY_LIMIT`` seconds (a real GPU would keep
+  the thread blocked: a deadlock when that thread is the one to give the value).
 - With ``reuse_streams=True`` a new stream gets the handle of the last one destroyed, as the
   real driver does most of the time. ``cuStreamGetDevice`` says device 0 for any handle.
 - :meth:`FakeDriver.fail` makes an entry point fail with an error code from then on.
@@ -52,12 +62,14 @@ import itertools
 import mmap
 import os
 import threading
+import time
 import types
 
 from .c_entries import proc_address
 
 NOT_READY = 600  # CUDA_ERROR_NOT_READY
 WAIT_LIMIT = 60.0  # seconds a simulated host wait blocks at most
+HOST_COPY_LIMIT = 5.0  # seconds a copy between host memory blocks behind its stream's waits, then raises
 
 
 class _Names:
@@ -145,6 +157,9 @@ class FakeDriver:
         self.registered: list[tuple[int, int]] = []  # (address, bytes) of cuMemHostRegister
         self.uuids = [bytes([i + 1]) * 16 for i in range(devices)]
         self.value_waits: list[tuple[int, int, int]] = []  # (stream, address, value) of memory waits
+        self.allocations: dict[int, int] = {}  # cuMemAlloc: base -> bytes
+        self._storage: dict[int, ctypes.Array] = {}  # device memory a copy touched: base -> its bytes
+        self._ordered: dict[int, list] = {}  # stream -> its memory waits and the copies behind them
 
     def _called(self, name: str) -> None:
         if os.getpid() != self.pid:
@@ -281,10 +296,14 @@ class FakeDriver:
         return (0,)
 
     def cuStreamQuery(self, stream):
+        copying = self._copying(stream)
         with self.lock:
-            return (NOT_READY,) if self.pending.get(int(stream)) else (0,)
+            return (NOT_READY,) if copying or self.pending.get(int(stream)) else (0,)
 
     def cuStreamSynchronize(self, stream):
+        deadline = time.monotonic() + WAIT_LIMIT
+        while self._copying(stream) and time.monotonic() < deadline:
+            time.sleep(0.001)
         with self.cond:
             self.cond.wait_for(lambda: not self.pending.get(int(stream)), timeout=WAIT_LIMIT)
         return (0,)
@@ -370,7 +389,9 @@ class FakeDriver:
 
     # -- device memory: addresses only (nothing reads or writes it); calls counted as all are --
     def cuMemAlloc(self, nbytes):
-        return (0, next(self.ids) << 32)
+        ptr = next(self.ids) << 32
+        self.allocations[ptr] = int(nbytes)
+        return (0, ptr)
 
     def cuMemFree(self, ptr):
         return (0,)
@@ -396,12 +417,93 @@ class FakeDriver:
         return self._write(stream, ctypes.c_uint64.from_address(address), value)
 
     def cuStreamWaitValue32(self, stream, address, value, flags):
-        self.value_waits.append((int(stream), int(address), int(value)))
-        return (0,)
+        return self._wait_value(stream, ctypes.c_uint32, address, value)
 
     def cuStreamWaitValue64(self, stream, address, value, flags):
+        return self._wait_value(stream, ctypes.c_uint64, address, value)
+
+    def _wait_value(self, stream, kind, address, value) -> tuple:
         self.value_waits.append((int(stream), int(address), int(value)))
+        with self.lock:
+            self._ordered.setdefault(int(stream), []).append((kind.from_address(int(address)), int(value)))
         return (0,)
+
+    # -- copies: in stream order behind memory waits; between host memory, synchronous ---------
+    def _host(self, address: int) -> bool:
+        base = self._pinned_base
+        if self._pinned is not None and base <= address < base + self.PINNED_BYTES:
+            return True
+        return any(a <= address < a + n for a, n in self.registered)
+
+    def _where(self, address: int, nbytes: int) -> int:
+        """The host address holding ``address`` (device memory gets storage on first use)."""
+        for base, size in self.allocations.items():
+            if base <= address < base + size:
+                if address + nbytes > base + size:
+                    raise AssertionError(f"a copy of {nbytes} bytes at {address:#x} overruns its allocation")
+                store = self._storage.get(base)
+                if store is None:
+                    store = self._storage[base] = ctypes.create_string_buffer(size)
+                return ctypes.addressof(store) + (address - base)
+        return address  # host memory: its own address
+
+    def _advance(self, stream: int, copy: bool = False) -> None:
+        """With the lock held: the stream's reached waits pass and the copies behind them land.
+        The words waited for are read only for a copy (``copy``, or one waiting there): a wait
+        with no copy behind it passes unread, as every wait did before copies were modelled."""
+        ordered = self._ordered.get(stream)
+        if not copy and not any(callable(op) for op in ordered or ()):
+            return
+        while ordered:
+            head = ordered[0]
+            if callable(head):
+                head()
+            elif head[0].value < head[1]:
+                return
+            ordered.pop(0)
+
+    def _copying(self, stream) -> bool:
+        with self.lock:
+            self._advance(int(stream))
+            return any(callable(op) for op in self._ordered.get(int(stream), ()))
+
+    def _copy(self, name: str, dst, src, nbytes, stream) -> tuple:
+        dst, src, nbytes, key = int(dst), int(src), int(nbytes), int(stream)
+        both_host = self._host(dst) and self._host(src)
+        to, frm = self._where(dst, nbytes), self._where(src, nbytes)
+
+        def land():
+            ctypes.memmove(to, frm, nbytes)
+
+        with self.lock:
+            self._advance(key, copy=True)
+            if not self._ordered.get(key):
+                land()
+                return (0,)
+            if not both_host:
+                self._ordered[key].append(land)
+                return (0,)
+        deadline = time.monotonic() + HOST_COPY_LIMIT  # synchronous: the caller waits for the stream
+        while True:
+            with self.lock:
+                self._advance(key, copy=True)
+                if not self._ordered.get(key):
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{name} between two host ranges on stream {key} blocked {HOST_COPY_LIMIT:g} s behind that "
+                    "stream's unreached memory wait: a copy between host memory is synchronous with respect to "
+                    "the host, so the real driver keeps this thread here until the wait passes (a deadlock when "
+                    "this thread is the one to give the value); copy through device memory instead")
+            time.sleep(0.001)
+        land()
+        return (0,)
+
+    def cuMemcpyHtoDAsync(self, dst, host, nbytes, stream):
+        return self._copy("cuMemcpyHtoDAsync", dst, host, nbytes, stream)
+
+    def cuMemcpyDtoHAsync(self, host, src, nbytes, stream):
+        return self._copy("cuMemcpyDtoHAsync", host, src, nbytes, stream)
 
 
 def install(**options) -> FakeDriver:

@@ -5,16 +5,29 @@ shared counter."""
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import multiprocessing
+import os
+import signal
+import time
 
 T = 30  # seconds any wait of those scripts may take before the scenario fails
+STACKS = signal.SIGUSR1  # a spawned child prints every thread's stack to its stderr on it
 
 
 def spawn(target, *args):
     """Start ``target(*args)`` in a new process ('spawn': the arguments are pickled)."""
-    p = multiprocessing.get_context("spawn").Process(target=target, args=args, daemon=True)
+    p = multiprocessing.get_context("spawn").Process(target=_traced, args=(target, *args), daemon=True)
     p.start()
     return p
+
+
+def _traced(target, *args):
+    """In the child: print the stacks on :data:`STACKS` (from C, also while a thread holds
+    the GIL in a driver call), then ``target(*args)``."""
+    faulthandler.register(STACKS, all_threads=True)
+    target(*args)
 
 
 def with_queues(target, *args):
@@ -25,13 +38,19 @@ def with_queues(target, *args):
     return spawn(target, *args, inbox, outbox), inbox, outbox
 
 
-def joined(p, code: int = 0) -> None:
-    """Join ``p`` within :data:`T` seconds (killed past it) and check its exit code."""
-    p.join(T)
+def joined(p, code: int = 0, timeout: float = T) -> None:
+    """Join ``p`` within ``timeout`` seconds and check its exit code. A child still running
+    then prints its threads' stacks (where it hangs) before it is killed: its peers' errors
+    about its death (PeerError) are the consequence, not the cause."""
+    p.join(timeout)
     if p.is_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, STACKS)
+        time.sleep(1)  # the dump is written from the signal handler, at once
         p.kill()
         p.join(T)
-        raise AssertionError(f"{p.name} hung")
+        raise AssertionError(f"{p.name} hung: killed after {timeout:g} s (where it was: its stacks above, "
+                             "on stderr; errors of other processes about its death followed from the kill)")
     assert p.exitcode == code, f"{p.name} exited with {p.exitcode}"
 
 

@@ -43,6 +43,28 @@ def pinned_word():
     return host, word
 
 
+def page_reader(counter, s):
+    """``read()`` enqueues on ``s`` a copy of ``counter``'s value word (in its shared page)
+    into a pinned word, returned with the device buffer it goes through.
+
+    Through device memory, never page to pinned memory directly: a copy between two host
+    ranges is synchronous with respect to the host even as ``cuMemcpy*Async`` (CUDA's "API
+    synchronization behavior"), so behind ``s``'s unsatisfied GPU wait it blocks the calling
+    thread until that wait passes; the consumer, which gives ``ready`` only after enqueuing
+    the copy, then deadlocks with the producer waiting for ``ready`` (seen on the H200).
+    Page to device memory (the page is registered: pinned) and device to pinned memory are
+    both asynchronous, in ``s``'s order."""
+    host, word = pinned_word()
+    dev = driver.mem_alloc(0, 8)
+    page = ctypes.addressof(counter._cell._page)  # the value word is the page's first 8 bytes
+
+    def read():
+        driver.memcpy_htod_async(dev, page, 8, s.handle)
+        driver.memcpy_dtoh_async(host, dev, 8, s.handle)
+
+    return read, word, host, dev
+
+
 # -- producer and consumers on one GPU -------------------------------------------------------------
 def producer(a, data, ready):
     import torch
@@ -67,12 +89,12 @@ def producer(a, data, ready):
 def consumer(a, data, ready):
     assert a.device is not None and a.device.index == 0 and a.backend in ("mem64", "mem32")
     s = ce.GpuStream(0)
-    host, word = pinned_word()
-    driver.memcpy_dtoh_async(host, data._cell._dev, 8, s.handle)  # warm-up of the copy
+    read, word, host, dev = page_reader(data, s)
+    read()                                 # warm-up of the copies
     s.synchronize(timeout=T)
     for r in range(1, ROUNDS + 1):
         a.wait(r, s)
-        driver.memcpy_dtoh_async(host, data._cell._dev, 8, s.handle)  # reads the data once r landed
+        read()                             # reads the data once r landed (returns at once)
         ready.signal(r)
         s.synchronize(timeout=T)
         assert word.value == 1000 * r, f"round {r}: the copy read {word.value}: it did not wait for the producer"
@@ -80,6 +102,8 @@ def consumer(a, data, ready):
     for counter in (a, data, ready):
         counter.close()
     s.close()
+    driver.mem_free(dev)
+    driver.mem_host_free(host)
 
 
 def consumers(n: str):
@@ -103,14 +127,14 @@ def signaller(a, ctl):
 def killed():
     a, ctl = ce.AtomicEvent(0, shared=True), ce.AtomicEvent(0, shared=True)
     s = ce.GpuStream(0)
-    host, word = pinned_word()
-    driver.memcpy_dtoh_async(host, a._cell._dev, 8, s.handle)  # warm-up of the copy
+    read, _, host, dev = page_reader(a, s)
+    read()                                 # warm-up of the copies
     s.synchronize(timeout=T)
     p = spawn(signaller, a, ctl)
     ctl.wait(1, timeout=T)
     a.wait(1, timeout=T)
     a.wait(5, s)                           # only the signaller could give 5
-    driver.memcpy_dtoh_async(host, a._cell._dev, 8, s.handle)
+    read()                                 # held behind the wait (returns at once)
     assert not s.query()
     os.kill(p.pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -126,6 +150,7 @@ def killed():
     a.close()
     ctl.close()
     s.close()
+    driver.mem_free(dev)
     driver.mem_host_free(host)
 
 
