@@ -339,6 +339,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few iterations: a smoke test")
     ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("--training-only", action="store_true",
+                    help="only the training-step sections (ours and the peers), the others skipped")
     args = ap.parse_args(argv)
     iters, trials = (2, 1) if args.quick else (10, 7)
     torch.manual_seed(0)
@@ -385,6 +387,9 @@ def main(argv=None) -> int:
     print(f"  LayerTimer forward+backward: {regions:.0f} regions per step "
           f"({sum(1 for k in per_step if k.endswith('.backward'))} modules with a backward region)")
     report["training_step"]["regions_per_step"] = regions
+    if args.training_only:
+        write_report(report, args.out)
+        return 0
 
     # Queued: a spin kernel ahead of each step keeps the GPU behind the host, so each pair
     # brackets its module's kernels alone, whatever either method costs on the host; an event
