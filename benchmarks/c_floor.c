@@ -85,29 +85,29 @@ static int ready(void) {
     return 0;
 }
 
-/* One record from Python: a region's begin or its end. */
-static PyObject *cf_mark(PyObject *self, PyObject *unused) {
+/* n records of the ring's next events, in a C loop. */
+static PyObject *records(Py_ssize_t n) {
     if (!ready())
         return NULL;
-    int err = record_next();
-    if (err)
-        return failed("cuEventRecord", err);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int err = record_next();
+        if (err)
+            return failed("cuEventRecord", err);
+    }
     Py_RETURN_NONE;
+}
+
+/* One record from Python: a region's begin or its end. */
+static PyObject *cf_mark(PyObject *self, PyObject *unused) {
+    return records(1);
 }
 
 /* n empty regions, two records each, in a C loop. */
 static PyObject *cf_regions(PyObject *self, PyObject *arg) {
     Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if ((n < 0 && PyErr_Occurred()) || !ready())
+    if (n < 0 && PyErr_Occurred())
         return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int err = record_next();
-        if (!err)
-            err = record_next();
-        if (err)
-            return failed("cuEventRecord", err);
-    }
-    Py_RETURN_NONE;
+    return records(2 * n);
 }
 
 /* The last n regions' times, read from C: the sum of their milliseconds (each end queried
