@@ -32,7 +32,7 @@ def _warm(buffer):
     torch.cuda._sleep(1000)
     buffer.fill_(1)
     buffer.zero_()
-    torch.cuda.synchronize()
+    peers.synced()
 
 
 def _fill_behind_a_sleep(buffer, value: int, stream) -> None:
@@ -49,7 +49,7 @@ def test_a_consumer_waiting_on_the_event_never_reads_before_the_fill_and_without
     stream = torch.cuda.Stream()
     for value, wait in ((7, True), (9, False)):
         buffer.zero_()
-        torch.cuda.synchronize()
+        peers.synced()
         _fill_behind_a_sleep(buffer, value, stream)
         event = ce.CudaEvent(0, interprocess=True).record(ce.as_stream(stream))
         inbox.put((event.ipc_handle(), wait))
@@ -60,7 +60,7 @@ def test_a_consumer_waiting_on_the_event_never_reads_before_the_fill_and_without
             assert total == value * N  # waited on the device for the fill
         else:
             assert total == 0  # the control: without the wait it reads the buffer before the fill
-        stream.synchronize()
+        peers.synced(stream)
         event.close()
     inbox.put(None)
     child.join(TIMEOUT)
@@ -84,7 +84,7 @@ def test_naive_recycling_of_an_exported_event_ties_the_receiver_to_unrelated_wor
     for how in ("naive", "rule"):
         mine.zero_()
         unrelated.zero_()
-        torch.cuda.synchronize()
+        peers.synced()
         with torch.cuda.stream(busy):
             mine.fill_(5)
         event = ce.CudaEvent(0, interprocess=True).record(ce.as_stream(busy))
@@ -100,7 +100,7 @@ def test_naive_recycling_of_an_exported_event_ties_the_receiver_to_unrelated_wor
         reused.record(ce.as_stream(late))
         inbox.put("go")  # only now does the receiver wait
         sums[how] = outbox.get(timeout=TIMEOUT)
-        late.synchronize()
+        peers.synced(late)
         reused.close()
     inbox.put(None)
     child.join(TIMEOUT)

@@ -21,7 +21,7 @@ N = 1 << 20
 def test_a_receiver_on_gpu_1_waits_for_an_event_of_gpu_0_and_copies_what_it_wrote(spawned):
     buffer = torch.zeros(N, dtype=torch.int32, device="cuda:0")
     torch.cuda._sleep(1000)
-    torch.cuda.synchronize(0)
+    peers.synced()
     child, inbox, outbox = spawned(peers.copy_to_gpu_1_and_sum, buffer)
     assert outbox.get(timeout=TIMEOUT) == "ready"
     stream = torch.cuda.Stream(0)

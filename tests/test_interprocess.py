@@ -14,9 +14,15 @@ import pytest
 import cudaevents as ce
 from cudaevents._core import interprocess
 from helpers import ipc_peers
+from helpers.fakes import fake_stream
 from helpers.forking import wait_for_child
 
 TIMEOUT = 60.0
+
+
+def _recorded():
+    """An interprocess event of the simulated GPU, recorded (what may be sent)."""
+    return ce.CudaEvent(0, interprocess=True).record(fake_stream(0x10))
 
 
 def _sent(event):
@@ -31,11 +37,13 @@ def _until(predicate, what: str, timeout: float = TIMEOUT) -> None:
         time.sleep(0.01)
 
 
-def test_only_an_open_interprocess_event_with_a_device_can_be_sent(fake_driver):
+def test_only_an_open_recorded_interprocess_event_can_be_sent(fake_driver):
     with pytest.raises(ce.NotShareableError, match=r"interprocess=True"):
         ce.CudaEvent(0).ipc_handle()
-    with pytest.raises(ValueError, match=r"no device yet.*device="):
-        ce.CudaEvent(interprocess=True).ipc_handle()
+    with pytest.raises(ce.NotRecordedError, match=r"record\(stream\) before sending"):
+        ce.CudaEvent(interprocess=True).ipc_handle()  # not even bound to a device
+    with pytest.raises(ce.NotRecordedError, match="would order nothing"):
+        ce.CudaEvent(0, interprocess=True).ipc_handle()
     closed = ce.CudaEvent(0, interprocess=True)
     closed.close()
     with pytest.raises(ce.ClosedError, match="send an open one"):
@@ -72,7 +80,7 @@ def test_a_send_pickles_once_and_its_receiver_waits_on_the_exported_event(fake_d
 
 
 def test_the_handle_is_exported_once_per_event(fake_driver):
-    event = ce.CudaEvent(0, interprocess=True)
+    event = _recorded()
     sends = [_sent(event) for _ in range(3)]
     assert fake_driver.ipc_exports == 1
     assert interprocess.stats()["unreleased"] == 3
@@ -82,11 +90,11 @@ def test_the_handle_is_exported_once_per_event(fake_driver):
 
 
 def test_a_resent_pooled_event_keeps_its_identity_unless_it_is_another_native_event(fake_driver):
-    event = ce.CudaEvent(0, interprocess=True)
+    event = _recorded()
     native, first = event.handle, _sent(event)
     first.release()
     event.close()
-    again = ce.CudaEvent(0, interprocess=True)
+    again = _recorded()
     assert again.handle == native
     second = _sent(again)
     assert second._uid == first._uid  # receivers' cached opened handle serves it
@@ -97,12 +105,12 @@ def test_a_resent_pooled_event_keeps_its_identity_unless_it_is_another_native_ev
     again.close()
     # the pool destroyed it and the driver gave its number to a new event: another handle
     fake_driver.cuIpcGetEventHandle = lambda event: (0, type("H", (), {"reserved": b"another event".ljust(64)}))
-    third = _sent(ce.CudaEvent(0, interprocess=True))
+    third = _sent(_recorded())
     assert third._uid != first._uid
 
 
 def test_an_exported_event_returns_to_its_pool_only_once_every_send_is_released(fake_driver):
-    event = ce.CudaEvent(0, interprocess=True)
+    event = _recorded()
     native = event.handle
     kept_here = event.ipc_handle()  # a send never pickled: the exporter holds it
     received = _sent(event)
@@ -133,7 +141,7 @@ def test_a_receiver_waiting_after_the_exporter_closed_the_event_waits_for_the_re
 
 
 def test_a_stale_release_of_a_reused_slot_releases_nothing(fake_driver):
-    event = ce.CudaEvent(0, interprocess=True)
+    event = _recorded()
     first = _sent(event)
     path, slot, seq = first._path, first._slot, first._seq
     first.release()
@@ -146,7 +154,7 @@ def test_a_stale_release_of_a_reused_slot_releases_nothing(fake_driver):
 
 
 def test_a_spawned_receiver_releases_its_sends_explicitly_and_by_exiting(fake_driver, spawned):
-    event = ce.CudaEvent(0, interprocess=True)
+    event = _recorded()
     native = event.handle
     child, inbox, outbox = spawned(ipc_peers.receive_and_release)
     inbox.put(event.ipc_handle())
@@ -182,7 +190,7 @@ def test_a_receiver_whose_exporter_ended_gets_peer_died(fake_driver, spawned):
 def test_a_receiver_forked_after_cuda_use_is_refused_and_told_to_spawn(fake_driver):
     from helpers.forking import expect_fork_error
 
-    data = pickle.dumps(ce.CudaEvent(0, interprocess=True).ipc_handle())
+    data = pickle.dumps(_recorded().ipc_handle())
     pid = os.fork()
     if pid == 0:  # the child: exit status 0 only if refused as it should be
         code = 1

@@ -10,6 +10,16 @@ TIMEOUT = 60.0
 CYCLES_PER_MS = 2_000_000  # torch.cuda._sleep cycles per millisecond, roughly (an H200 clocks ~1.98 GHz)
 
 
+def synced(stream=None) -> None:
+    """Wait for a torch ``stream`` (default: the current one) with a timeout, not torch's
+    unbounded synchronize."""
+    import torch
+
+    import cudaevents as ce
+
+    ce.as_stream(torch.cuda.current_stream() if stream is None else stream).synchronize(timeout=TIMEOUT)
+
+
 def sum_when_told(buffers, inbox, outbox) -> None:
     """For each ``(send or None, wait)`` received: on a GPU stream, wait for the send (if
     ``wait``, once told "go"), sum each of ``buffers`` and report the sums; ``None`` ends."""
@@ -20,7 +30,7 @@ def sum_when_told(buffers, inbox, outbox) -> None:
     stream = torch.cuda.Stream()
     gs = ce.as_stream(stream)
     buffers[0].sum()  # load the kernel before any "not finished yet" state
-    torch.cuda.synchronize()
+    synced()
     outbox.put("ready")
     while (msg := inbox.get(timeout=TIMEOUT)) is not None:
         sent, wait = msg
@@ -29,7 +39,7 @@ def sum_when_told(buffers, inbox, outbox) -> None:
             sent.wait(gs)
         with torch.cuda.stream(stream):
             totals = [b.sum(dtype=torch.int64) for b in buffers]
-        stream.synchronize()
+        synced(stream)
         if sent is not None:
             sent.release()
         outbox.put([int(t) for t in totals])
@@ -43,7 +53,7 @@ def export_behind_a_sleep(ms: float, others: list, inbox, outbox) -> None:
     import cudaevents as ce
 
     torch.cuda._sleep(1000)
-    torch.cuda.synchronize()
+    synced()
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         torch.cuda._sleep(int(ms * CYCLES_PER_MS))
@@ -96,13 +106,13 @@ def copy_to_gpu_1_and_sum(buffer, inbox, outbox) -> None:
     stream = torch.cuda.Stream(1)
     gs = ce.as_stream(stream)
     buffer.to(1).sum()  # load the kernels
-    torch.cuda.synchronize(1)
+    synced()  # GPU 1's current stream
     outbox.put("ready")
     while (sent := inbox.get(timeout=TIMEOUT)) is not None:
         sent.wait(gs)
         with torch.cuda.stream(stream):
             total = buffer.to(1, non_blocking=True).sum(dtype=torch.int64)
-        stream.synchronize()
+        synced(stream)
         sent.release()
         outbox.put(int(total))
 

@@ -88,9 +88,9 @@ def _consume(mode: str, device: int, buffers: list, conn, counters) -> None:
                 conn.send((k, slot, back.ipc_handle()))
                 back.close()  # held by the send until the producer releases it
             else:
-                stream.synchronize()
+                gs.synchronize(timeout=TIMEOUT)
                 conn.send((k, slot, None))
-        stream.synchronize()
+        gs.synchronize(timeout=TIMEOUT)
     conn.send(("sums", ks, [int(s) for s in torch.stack(sums).cpu()] if sums else []))
 
 
@@ -113,7 +113,7 @@ class _Producer:
         # counter mode: per consumer, fills done (ready) and sums done (free), counted per hand-off
         self.counters = [(ce.AtomicEvent(device, shared=True), ce.AtomicEvent(device, shared=True))
                          if mode == "counter" else None for _ in range(consumers)]
-        torch.cuda.synchronize(device)  # zeroed before another process sees them
+        ce.as_stream(torch.cuda.current_stream(device)).synchronize(timeout=TIMEOUT)  # zeroed before others see them
         pipes = [ctx.Pipe() for _ in range(consumers)]
         self.conns = [mine for mine, _ in pipes]
         self.procs = [ctx.Process(target=_consume, args=(mode, consumer_device, self.buffers[c], pipes[c][1],
@@ -163,7 +163,7 @@ class _Producer:
                 self.conns[c].send((k, slot, event.ipc_handle()))
                 event.close()  # held by the send until the consumer releases it
             else:
-                self.stream.synchronize()
+                self.gs.synchronize(timeout=TIMEOUT)
                 self.conns[c].send((k, slot, None))
         self.owed[c] += 1
 
@@ -222,14 +222,13 @@ def _run(mode: str, consumers: int, buffers: int, handoffs: int, elements: int, 
     producer = _Producer(mode, plan, buffers, elements, device,
                          device if consumer_device is None else consumer_device)
     try:
-        torch = producer.torch
         slots = [0] * consumers
         rounds = []
         warm = min(20, handoffs // 5)
         start = None
         for k in range(1, handoffs + 1):
             if k == warm + 1:
-                torch.cuda.synchronize(device)
+                producer.gs.synchronize(timeout=TIMEOUT)  # the warm-up's hand-offs are done
                 start = time.perf_counter()
             c = k % consumers
             t0 = time.perf_counter()

@@ -249,7 +249,7 @@ class CudaEvent:
 
         Raises:
             NotShareableError: the event is not interprocess.
-            ValueError: the event has no device yet.
+            NotRecordedError: the event was never recorded (a wait on it would order nothing).
             ClosedError: the event was closed.
         """
         return send(self)

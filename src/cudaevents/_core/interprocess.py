@@ -39,7 +39,8 @@ import threading
 import time
 
 from . import driver, processes
-from .errors import ClosedError, CudaUnavailableError, DeviceMismatchError, NotShareableError, PeerError
+from .errors import (ClosedError, CudaUnavailableError, DeviceMismatchError, NotRecordedError, NotShareableError,
+                     PeerError)
 from .lifetime import after_fork_in_child, defer, drain, state
 from .streams import GpuStream, as_stream
 from .wait import check_timeout, wait_until
@@ -254,10 +255,10 @@ def send(event) -> "IpcEvent":
         )
     if event._closed:
         raise ClosedError("this CudaEvent was closed; send an open one")
-    if event._handle is None:
-        raise ValueError(
-            "this CudaEvent has no device yet, so there is nothing to send; create it with device=, "
-            "or record it before sending it"
+    if not event._recorded:
+        raise NotRecordedError(
+            "this CudaEvent was never recorded, and a receiver's wait on it would order nothing (CUDA "
+            "takes an unrecorded event as complete); call record(stream) before sending it"
         )
     return IpcEvent(*_get_exports().send(event), sendable=True)
 

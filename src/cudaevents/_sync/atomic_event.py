@@ -187,7 +187,8 @@ class AtomicEvent:
     def value(self) -> int:
         """The counter's current value (what has completed, not what is enqueued)."""
         value = self._read()
-        self._adopt_break()
+        if self._cell.shared:
+            self._adopt_break()
         self._raise_error()
         return value
 
@@ -227,10 +228,11 @@ class AtomicEvent:
             raise err.with_traceback(self._error_tb)
 
     def _adopt_break(self) -> None:
-        """A shared counter that another process broke fails here too. Called after reading
-        the value: the release value a break stores is then seen with its break."""
+        """A shared counter that another process broke fails here too. Called (for shared
+        counters only) after reading the value: the release value a break stores is then seen
+        with its break."""
         cell = self._cell
-        if cell.shared and self._error is None:
+        if self._error is None:
             err = cell.peer_error()
             if err is not None:
                 self._poison(err)
@@ -282,98 +284,93 @@ class AtomicEvent:
                 by a pending stream signal (of any process).
             ClosedError: the event (or the CpuStream) was closed.
         """
-        if self._cell.shared:
-            self._adopt_break()
-            try:
-                self._signal(value, stream)
-            except PeerError as err:  # another process broke it meanwhile: the signal changes nothing
-                self._poison(err)
-            return
-        self._signal(value, stream)
-
-    def _claim(self, v: int, host: bool):
-        """Around the decision of a signal of ``v``, with the state lock held: for a shared
-        counter, the page's promise (:meth:`SharedCell.claiming
-        <cudaevents._sync.shared_storage.SharedCell.claiming>`: it yields another process's
-        pending value, which the signal must follow); else nothing (yields ``None``)."""
-        return self._cell.claiming(v, host) if self._cell.shared else _NO_RECORD
-
-    def _signal(self, value: int, stream) -> None:
         cell = self._cell
-        v = _check_value(value, cell.limit, cell.name)
-        if stream is None:
-            with self._lock:
-                self._check_open()
-                self._check_order(v)
-                if self._error is not None:  # failed: keep GPU waiters released, change nothing
-                    self._promised = v
-                    return
-                if self._last_source is not None and cell.read() < self._promised:
-                    raise ValueError(
-                        f"a stream signal of {self._promised} has not happened yet, and a host signal of {v} "
-                        f"now would be overwritten by it; wait({self._promised}) first or signal on that stream"
-                    )
-                with self._claim(v, True):
+        if cell.shared:
+            self._adopt_break()
+        try:
+            v = _check_value(value, cell.limit, cell.name)
+            if stream is None:
+                with self._lock:
+                    self._check_open()
+                    self._check_order(v)
+                    if self._error is not None:  # failed: keep GPU waiters released, change nothing
+                        self._promised = v
+                        return
+                    if self._last_source is not None and cell.read() < self._promised:
+                        raise ValueError(
+                            f"a stream signal of {self._promised} has not happened yet, and a host signal of {v} "
+                            f"now would be overwritten by it; wait({self._promised}) first or signal on that stream"
+                        )
+                    if cell.shared:  # the store under the page's promise (SharedCell.claiming)
+                        with cell.claiming(v, True):
+                            cell.store(v)
+                    else:
+                        cell.store(v)
                     self._promised = self._direct_promised = v
                     self._last_source = None
-                    cell.store(v)
-                self._cond.notify_all()
-            return
-        if type(stream) is CpuStream:
-            with self._lock:
-                self._check_open()
-                self._check_order(v)
-                if self._error is not None:
-                    self._promised = v
-                    return
-                prev = None
-                if self._last_source is not stream and cell.read() < self._promised:
-                    prev = self._promised
-                entry = (v, stream)
-                with self._claim(v, False) as other:
-                    if other is not None:  # another process's later signal, which follows ours too
-                        prev = other
-                    # enqueue first: a closed stream raises ClosedError and nothing has changed
-                    # (the task cannot finish before we let go of the lock: it takes it at the end)
-                    stream.enqueue(self._cpu_signal, v, prev, stream, entry)
-                    self._promised = v
-                    self._last_source = stream
-                    self._cpu_pending.append(entry)
-            return
-        s = self._gpu_stream(stream)
-        with self._gpu_lock:  # GPU enqueues of this counter in call order, outside self._lock
-            new = self._new_touched(s)
-            with new or _NO_RECORD, self._lock:
-                self._check_open()
-                self._check_order(v)
-                if self._error is not None:
-                    self._promised = v
-                    return
-                last = self._last_source
-                after = None  # what this signal must follow: a GPU stream's fence, or a CPU value
-                if last is not None and last != s._key and cell.read() < self._promised:
-                    after = self._touched[last].signalled if type(last) is int else self._promised
-                with self._claim(v, False) as other:
-                    if other is not None:  # another process's later signal, which follows ours too
-                        after = other
-                    # Promised before the enqueue, so a host signal meanwhile is refused rather than
-                    # overwritten; a failed enqueue fails the counter (the signal can never land).
-                    self._promised = self._direct_promised = self._gpu_promised = v
-                    self._last_source = s._key
-                    touched = self._in_flight(s, new)
-                    self._gpu_signalling += 1
-            try:
-                if type(after) is int:  # keep completion order = call order
-                    s._call(cell.gpu_wait, s._live(), after)  # a host value: only a memory wait sees it
-                elif after is not None:
-                    after.wait(s)  # a CUDA-visible dependency on the earlier stream's signal
-                s._call(cell.gpu_signal, s._live(), v)
-                touched.signalled.record(s)
-            except BaseException as exc:
-                self._poison(exc)
-                raise
-            finally:
-                self._landed_in_queue(signal=True)
+                    self._cond.notify_all()
+                return
+            if type(stream) is CpuStream:
+                with self._lock:
+                    self._check_open()
+                    self._check_order(v)
+                    if self._error is not None:
+                        self._promised = v
+                        return
+                    prev = None
+                    if self._last_source is not stream and cell.read() < self._promised:
+                        prev = self._promised
+                    entry = (v, stream)
+                    # a shared counter's page promise around the decision (SharedCell.claiming: it
+                    # yields another process's pending value, which this signal must follow)
+                    with cell.claiming(v, False) if cell.shared else _NO_RECORD as other:
+                        if other is not None:  # another process's later signal, which follows ours too
+                            prev = other
+                        # enqueue first: a closed stream raises ClosedError and nothing has changed
+                        # (the task cannot finish before we let go of the lock: it takes it at the end)
+                        stream.enqueue(self._cpu_signal, v, prev, stream, entry)
+                        self._promised = v
+                        self._last_source = stream
+                        self._cpu_pending.append(entry)
+                return
+            s = self._gpu_stream(stream)
+            with self._gpu_lock:  # GPU enqueues of this counter in call order, outside self._lock
+                new = self._new_touched(s)
+                with new or _NO_RECORD, self._lock:
+                    self._check_open()
+                    self._check_order(v)
+                    if self._error is not None:
+                        self._promised = v
+                        return
+                    last = self._last_source
+                    after = None  # what this signal must follow: a GPU stream's fence, or a CPU value
+                    if last is not None and last != s._key and cell.read() < self._promised:
+                        after = self._touched[last].signalled if type(last) is int else self._promised
+                    # a shared counter's page promise around the decision (SharedCell.claiming: it
+                    # yields another process's pending value, which this signal must follow)
+                    with cell.claiming(v, False) if cell.shared else _NO_RECORD as other:
+                        if other is not None:  # another process's later signal, which follows ours too
+                            after = other
+                        # Promised before the enqueue, so a host signal meanwhile is refused rather than
+                        # overwritten; a failed enqueue fails the counter (the signal can never land).
+                        self._promised = self._direct_promised = self._gpu_promised = v
+                        self._last_source = s._key
+                        touched = self._in_flight(s, new)
+                        self._gpu_signalling += 1
+                try:
+                    if type(after) is int:  # keep completion order = call order
+                        s._call(cell.gpu_wait, s._live(), after)  # a host value: only a memory wait sees it
+                    elif after is not None:
+                        after.wait(s)  # a CUDA-visible dependency on the earlier stream's signal
+                    s._call(cell.gpu_signal, s._live(), v)
+                    touched.signalled.record(s)
+                except BaseException as exc:
+                    self._poison(exc)
+                    raise
+                finally:
+                    self._landed_in_queue(signal=True)
+        except PeerError as err:  # only a shared counter's page raises it: another process broke it meanwhile
+            self._poison(err)
 
     def _new_touched(self, s: GpuStream) -> "_Touched | None":
         """A record for GPU stream ``s`` if the counter has none yet (made outside the state
@@ -524,7 +521,8 @@ class AtomicEvent:
             return
         if timeout is not None or policy is not None:
             raise TypeError("timeout and policy apply to host waits only (stream=None)")
-        self._adopt_break()
+        if cell.shared:
+            self._adopt_break()
         if type(stream) is CpuStream:
             with self._lock:
                 self._raise_error(v)
@@ -589,16 +587,19 @@ class AtomicEvent:
             # another process's stores notify nobody here
             wait_until(done, timeout, f"AtomicEvent.wait({v})", self._policy if policy is None else policy, self._cond,
                        notified=not (cell.gpu or cell.shared), spin=None if spinner is None else spinner(v))
-        self._adopt_break()
+        if cell.shared:
+            self._adopt_break()
         self._raise_error(v)
         if self._read() < v:
             raise self._never_reached(v)
 
     def is_signaled(self, value: int) -> bool:
         """True when the counter has reached ``value`` (never blocks)."""
-        v = _check_value(value, self._cell.limit, self._cell.name)
+        cell = self._cell
+        v = _check_value(value, cell.limit, cell.name)
         reached = self._read() >= v
-        self._adopt_break()
+        if cell.shared:
+            self._adopt_break()
         self._raise_error(v)
         return reached
 
@@ -729,7 +730,7 @@ class _Touched:
 
 class _NoRecord:
     """Stands in for a new :class:`_Touched` where the stream has its record already, and
-    for the claim of a signal on a counter that is not shared."""
+    for the page's claim around a stream signal of a counter that is not shared."""
 
     __slots__ = ()
 
