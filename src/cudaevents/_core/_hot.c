@@ -326,7 +326,7 @@ static int same_int(PyObject *a, PyObject *b) {
 static PyObject *s_acquire, *s_release, *s_release_deferred, *s_append, *s_harvest, *s_get;
 static PyObject *s_pending, *s_spare, *s_nvtx, *s_step, *s_since, *s_every, *s_popleft, *s_gpu_stream, *s_shared;
 static PyObject *s_entered, *s_share;
-static PyObject *minus_one, *one;
+static PyObject *minus_one;
 
 /* ---------------------------------------------------------------------------------------- */
 /* CudaEvent                                                                                */
@@ -973,6 +973,22 @@ static PyObject *op_enter(METHOD_ARGS) {
     return Py_NewRef(self);
 }
 
+/* timer._since_harvest += n, harvesting once it reaches _harvest_every (unlocked: it only paces) */
+static int pace(PyObject *timer, Py_ssize_t n) {
+    PyObject *since = tget(timer, tm_since, s_since), *add = NULL, *more = NULL, *every = NULL;
+    int due = -1;
+    if (since != NULL && (add = PyLong_FromSsize_t(n)) != NULL && (more = PyNumber_Add(since, add)) != NULL &&
+        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
+        due = PyObject_RichCompareBool(more, every, Py_GE);
+    Py_XDECREF(since);
+    Py_XDECREF(add);
+    Py_XDECREF(more);
+    Py_XDECREF(every);
+    PyObject *h = due > 0 ? PyObject_CallMethodNoArgs(timer, s_harvest) : NULL;
+    Py_XDECREF(h);
+    return due < 0 || (due && h == NULL) ? -1 : 0;
+}
+
 static PyObject *op_exit(METHOD_ARGS) {
     PyObject *timer = SLOT(self, op_timer), *stream = SLOT(self, op_stream), *start = SLOT(self, op_start);
     PyObject *end = SLOT(self, op_end), *key = SLOT(self, op_key), *sdev;
@@ -1036,22 +1052,8 @@ static PyObject *op_exit(METHOD_ARGS) {
         return NULL;
     Py_DECREF(res);
     /* pacing: unlocked, as in Python (it only paces harvesting) */
-    PyObject *since = tget(timer, tm_since, s_since), *every = NULL, *more = NULL;
-    int due = -1;
-    if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
-        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
-        due = PyObject_RichCompareBool(more, every, Py_GE);
-    Py_XDECREF(since);
-    Py_XDECREF(more);
-    Py_XDECREF(every);
-    if (due < 0)
+    if (pace(timer, 1))
         return NULL;
-    if (due) {
-        PyObject *h = PyObject_CallMethodNoArgs(timer, s_harvest);
-        if (h == NULL)
-            return NULL;
-        Py_DECREF(h);
-    }
     Py_RETURN_NONE;
 }
 
@@ -1129,22 +1131,6 @@ static PyObject *tm_unshared(METHOD_ARGS) {
  * modules). C ends the other tokens and does the rest where the spare handles suffice; a
  * stream's first region, too few spares, NVTX, other kinds of tokens: the Python methods. */
 static PyObject *tm_fb_meet;
-
-/* timer._since_harvest += n, harvesting once it reaches _harvest_every (unlocked: it only paces) */
-static int pace(PyObject *timer, Py_ssize_t n) {
-    PyObject *since = tget(timer, tm_since, s_since), *add = NULL, *more = NULL, *every = NULL;
-    int due = -1;
-    if (since != NULL && (add = PyLong_FromSsize_t(n)) != NULL && (more = PyNumber_Add(since, add)) != NULL &&
-        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
-        due = PyObject_RichCompareBool(more, every, Py_GE);
-    Py_XDECREF(since);
-    Py_XDECREF(add);
-    Py_XDECREF(more);
-    Py_XDECREF(every);
-    PyObject *h = due > 0 ? PyObject_CallMethodNoArgs(timer, s_harvest) : NULL;
-    Py_XDECREF(h);
-    return due < 0 || (due && h == NULL) ? -1 : 0;
-}
 
 /* need handles from the end of a spare list, last first (as pops take them), or NULL (none
  * taken; an error set only on an error) */
@@ -1408,22 +1394,8 @@ static PyObject *lp_call(METHOD_ARGS) {
     Py_DECREF(shared);
     Py_DECREF(queue);
     /* pacing, as a region's end does */
-    PyObject *since = tget(timer, tm_since, s_since), *every = NULL, *more = NULL;
-    int due = -1;
-    if (since != NULL && (more = PyNumber_Add(since, one)) != NULL &&
-        tset(timer, tm_since, s_since, more) == 0 && (every = tget(timer, tm_every, s_every)) != NULL)
-        due = PyObject_RichCompareBool(more, every, Py_GE);
-    Py_XDECREF(since);
-    Py_XDECREF(more);
-    Py_XDECREF(every);
-    if (due < 0)
+    if (pace(timer, 1))
         return NULL;
-    if (due) {
-        PyObject *h = PyObject_CallMethodNoArgs(timer, s_harvest);
-        if (h == NULL)
-            return NULL;
-        Py_DECREF(h);
-    }
     Py_RETURN_NONE;
 lost: /* after the record: an error of memory; the handles stay with the phases or the spares */
     Py_XDECREF(step);
@@ -2798,7 +2770,7 @@ PyMODINIT_FUNC PyInit__hot(void) {
     INTERN(k_blocking_sync, "blocking_sync");
     INTERN(k_interprocess, "interprocess");
     INTERN(k_pool, "pool");
-    if ((minus_one = PyLong_FromLong(-1)) == NULL || (one = PyLong_FromLong(1)) == NULL ||
+    if ((minus_one = PyLong_FromLong(-1)) == NULL ||
         (empty_tuple = PyTuple_New(0)) == NULL)
         return NULL;
     if (PyType_Ready(&WordType) < 0 || PyType_Ready(&LockType) < 0 || PyType_Ready(&NodeHookType) < 0)
