@@ -119,12 +119,16 @@ def test_the_pipeline_hands_over_1000_buffers_in_order_with_none_lost(consumers,
     assert interprocess.stats()["unreleased"] == 0
 
 
-def test_the_pipeline_ping_pong_in_every_mode_verifies_its_buffers():
-    from cudaevents._cli.pipeline import _run
+def test_the_demo_runs_every_mode_and_the_one_process_floor_with_its_buffers_verified():
+    from cudaevents._cli.pipeline import run_pipeline
 
-    for mode in ("events", "host", "counter"):
-        got = _run(mode, 1, 1, 100, 1 << 16, 0, latencies=True)
-        assert got["latency_us_p50"] > 0
+    lines = []
+    report = run_pipeline(lines.append, handoffs=60, consumers=2, elements=1 << 16, policy="yield")
+    assert list(report["modes"]) == ["host", "events", "counter"]
+    for figures in [*report["modes"].values(), report["one_process"]]:
+        assert 0 < figures["latency_us_p50"] <= figures["latency_us_p99"]
+    assert "host waits: yield" in lines[0] and lines[1].startswith("MPS: ")
+    assert [line.split()[0] for line in lines[3:7]] == ["host", "events", "counter", "1"]
 
 
 def test_consumers_waiting_on_a_killed_exporter_get_peer_died_within_a_second(spawned):

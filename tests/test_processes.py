@@ -34,3 +34,46 @@ def test_a_pid_with_another_start_time_is_another_process():
     pid, start = processes.me()
     assert not processes.alive((pid, start + 1)) or start == 0
     assert not processes.alive((os.getppid(), 1)) or processes._start_time(os.getppid()) in (0, 1)
+
+
+def test_a_look_at_another_process_keeps_one_pidfd_and_closes_it_once_the_process_ended():
+    if not hasattr(os, "pidfd_open"):
+        import pytest
+
+        pytest.skip("no os.pidfd_open on this system: looks read /proc (the test below covers that path)")
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        ident = (child.pid, processes._start_time(child.pid))
+        assert processes.alive(ident) and processes.alive(ident)
+        fd = processes._pidfds[ident]
+        assert fd >= 0 and os.fstat(fd)  # one descriptor, kept for later looks
+        child.stdin.close()
+        child.wait(timeout=10)
+        assert not processes.alive(ident)
+        assert processes._pidfds[ident] == processes._ENDED
+        try:
+            os.fstat(fd)
+        except OSError:
+            pass  # closed once the process was seen ended
+        else:
+            assert False, "the ended process's pidfd is still open"
+        assert not processes.alive(ident)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+
+def test_without_pidfds_a_look_reads_proc_and_tells_the_same(monkeypatch):
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        ident = (child.pid, processes._start_time(child.pid))
+        assert processes.alive(ident)
+        assert ident not in processes._pidfds
+        assert not processes.alive((child.pid, ident[1] + 1))  # a reused pid is another process
+        child.stdin.close()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        assert not processes.alive(ident)  # a zombie has ended
+    finally:
+        child.wait(timeout=10)

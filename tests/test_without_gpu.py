@@ -68,6 +68,17 @@ def test_cli_demo_processes_without_a_device_says_what_it_needs():
         assert r.returncode == 1 and "needs a CUDA GPU" in r.stderr
     r = run_cli("demo", "--processes", "--consumers", "0", env=NO_GPU)
     assert r.returncode == 2 and "--consumers must be at least 1" in r.stderr
+    r = run_cli("demo", "--processes", "--policy", "fast", env=NO_GPU)
+    assert r.returncode == 2 and "invalid choice: 'fast'" in r.stderr and "'spin'" in r.stderr
+
+
+def test_the_pipeline_says_whether_an_mps_daemon_would_serve_it(tmp_path, monkeypatch):
+    from cudaevents._cli.pipeline import _mps_pipe
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert _mps_pipe() is None  # no daemon: each process gets its own context
+    (tmp_path / "control").touch()
+    assert _mps_pipe() == str(tmp_path)
 
 
 def test_cli_usage():

@@ -138,7 +138,7 @@ def _pipeline(out, args) -> int:
         return 1
     from .pipeline import run_pipeline
 
-    run_pipeline(out, handoffs=args.handoffs, consumers=args.consumers)
+    run_pipeline(out, handoffs=args.handoffs, consumers=args.consumers, policy=args.policy)
     return 0
 
 
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--handoffs", type=int, default=1000, help="with --processes: hand-offs per run (default 1000)")
     demo.add_argument("--consumers", type=int, default=2,
                       help="with --processes: consumer processes (default 2)")
+    demo.add_argument("--policy", choices=("spin", "yield", "sleep", "block"), default="spin",
+                      help="with --processes: how every host wait for the GPU polls, in every mode (default spin: "
+                           "the lowest latency, a core busy per process)")
     bench = sub.add_parser(
         "bench",
         add_help=False,

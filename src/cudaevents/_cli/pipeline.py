@@ -30,6 +30,7 @@ buffers per consumer and all consumers (hand-offs per second over the whole run)
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -53,9 +54,10 @@ def _recv(conn, what: str):
     return conn.recv()
 
 
-def _consume(mode: str, device: int, buffers: list, conn, counters) -> None:
+def _consume(mode: str, device: int, buffers: list, conn, counters, policy) -> None:
     """A consumer process: sum each buffer it is handed on a stream of ``device`` (a buffer of
-    another GPU is copied over first), hand it back; at the end send the sums."""
+    another GPU is copied over first), hand it back; at the end send the sums. Its host waits
+    for the GPU poll as ``policy`` says."""
     torch, _ = _torch()
     import cudaevents as ce
 
@@ -70,6 +72,9 @@ def _consume(mode: str, device: int, buffers: list, conn, counters) -> None:
         sums.append(buf.sum(dtype=torch.int64))
         ks.append(k)
 
+    # CUDA loads kernels lazily and a first launch can synchronize the context: load the sum's
+    # now, not behind the stream's first device wait
+    torch.zeros(1, dtype=torch.int32, device=device).sum(dtype=torch.int64)
     with torch.cuda.stream(stream):
         if mode == "counter":  # no messages: the plan, then only the counters
             ready, free = counters
@@ -88,7 +93,7 @@ def _consume(mode: str, device: int, buffers: list, conn, counters) -> None:
                 conn.send((k, slot, back.ipc_handle()))
                 back.close()  # held by the send until the producer releases it
             else:
-                gs.synchronize(timeout=TIMEOUT)
+                gs.synchronize(timeout=TIMEOUT, policy=policy)
                 conn.send((k, slot, None))
         gs.synchronize(timeout=TIMEOUT)
     conn.send(("sums", ks, [int(s) for s in torch.stack(sums).cpu()] if sums else []))
@@ -98,11 +103,11 @@ class _Producer:
     """The producing side of one run: buffers per consumer, their pipes, and the hand-offs."""
 
     def __init__(self, mode: str, plan: list[list[int]], buffers: int, elements: int, device: int,
-                 consumer_device: int):
+                 consumer_device: int, policy):
         torch, tmp = _torch()
         import cudaevents as ce
 
-        self.torch, self.ce, self.mode, self.device = torch, ce, mode, device
+        self.torch, self.ce, self.mode, self.device, self.policy = torch, ce, mode, device, policy
         self.elements = elements
         ctx = tmp.get_context("spawn")
         self.stream = torch.cuda.Stream(device)
@@ -117,7 +122,7 @@ class _Producer:
         pipes = [ctx.Pipe() for _ in range(consumers)]
         self.conns = [mine for mine, _ in pipes]
         self.procs = [ctx.Process(target=_consume, args=(mode, consumer_device, self.buffers[c], pipes[c][1],
-                                                         self.counters[c]), daemon=True)
+                                                         self.counters[c], policy), daemon=True)
                       for c in range(consumers)]
         for p in self.procs:
             p.start()
@@ -163,18 +168,18 @@ class _Producer:
                 self.conns[c].send((k, slot, event.ipc_handle()))
                 event.close()  # held by the send until the consumer releases it
             else:
-                self.gs.synchronize(timeout=TIMEOUT)
+                self.gs.synchronize(timeout=TIMEOUT, policy=self.policy)
                 self.conns[c].send((k, slot, None))
         self.owed[c] += 1
 
     def summed(self, c: int) -> None:
         """Wait on the host until consumer ``c`` has summed the last buffer handed to it."""
         if self.mode == "counter":
-            self.counters[c][1].wait(self.sent[c], timeout=TIMEOUT)
+            self.counters[c][1].wait(self.sent[c], timeout=TIMEOUT, policy=self.policy)
             return
         back = self._back(c, block=True)[2]
         if back is not None:
-            back.synchronize(timeout=TIMEOUT)
+            back.synchronize(timeout=TIMEOUT, policy=self.policy)
 
     def finish(self) -> list[tuple[list, list]]:
         """Collect every hand-back, stop the consumers, and return each one's (ks, sums)."""
@@ -215,12 +220,12 @@ def _check(results: list, handed: list[list[int]], elements: int) -> None:
 
 
 def _run(mode: str, consumers: int, buffers: int, handoffs: int, elements: int, device: int,
-         latencies: bool, consumer_device: int | None = None) -> dict:
+         latencies: bool, consumer_device: int | None = None, policy="spin") -> dict:
     """One run: ``handoffs`` hand-offs round-robin over ``consumers`` (computing on
     ``consumer_device``, by default the producer's); verified; timed."""
     plan = [[k for k in range(1, handoffs + 1) if k % consumers == c] for c in range(consumers)]
     producer = _Producer(mode, plan, buffers, elements, device,
-                         device if consumer_device is None else consumer_device)
+                         device if consumer_device is None else consumer_device, policy)
     try:
         slots = [0] * consumers
         rounds = []
@@ -246,31 +251,90 @@ def _run(mode: str, consumers: int, buffers: int, handoffs: int, elements: int, 
     out = {"mode": mode, "consumers": consumers, "buffers": buffers, "handoffs": handoffs,
            "throughput_per_s": (handoffs - warm) / seconds}
     if rounds:
-        rounds.sort()
-        out["latency_us_p50"] = statistics.median(rounds) * 1e6
-        out["latency_us_p99"] = rounds[min(len(rounds) - 1, int(0.99 * len(rounds)))] * 1e6
+        out.update(_percentiles(rounds))
     return out
 
 
+def _percentiles(rounds: list[float]) -> dict:
+    rounds = sorted(rounds)
+    return {"latency_us_p50": statistics.median(rounds) * 1e6,
+            "latency_us_p99": rounds[min(len(rounds) - 1, int(0.99 * len(rounds)))] * 1e6}
+
+
+def _one_process(rounds: int, elements: int, device: int, policy) -> dict:
+    """The counter ping-pong between two streams of this process, with the same fill and sum:
+    a hand-off with no other process's context on the GPU, the floor of the modes above."""
+    torch, _ = _torch()
+    import cudaevents as ce
+
+    streams = [torch.cuda.Stream(device) for _ in range(2)]
+    producer, consumer = (ce.as_stream(s) for s in streams)
+    buf = torch.zeros(elements, dtype=torch.int32, device=device)
+    # CUDA loads kernels lazily, and a first launch can synchronize the context: here behind the
+    # consumer's device wait, which only this thread's next signal lets go (a deadlock)
+    buf.fill_(0).sum(dtype=torch.int64)
+    ce.as_stream(torch.cuda.current_stream(device)).synchronize(timeout=TIMEOUT)
+    ready, free = ce.AtomicEvent(device), ce.AtomicEvent(device)
+    sums, times = [], []
+    warm = min(20, rounds // 5)
+    try:
+        for j in range(1, rounds + 1):
+            with torch.cuda.stream(streams[1]):  # the consumer's part, enqueued ahead as in counter mode
+                ready.wait(j, consumer)
+                sums.append(buf.sum(dtype=torch.int64))
+                free.signal(j, consumer)
+            t0 = time.perf_counter()
+            with torch.cuda.stream(streams[0]):
+                buf.fill_(j)
+                ready.signal(j, producer)
+            free.wait(j, timeout=TIMEOUT, policy=policy)
+            if j > warm:
+                times.append(time.perf_counter() - t0)
+        got = [int(x) for x in torch.stack(sums).cpu()]
+    finally:
+        ready.close()
+        free.close()
+    _check([(list(range(1, rounds + 1)), got)], [list(range(1, rounds + 1))], elements)
+    return _percentiles(times)
+
+
+def _mps_pipe() -> str | None:
+    """The pipe folder of a running MPS control daemon this process would use, or ``None``
+    (no ``control`` pipe there: the processes get a GPU context each and the GPU switches
+    between them)."""
+    folder = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+    return folder if os.path.exists(os.path.join(folder, "control")) else None
+
+
 def run_pipeline(out=print, *, handoffs: int = 1000, consumers: int = 2, buffers: int = 4,
-                 elements: int = 1 << 18, device: int = 0, modes=MODES) -> dict:
+                 elements: int = 1 << 18, device: int = 0, modes=MODES, policy="spin") -> dict:
     """Run the pipeline in every mode (latency ping-pong, then throughput), verify every
     buffer, write a table with ``out``, and return the figures by mode (see the module
-    docstring). Needs PyTorch and a CUDA GPU."""
-    report: dict = {"elements": elements, "consumers": consumers, "buffers": buffers, "modes": {}}
+    docstring). Every host wait for the GPU, in every mode, polls as ``policy`` says (a
+    :class:`~cudaevents.WaitPolicy` or a preset; ``"spin"``: what a latency-bound pipeline
+    does). Needs PyTorch and a CUDA GPU."""
+    report: dict = {"elements": elements, "consumers": consumers, "buffers": buffers, "mps": _mps_pipe(),
+                    "modes": {}}
     for mode in modes:
-        lat = _run(mode, 1, 1, max(handoffs // 2, 50), elements, device, latencies=True)
-        thr = _run(mode, consumers, buffers, handoffs, elements, device, latencies=False)
+        lat = _run(mode, 1, 1, max(handoffs // 2, 50), elements, device, latencies=True, policy=policy)
+        thr = _run(mode, consumers, buffers, handoffs, elements, device, latencies=False, policy=policy)
         report["modes"][mode] = {"latency_us_p50": lat["latency_us_p50"], "latency_us_p99": lat["latency_us_p99"],
                                  "throughput_per_s": thr["throughput_per_s"]}
+    report["one_process"] = _one_process(max(handoffs // 2, 50), elements, device, policy)
     base = report["modes"].get("host")
     out(f"{consumers} consumer process(es), {buffers} buffers each of {elements * 4 // 1024} KiB, "
-        f"{handoffs} hand-offs per throughput run; every buffer verified")
+        f"{handoffs} hand-offs per throughput run; every buffer verified; host waits: {policy}")
+    out(f"MPS: on ({report['mps']})" if report["mps"] else
+        "MPS: off (each process has its own GPU context, and the GPU switches between them at every hand-off; "
+        "`nvidia-cuda-mps-control -d` before the run shares one)")
     out(f"{'mode':10} {'latency p50 us':>15} {'p99 us':>10} {'lower x host':>13} {'hand-offs/s':>12} "
         f"{'x host':>8}")
-    for mode, m in report["modes"].items():
+    rows = list(report["modes"].items()) + [("1 process", report["one_process"])]
+    for mode, m in rows:
         lower = f"{base['latency_us_p50'] / m['latency_us_p50']:.2f}" if base else "-"
-        faster = f"{m['throughput_per_s'] / base['throughput_per_s']:.2f}" if base else "-"
-        out(f"{mode:10} {m['latency_us_p50']:15.1f} {m['latency_us_p99']:10.1f} {lower:>13} "
-            f"{m['throughput_per_s']:12.0f} {faster:>8}")
+        faster = f"{m['throughput_per_s'] / base['throughput_per_s']:.2f}" if base and "throughput_per_s" in m else "-"
+        hps = f"{m['throughput_per_s']:12.0f}" if "throughput_per_s" in m else f"{'-':>12}"
+        out(f"{mode:10} {m['latency_us_p50']:15.1f} {m['latency_us_p99']:10.1f} {lower:>13} {hps} {faster:>8}")
+    out("1 process: the counter ping-pong between two streams of the producer's process (no context switch), "
+        "the floor of the modes above")
     return report

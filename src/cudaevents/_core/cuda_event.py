@@ -8,7 +8,7 @@ from .errors import ClosedError, DeviceMismatchError, NotReadyError, NotRecorded
 from .interprocess import IpcEvent, send
 from .pool import default_pool
 from .streams import GpuStream, as_stream
-from .wait import check_timeout, wait_until
+from .wait import check_timeout, resolve_policy, wait_until
 
 __all__ = ["CudaEvent", "HeldEvent", "event_flags", "synchronize_handle"]
 
@@ -30,11 +30,12 @@ def event_flags(*, timing: bool = False, blocking_sync: bool = False, interproce
             | (INTERPROCESS if interprocess else 0))
 
 
-def synchronize_handle(handle, timeout: float | None, what: str) -> None:
+def synchronize_handle(handle, timeout: float | None, what: str, policy=None) -> None:
     """Wait on the host for the native event ``handle``: in the driver with the GIL released
-    when ``timeout`` is None, else polling until ``timeout`` seconds (``TimeoutError``)."""
-    if timeout is not None:
-        wait_until(lambda: driver.event_query(handle), timeout, what)
+    when neither ``timeout`` nor ``policy`` is given, else polling as ``policy`` says until
+    ``timeout`` seconds (``TimeoutError``)."""
+    if timeout is not None or policy is not None:
+        wait_until(lambda: driver.event_query(handle), timeout, what, resolve_policy(policy))
         return
     driver.event_synchronize(handle)
 
@@ -190,15 +191,16 @@ class CudaEvent:
         """
         return driver.event_query(self._recorded_handle("query()"))
 
-    def synchronize(self, timeout: float | None = None) -> None:
+    def synchronize(self, timeout: float | None = None, policy=None) -> None:
         """Block the host until the recorded work has finished.
 
-        With ``timeout=None`` the thread waits in the driver with the GIL released (spinning
-        or, for ``blocking_sync`` events, sleeping); otherwise it polls and raises
-        ``TimeoutError`` when ``timeout`` seconds pass first.
+        With neither ``timeout`` nor ``policy`` the thread waits in the driver with the GIL
+        released (spinning or, for ``blocking_sync`` events, sleeping); otherwise it polls as
+        ``policy`` says (a :class:`WaitPolicy` or a preset name; ``"spin"`` for the lowest
+        latency) and raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         timeout = check_timeout(timeout)
-        synchronize_handle(self._recorded_handle("synchronize()"), timeout, "CudaEvent.synchronize()")
+        synchronize_handle(self._recorded_handle("synchronize()"), timeout, "CudaEvent.synchronize()", policy)
 
     def elapsed_time(self, end: "CudaEvent") -> float:
         """Milliseconds between this (start) event and ``end``; both must have completed.

@@ -43,7 +43,7 @@ from .errors import (ClosedError, CudaUnavailableError, DeviceMismatchError, Not
                      PeerError)
 from .lifetime import after_fork_in_child, defer, drain, state
 from .streams import GpuStream, as_stream
-from .wait import check_timeout, wait_until
+from .wait import check_timeout, resolve_policy, wait_until
 
 __all__ = ["IpcEvent", "stats"]
 
@@ -430,10 +430,13 @@ class IpcEvent:
         """True when the recorded work has finished (never blocks)."""
         return driver.event_query(self._use("query()").handle)
 
-    def synchronize(self, timeout: float | None = None) -> None:
+    def synchronize(self, timeout: float | None = None, policy=None) -> None:
         """Block the host until the recorded work has finished, checking every 50 ms that the
-        exporter still runs; ``TimeoutError`` after ``timeout`` seconds (``None``: no limit)."""
+        exporter still runs; ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        It polls as ``policy`` says (a :class:`WaitPolicy` or a preset name; ``"spin"`` for
+        the lowest latency, one core busy)."""
         timeout = check_timeout(timeout)
+        policy = resolve_policy(policy)
         handle = self._use("synchronize()").handle
 
         next_look = [time.monotonic() + _LOOK_EVERY]
@@ -447,7 +450,7 @@ class IpcEvent:
                 self._use("synchronize()")
             return False
 
-        wait_until(done, timeout, "IpcEvent.synchronize()")
+        wait_until(done, timeout, "IpcEvent.synchronize()", policy)
 
     def release(self) -> None:
         """Tell the exporter this receiver is done with the send (its waits are enqueued), so

@@ -11,7 +11,7 @@ from . import compiled, driver
 from .devices import resolve_device_index
 from .errors import ClosedError, DeviceMismatchError
 from .lifetime import after_fork_in_child, defer, state
-from .wait import check_timeout, wait_until
+from .wait import check_timeout, resolve_policy, wait_until
 
 __all__ = ["GpuStream", "as_stream", "helper_stream", "stream_identity", "torch_current_stream"]
 
@@ -143,16 +143,17 @@ class GpuStream:
         """True when all work enqueued so far has finished (never blocks)."""
         return self._call(driver.stream_query, self._live())
 
-    def synchronize(self, timeout: float | None = None) -> None:
+    def synchronize(self, timeout: float | None = None, policy=None) -> None:
         """Block the host until all enqueued work has finished.
 
-        With ``timeout=None`` this waits in the driver with the GIL released; otherwise it
-        polls and raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        With neither ``timeout`` nor ``policy`` this waits in the driver with the GIL
+        released; otherwise it polls as ``policy`` says (a :class:`WaitPolicy` or a preset
+        name) and raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         timeout = check_timeout(timeout)
         h = self._live()
-        if timeout is not None:
-            wait_until(self.query, timeout, "GpuStream.synchronize()")
+        if timeout is not None or policy is not None:
+            wait_until(self.query, timeout, "GpuStream.synchronize()", resolve_policy(policy))
             return
         self._call(driver.stream_synchronize, h)
 

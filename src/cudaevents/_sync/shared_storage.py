@@ -169,18 +169,11 @@ class SharedCell:
             counter_storage._quarantine.add(fences, _nothing)
 
     # -- bookkeeping across processes -------------------------------------------------------
-    @contextlib.contextmanager
-    def locked(self):
-        """The page, with this process's lock and the file lock held."""
-        with self._lock:
-            _flock(self._fd, True)
-            try:
-                yield self._page
-            finally:
-                _flock(self._fd, False)
+    def locked(self) -> "_Locked":
+        """The page, with this process's lock and the file lock held (a context manager)."""
+        return _Locked(self)
 
-    @contextlib.contextmanager
-    def claiming(self, value: int, host: bool):
+    def claiming(self, value: int, host: bool) -> "_Claim":
         """With the page locked: a signal of ``value`` about to be given. Yields the value
         another process promised and has not reached yet (this signal must come after it),
         or ``None``; when the block ends without an exception, ``value`` is the page's
@@ -191,25 +184,7 @@ class SharedCell:
             ValueError: ``value`` is below a value promised already; or ``host`` and another
                 process's promise has not landed (the host store now would be overwritten).
         """
-        me = processes.me()
-        with self.locked() as page:
-            if page.broken:
-                raise self.peer_error()
-            promised, by = page.promised, _ident(page.promiser)
-            if value < promised:
-                raise ValueError(
-                    f"signal({value}) is below {promised}, the value already signalled (by process {by[0]}): "
-                    f"counter values never decrease, also across processes; signal a value >= {promised}"
-                )
-            other = promised if by != me and self._word.value < promised else None
-            if host and other is not None:
-                raise ValueError(
-                    f"process {by[0]}'s signal of {promised} has not happened yet, and a host signal of {value} now "
-                    f"would be overwritten by it; wait({promised}) first or signal on a stream"
-                )
-            yield other
-            page.promised = value
-            _set(page.promiser, me)
+        return _Claim(self, value, host)
 
     def promised_elsewhere(self, value: int) -> bool:
         """Whether another process has promised ``value`` or more (read without the lock)."""
@@ -365,6 +340,75 @@ class SharedCell:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class _Locked:
+    """:meth:`SharedCell.locked`'s context (a class, not a generator: it is on every signal
+    of a shared counter)."""
+
+    __slots__ = ("cell",)
+
+    def __init__(self, cell: SharedCell):
+        self.cell = cell
+
+    def __enter__(self):
+        cell = self.cell
+        cell._lock.acquire()
+        try:
+            _flock(cell._fd, True)
+        except BaseException:
+            cell._lock.release()
+            raise
+        return cell._page
+
+    def __exit__(self, *exc) -> None:
+        cell = self.cell
+        try:
+            _flock(cell._fd, False)
+        finally:
+            cell._lock.release()
+
+
+class _Claim(_Locked):
+    """:meth:`SharedCell.claiming`'s context."""
+
+    __slots__ = ("value", "host", "me")
+
+    def __init__(self, cell: SharedCell, value: int, host: bool):
+        self.cell, self.value, self.host = cell, value, host
+
+    def __enter__(self):
+        page = super().__enter__()
+        try:
+            cell, value = self.cell, self.value
+            self.me = me = processes.me()
+            if page.broken:
+                raise cell.peer_error()
+            promised, by = page.promised, _ident(page.promiser)
+            if value < promised:
+                raise ValueError(
+                    f"signal({value}) is below {promised}, the value already signalled (by process {by[0]}): "
+                    f"counter values never decrease, also across processes; signal a value >= {promised}"
+                )
+            other = promised if by != me and cell._word.value < promised else None
+            if self.host and other is not None:
+                raise ValueError(
+                    f"process {by[0]}'s signal of {promised} has not happened yet, and a host signal of {value} now "
+                    f"would be overwritten by it; wait({promised}) first or signal on a stream"
+                )
+        except BaseException:
+            super().__exit__()
+            raise
+        return other
+
+    def __exit__(self, typ, *exc) -> None:
+        try:
+            if typ is None:
+                page = self.cell._page
+                page.promised = self.value
+                _set(page.promiser, self.me)
+        finally:
+            super().__exit__()
 
 
 def _flock(fd: int, take: bool) -> None:
