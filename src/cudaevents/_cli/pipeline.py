@@ -25,7 +25,14 @@ How a hand-off travels (``mode``):
 Two figures per mode, measured in one run: the **hand-off latency** in a ping-pong with one
 buffer and one consumer (from the producer enqueuing a fill to the producer's host knowing the
 consumer has summed it; p50 and p99 over the rounds), and the **throughput** with several
-buffers per consumer and all consumers (hand-offs per second over the whole run).
+buffers per consumer and all consumers (hand-offs per second over the whole run). Every host
+wait for the GPU, in every mode and process, polls as one wait policy says (``"spin"`` unless
+told); messages are received blocking, as ``multiprocessing`` does.
+
+A last row times the counter ping-pong between two streams of the producer's own process: the
+same work with no second GPU context. Without MPS each process has its own context, and the
+GPU switches between them at every hand-off, in every mode; that row shows what the switching
+costs. The table says whether an MPS control daemon serves the run.
 """
 
 from __future__ import annotations
