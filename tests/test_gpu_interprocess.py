@@ -14,6 +14,7 @@ import pytest
 import cudaevents as ce
 from cudaevents._core import interprocess
 from helpers import ipc_gpu_peers as peers
+from helpers.spawning import joined
 
 pytestmark = pytest.mark.gpu
 
@@ -63,8 +64,7 @@ def test_a_consumer_waiting_on_the_event_never_reads_before_the_fill_and_without
         peers.synced(stream)
         event.close()
     inbox.put(None)
-    child.join(TIMEOUT)
-    assert child.exitcode == 0
+    joined(child, timeout=TIMEOUT)
 
 
 def test_naive_recycling_of_an_exported_event_ties_the_receiver_to_unrelated_work_and_the_rule_does_not(spawned):
@@ -103,7 +103,7 @@ def test_naive_recycling_of_an_exported_event_ties_the_receiver_to_unrelated_wor
         peers.synced(late)
         reused.close()
     inbox.put(None)
-    child.join(TIMEOUT)
+    joined(child, timeout=TIMEOUT)
     assert sums["naive"] == [5 * N, 9 * N]  # it waited for the unrelated work too
     assert sums["rule"] == [5 * N, 0]  # it waited for its hand-off only
     assert interprocess.stats()["held"] == 0  # released by the receiver, back in the pool
@@ -163,8 +163,7 @@ def test_an_exporter_exiting_with_sends_out_exits_cleanly_and_its_receivers_are_
     sent = from_producer.get(timeout=TIMEOUT)
     sent.synchronize(timeout=TIMEOUT)
     to_producer.put("exit")
-    producer.join(TIMEOUT)
-    assert producer.exitcode == 0
+    joined(producer, timeout=TIMEOUT)
     with pytest.raises(ce.PeerError, match="has ended"):
         sent.wait(ce.GpuStream(0))
 
@@ -175,8 +174,7 @@ def test_a_receiver_exiting_without_releasing_releases_what_it_dropped(spawned):
     inbox.put(event.ipc_handle())
     inbox.put(event.ipc_handle())
     assert outbox.get(timeout=TIMEOUT) == "waited"
-    child.join(TIMEOUT)
-    assert child.exitcode == 0
+    joined(child, timeout=TIMEOUT)
     event.close()
     deadline = time.monotonic() + TIMEOUT
     while interprocess.stats()["held"]:

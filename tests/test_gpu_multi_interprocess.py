@@ -8,6 +8,7 @@ import pytest
 
 import cudaevents as ce
 from helpers import ipc_gpu_peers as peers
+from helpers.spawning import joined
 
 pytestmark = [pytest.mark.gpu, pytest.mark.multigpu]
 
@@ -34,8 +35,7 @@ def test_a_receiver_on_gpu_1_waits_for_an_event_of_gpu_0_and_copies_what_it_wrot
         assert outbox.get(timeout=TIMEOUT) == value * N
         event.close()
     inbox.put(None)
-    child.join(TIMEOUT)
-    assert child.exitcode == 0
+    joined(child, timeout=TIMEOUT)
 
 
 def test_a_receiver_that_does_not_see_the_exporters_gpu_is_told_which_and_why(spawned):
@@ -45,7 +45,7 @@ def test_a_receiver_that_does_not_see_the_exporters_gpu_is_told_which_and_why(sp
     name, message = outbox.get(timeout=TIMEOUT)
     assert name == "DeviceMismatchError", message
     assert "does not see" in message and "CUDA_VISIBLE_DEVICES=1" in message
-    child.join(TIMEOUT)
+    joined(child, timeout=TIMEOUT)
 
 
 def test_the_pipeline_with_the_producer_on_gpu_0_and_the_consumer_on_gpu_1():

@@ -14,6 +14,7 @@ import pytest
 import cudaevents as ce
 from cudaevents._core import interprocess
 from helpers import ipc_peers
+from helpers.spawning import joined
 from helpers.fakes import fake_stream
 from helpers.forking import wait_for_child
 
@@ -104,9 +105,23 @@ def test_a_resent_pooled_event_keeps_its_identity_unless_it_is_another_native_ev
     second.release()
     again.close()
     # the pool destroyed it and the driver gave its number to a new event: another handle
-    fake_driver.cuIpcGetEventHandle = lambda event: (0, type("H", (), {"reserved": b"another event".ljust(64)}))
+    fake_driver.cuIpcGetEventHandle = lambda event: (0, fake_driver.ipc_handle(b"another event"))
     third = _sent(_recorded())
     assert third._uid != first._uid
+
+
+def test_handle_bytes_go_through_the_drivers_handle_type_whole(fake_driver):
+    from cudaevents._core import driver
+
+    event = _recorded()
+    exported = driver.ipc_event_handle(0, event.handle)
+    assert exported == b"%d:%d" % (os.getpid(), int(event.handle)) + bytes(64 - len(b"%d:%d" % (os.getpid(), int(event.handle))))
+    data = bytes(range(1, 65))  # no zero byte to cut it short
+    driver.ipc_open_event(0, data)
+    assert fake_driver.ipc_opened == [data]
+    with pytest.raises(ValueError, match="64 bytes, not 3"):
+        driver.ipc_open_event(0, b"abc")
+    event.close()
 
 
 def test_an_exported_event_returns_to_its_pool_only_once_every_send_is_released(fake_driver):
@@ -166,8 +181,7 @@ def test_a_spawned_receiver_releases_its_sends_explicitly_and_by_exiting(fake_dr
     assert outbox.get(timeout=TIMEOUT) == "released"
     assert interprocess.stats() == {"sends": 2, "unreleased": 1, "held": 1}
     inbox.put("exit")
-    child.join(TIMEOUT)
-    assert child.exitcode == 0
+    joined(child, timeout=TIMEOUT)
     _until(lambda: interprocess.stats()["held"] == 0, "the exiting receiver's release")
     assert ce.CudaEvent(0, interprocess=True).handle == native
 
@@ -180,7 +194,7 @@ def test_a_receiver_whose_exporter_ended_gets_peer_died(fake_driver, spawned):
     assert fake_driver.ipc_opens == 1
     inbox.put("exit")
     assert outbox.get(timeout=TIMEOUT) == 1  # the exporter exported once
-    child.join(TIMEOUT)
+    joined(child, timeout=TIMEOUT)
     for use in (received.query, lambda: received.wait(ce.GpuStream(0)),
                 lambda: received.synchronize(timeout=5)):
         with pytest.raises(ce.PeerError, match=f"pid {child.pid}.*has ended"):
@@ -202,3 +216,44 @@ def test_a_receiver_forked_after_cuda_use_is_refused_and_told_to_spawn(fake_driv
             os._exit(code)
     status = wait_for_child(pid, TIMEOUT)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_childs_copies_of_sends_release_nothing_of_its_parents(fake_driver):
+    event = _recorded()
+    kept = event.ipc_handle()  # the exporter's own send, not pickled
+    received = _sent(event)
+    assert interprocess.stats()["unreleased"] == 2
+    pid = os.fork()
+    if pid == 0:  # the child drops both copies and exits
+        code = 1
+        try:
+            import gc
+
+            del kept, received
+            gc.collect()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(wait_for_child(pid, TIMEOUT)) == 0
+    assert interprocess.stats()["unreleased"] == 2  # still out: the parent's receiver has not waited
+    received.release()
+    kept.release()
+    assert interprocess.stats()["unreleased"] == 0
+    event.close()
+
+
+def test_a_driver_error_while_the_exporter_ends_during_a_wait_is_peer_died(fake_driver, monkeypatch):
+    s = ce.GpuStream(0)
+    fake_driver.enqueue_work(s)
+    event = ce.CudaEvent(0, interprocess=True).record(s)
+    received = _sent(event)
+    looks = []
+    monkeypatch.setattr(interprocess.processes, "alive", lambda identity: looks.append(identity) or len(looks) == 1)
+    fake_driver.fail("cuEventQuery", 400)  # the exporter's context went with it
+    with pytest.raises(ce.PeerError, match="has ended"):
+        received.synchronize(timeout=5)
+    fake_driver.fail("cuEventQuery", 0)
+    monkeypatch.undo()
+    fake_driver.run(s)
+    received.release()
+    event.close()

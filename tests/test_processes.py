@@ -77,3 +77,26 @@ def test_without_pidfds_a_look_reads_proc_and_tells_the_same(monkeypatch):
         assert not processes.alive(ident)  # a zombie has ended
     finally:
         child.wait(timeout=10)
+
+
+def test_processes_that_ended_unlooked_at_keep_no_pidfd_once_another_is_looked_at():
+    if not hasattr(os, "pidfd_open"):
+        import pytest
+
+        pytest.skip("no os.pidfd_open on this system")
+    children = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+                for _ in range(3)]
+    try:
+        idents = [(c.pid, processes._start_time(c.pid)) for c in children]
+        assert processes.alive(idents[0]) and processes.alive(idents[1])
+        for c in children[:2]:
+            c.stdin.close()
+            c.wait(timeout=10)
+        assert processes.alive(idents[2])  # a new look sweeps the ended ones' descriptors
+        assert processes._pidfds[idents[0]] == processes._pidfds[idents[1]] == processes._ENDED
+        assert processes._pidfds[idents[2]] >= 0
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+            c.wait(timeout=10)

@@ -63,7 +63,6 @@ import mmap
 import os
 import threading
 import time
-import types
 
 from .c_entries import proc_address
 
@@ -149,6 +148,7 @@ class FakeDriver:
         self.twice: list = []  # events recorded again while a record of them was still pending
         self.early_reads = 0  # cuEventElapsedTime calls answered NOT_READY
         self.ipc_exports = self.ipc_opens = 0  # cuIpcGetEventHandle and cuIpcOpenEventHandle calls
+        self.ipc_opened: list[bytes] = []  # the handle bytes each cuIpcOpenEventHandle was given
         self.held = False
         self._pinned = None
         self._pinned_base = 0
@@ -344,14 +344,22 @@ class FakeDriver:
 
     # interprocess events: a handle names this process and the event; opening one made in
     # another process gives a fresh simulated event (a simulation spans one process)
-    CUipcEventHandle = types.SimpleNamespace
+    from cuda.bindings.driver import CUipcEventHandle  # the real type: its bytes are reached by address
+
+    @staticmethod
+    def ipc_handle(data: bytes):
+        """A ``CUipcEventHandle`` holding ``data`` (padded to its 64 bytes), as the driver fills one."""
+        h = FakeDriver.CUipcEventHandle()
+        ctypes.memmove(h.getPtr(), data.ljust(64, b"\0"), 64)
+        return h
 
     def cuIpcGetEventHandle(self, event):
         self.ipc_exports += 1
-        return (0, types.SimpleNamespace(reserved=b"%d:%d" % (os.getpid(), int(event)) + bytes(64)[:40]))
+        return (0, self.ipc_handle(b"%d:%d" % (os.getpid(), int(event))))
 
     def cuIpcOpenEventHandle(self, handle):
         self.ipc_opens += 1
+        self.ipc_opened.append(ctypes.string_at(handle.getPtr(), 64))
         return (0, next(self.ids))
 
     def cuEventElapsedTime(self, start, end):

@@ -21,8 +21,9 @@ def synced(stream=None) -> None:
 
 
 def sum_when_told(buffers, inbox, outbox) -> None:
-    """For each ``(send or None, wait)`` received: on a GPU stream, wait for the send (if
-    ``wait``, once told "go"), sum each of ``buffers`` and report the sums; ``None`` ends."""
+    """For each ``(send, wait)`` received: on a GPU stream, wait for the send (if ``wait``,
+    once told "go"), sum each of ``buffers``, release the send and report the sums; ``None``
+    ends."""
     import torch
 
     import cudaevents as ce
@@ -40,8 +41,7 @@ def sum_when_told(buffers, inbox, outbox) -> None:
         with torch.cuda.stream(stream):
             totals = [b.sum(dtype=torch.int64) for b in buffers]
         synced(stream)
-        if sent is not None:
-            sent.release()
+        sent.release()
         outbox.put([int(t) for t in totals])
 
 

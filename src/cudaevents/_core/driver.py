@@ -466,17 +466,26 @@ def mem_host_unregister(address: int) -> None:
 
 
 # -- interprocess events ----------------------------------------------------------------
-def ipc_event_handle(event) -> bytes:
-    """The 64-byte interprocess handle of ``event`` (created with the interprocess flag and
-    timing disabled), which another process opens with :func:`ipc_open_event`."""
-    return bytes(call("cuIpcGetEventHandle", event).reserved)
+IPC_HANDLE_SIZE = 64  # CU_IPC_HANDLE_SIZE
+
+
+def ipc_event_handle(index: int, event) -> bytes:
+    """The 64-byte interprocess handle of ``event`` of device ``index`` (created with the
+    interprocess flag and timing disabled), which another process opens with
+    :func:`ipc_open_event`. The handle's bytes are read through its address: cuda-bindings
+    13.4 and later no longer expose its ``reserved`` field."""
+    with pushed(index):
+        h = call("cuIpcGetEventHandle", event)
+    return ctypes.string_at(h.getPtr(), IPC_HANDLE_SIZE)
 
 
 def ipc_open_event(index: int, handle: bytes):
     """Open in this process the event another process exported as ``handle`` (its 64 bytes),
     in device ``index``'s primary context; close it with :func:`event_destroy`."""
+    if len(handle) != IPC_HANDLE_SIZE:
+        raise ValueError(f"an interprocess event handle has {IPC_HANDLE_SIZE} bytes, not {len(handle)}")
     h = bindings().CUipcEventHandle()
-    h.reserved = handle
+    ctypes.memmove(h.getPtr(), handle, IPC_HANDLE_SIZE)
     with pushed(index):
         event = call("cuIpcOpenEventHandle", h)
     return int(event) if compiled.active() else event

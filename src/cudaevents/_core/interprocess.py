@@ -38,9 +38,9 @@ import os
 import threading
 import time
 
-from . import driver, processes
-from .errors import (ClosedError, CudaUnavailableError, DeviceMismatchError, NotRecordedError, NotShareableError,
-                     PeerError)
+from . import driver, processes, shm
+from .errors import (ClosedError, CudaError, CudaUnavailableError, DeviceMismatchError, NotRecordedError,
+                     NotShareableError, PeerError)
 from .lifetime import after_fork_in_child, defer, drain, state
 from .streams import GpuStream, as_stream
 from .wait import check_timeout, resolve_policy, wait_until
@@ -59,21 +59,17 @@ class _AckFile:
     stale receiver (of an earlier send in the same slot) writes an older number, which
     acknowledges nothing."""
 
-    def __init__(self, path: str, create: bool):
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o600)
+    def __init__(self, path: str, fd: int | None = None):
+        """Map the file at ``path``: one this process made (its descriptor ``fd``), or one
+        another process made (opened here)."""
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            if create:
-                os.ftruncate(fd, _SLOTS * 8)
             self.mm = mmap.mmap(fd, _SLOTS * 8)
         finally:
             os.close(fd)
         self.path = path
         self.words = (ctypes.c_uint64 * _SLOTS).from_buffer(self.mm)
-
-
-def _shm_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else os.environ.get("TMPDIR", "/tmp")
 
 
 class _Export:
@@ -113,11 +109,11 @@ class _Exports:
             if export is not None and export.pooled:
                 # Back from the pool: the same native event, unless the pool destroyed it and
                 # the driver gave its number to a new one; its interprocess handle tells.
-                handle_bytes = driver.ipc_event_handle(h)
+                handle_bytes = driver.ipc_event_handle(event._device, h)
                 if handle_bytes != export.handle_bytes:
                     export = None
             if export is None:
-                handle_bytes = handle_bytes or driver.ipc_event_handle(h)
+                handle_bytes = handle_bytes or driver.ipc_event_handle(event._device, h)
                 export = _Export(next(self._uids), handle_bytes, driver.device_uuid(event._device))
                 self._by_handle[int(h)] = export
             else:
@@ -136,8 +132,8 @@ class _Exports:
         return (processes.me(), export.uid, export.handle_bytes, export.device_uuid, ack.path, slot, seq)
 
     def _grow(self) -> None:
-        path = os.path.join(_shm_dir(), f"cudaevents-ipc-{os.getpid()}-{len(self._files)}-{os.urandom(4).hex()}")
-        ack = _AckFile(path, create=True)
+        ack = _AckFile(*shm.create(f"cudaevents-ipc-{os.getpid()}-{len(self._files)}-{os.urandom(4).hex()}",
+                                   _SLOTS * 8))
         self._files.append(ack)
         self._free.extend((ack, slot) for slot in range(_SLOTS - 1, -1, -1))
 
@@ -344,7 +340,7 @@ def _open(exporter, uid: int, handle_bytes: bytes, device_uuid: bytes) -> _Opene
 def _ack_file(path: str) -> _AckFile | None:
     if path not in _ack_files:
         try:
-            _ack_files[path] = _AckFile(path, create=False)
+            _ack_files[path] = _AckFile(path)
         except OSError:  # the exporter has exited and removed it: nothing waits for the release
             _ack_files[path] = None
     return _ack_files[path]
@@ -361,6 +357,8 @@ class IpcEvent:
 
     Whoever holds it releases it (:meth:`release`, the end of a ``with`` block, or dropping
     it): the receiver once its waits are enqueued, the exporter for a send it did not pickle.
+    A send put on a ``multiprocessing.Queue`` is pickled later, by the queue's thread: the
+    exporter must not release it (pickling a released send raises ``ClosedError`` there).
     Until then the exporter keeps the event out of its pool, so the receiver's waits see the
     record they were sent for (see the module's recycling rule). A receiver opens the handle
     at its first use, once per exported event and process.
@@ -373,7 +371,7 @@ class IpcEvent:
     """
 
     __slots__ = ("_exporter", "_uid", "_handle_bytes", "_device_uuid", "_path", "_slot", "_seq", "_opened",
-                 "_released", "_sendable", "__weakref__")
+                 "_released", "_sendable", "_pid", "__weakref__")
 
     def __init__(self, exporter, uid, handle_bytes, device_uuid, path, slot, seq, *, sendable: bool):
         # _sendable: True for the exporter's send until pickled, then None; False as received
@@ -385,6 +383,7 @@ class IpcEvent:
         self._opened: _Opened | None = None
         self._released = False
         self._sendable = sendable
+        self._pid = os.getpid()  # the process whose release counts
 
     @property
     def exporter_pid(self) -> int:
@@ -428,7 +427,16 @@ class IpcEvent:
 
     def query(self) -> bool:
         """True when the recorded work has finished (never blocks)."""
-        return driver.event_query(self._use("query()").handle)
+        return self._query(self._use("query()"), "query()")
+
+    def _query(self, opened: _Opened, what: str) -> bool:
+        """``cuEventQuery`` of the opened event; a driver error because the exporter ended
+        meanwhile is its :class:`~cudaevents.PeerError`."""
+        try:
+            return driver.event_query(opened.handle)
+        except CudaError:
+            self._use(what)  # raises PeerError when the exporter is gone
+            raise
 
     def synchronize(self, timeout: float | None = None, policy=None) -> None:
         """Block the host until the recorded work has finished, checking every 50 ms that the
@@ -437,12 +445,12 @@ class IpcEvent:
         the lowest latency, one core busy)."""
         timeout = check_timeout(timeout)
         policy = resolve_policy(policy)
-        handle = self._use("synchronize()").handle
+        opened = self._use("synchronize()")  # held: a release() meanwhile must not close it under us
 
         next_look = [time.monotonic() + _LOOK_EVERY]
 
         def done() -> bool:
-            if driver.event_query(handle):
+            if self._query(opened, "synchronize()"):
                 return True
             now = time.monotonic()
             if now >= next_look[0]:  # the exporter may have died meanwhile
@@ -459,6 +467,8 @@ class IpcEvent:
             return
         self._released = True
         self._opened = None
+        if self._pid != os.getpid():  # a forked child's copy: the send is its parent's to release
+            return
         ack = _ack_file(self._path)
         if ack is not None:
             ack.words[self._slot] = self._seq + 1

@@ -26,7 +26,7 @@ def _start_time(pid: int) -> int | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return None
+        return None if os.path.isdir("/proc") else 0
     except OSError:
         return 0
     rest = data[data.rindex(b")") + 2:].split()  # after "pid (comm) ": state is field 3
@@ -101,6 +101,10 @@ def _open_pidfd(identity: Identity) -> int | None:
             if now is None or (start != 0 and now != 0 and now != start):
                 os.close(fd)
                 fd = _ENDED
+        for other, kept in _pidfds.items():  # processes that ended unlooked-at keep no descriptor
+            if kept >= 0 and _ended(kept):
+                os.close(kept)
+                _pidfds[other] = _ENDED
         _pidfds[identity] = fd
         return fd
 
