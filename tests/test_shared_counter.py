@@ -53,6 +53,10 @@ def test_a_killed_process_fails_the_waits_of_the_others_within_a_second():
     scenario("killed")
 
 
+def test_a_death_fails_a_blocking_host_wait_too():
+    scenario("killed_while_blocking")
+
+
 def test_a_clean_close_or_exit_is_no_death():
     scenario("clean_close")
 
@@ -207,6 +211,7 @@ def test_the_gpu_scripts_consumer_enqueues_its_copy_behind_its_gpu_wait_without_
         producer.start()
         script.consumer(a, data, ready)   # copies the data each round and checks it
         producer.join(10)
+    assert not producer.is_alive(), "the producing thread did not finish in 10 s"
     assert not errors and a.closed and data.closed and ready.closed
 
 

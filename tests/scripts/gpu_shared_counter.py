@@ -32,8 +32,9 @@ def torch_stream():
     ts = torch.cuda.Stream(0)
     with torch.cuda.stream(ts):
         torch.cuda._sleep(1000)            # loads the kernel
-    ts.synchronize()
-    return ts, ce.as_stream(ts)
+    s = ce.as_stream(ts)
+    s.synchronize(timeout=T)
+    return ts, s
 
 
 def pinned_word():
@@ -81,7 +82,7 @@ def producer(a, data, ready):
             torch.cuda._sleep(SPIN)
         data.signal(1000 * r, s)           # the data, then the value the consumers wait for
         a.signal(r, s)
-    ts.synchronize()
+    s.synchronize(timeout=T)
     for counter in (a, data, *ready):
         counter.close()
 

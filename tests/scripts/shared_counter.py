@@ -178,6 +178,21 @@ def killed():
     assert not os.path.exists(a._cell.path)
 
 
+def killed_while_blocking():
+    """A host wait with the blocking policy sees a death too (its check runs with the
+    event's condition held, where failing the counter must not take that lock again)."""
+    a, ctl = ce.AtomicEvent(shared=True), ce.AtomicEvent(shared=True)
+    doomed = spawn(doomed_child, a, ctl)
+    ctl.wait(1, timeout=T)
+    threading.Timer(0.3, os.kill, (doomed.pid, signal.SIGKILL)).start()
+    start = time.monotonic()
+    expect(ce.PeerError, a.wait, 5, timeout=T, policy="block", match=f"process {doomed.pid}")
+    assert time.monotonic() - start < 3
+    joined(doomed, -signal.SIGKILL)
+    a.close()
+    ctl.close()
+
+
 # -- clean ends ----------------------------------------------------------------------------------
 def closing_child(a):
     a.signal(1)

@@ -428,10 +428,12 @@ class AtomicEvent:
             if prev is not None:  # another source's earlier signal must land first
                 # A failure meanwhile ends the wait; this signal then changes nothing, and
                 # the signalling stream itself does not fail.
-                failed = self._failure_probe(prev)
+                failed, found = self._failure_probe(prev)
                 wait_until(lambda: self._error is not None or cell.read() >= prev or failed(), None,
                            f"AtomicEvent.signal({v}) after {prev}", self._policy, self._cond,
                            notified=not (cell.gpu or cell.shared))
+                if found:
+                    self._poison(found[0])
             with self._lock:
                 if self._error is not None:
                     return
@@ -445,12 +447,14 @@ class AtomicEvent:
             for step in finish:
                 step()
 
-    def _failure_probe(self, v: int):
-        """For a host wait for ``v``: a check, cheap enough to call in a spin loop, that looks
-        at most every 50 ms whether a GPU stream this counter was used on has failed (a sticky
-        error of its context, e.g. after a device-side assert), and then fails the counter
-        with that error: a GPU signal behind failed work never lands, and the wait must not
-        hang. It calls the driver only while a GPU signal has promised ``v``: a value only the
+    def _failure_probe(self, v: int) -> tuple:
+        """For a host wait for ``v``: ``(failed, found)``. ``failed()`` is a check, cheap
+        enough to call in a spin loop, that looks at most every 50 ms whether a GPU stream
+        this counter was used on has failed (a sticky error of its context, e.g. after a
+        device-side assert); it then puts that error in the list ``found`` and returns True,
+        and the waiter fails the counter with it once its wait is over (a blocking wait calls
+        ``failed()`` with the event's condition held, so the check must not take the lock): a
+        GPU signal behind failed work never lands, and the wait must not hang. It calls the driver only while a GPU signal has promised ``v``: a value only the
         host or a CpuStream will give needs no driver, and a thread that will give a value
         GPU streams wait for must not need the driver (it may block behind those waits).
 
@@ -459,8 +463,9 @@ class AtomicEvent:
         :class:`PeerError` (no driver call either)."""
         cell = self._cell
         if not cell.gpu and not cell.shared:
-            return _never
+            return _never, ()
         next_at = [time.monotonic() + _PROBE_EVERY]
+        found: list = []
 
         def failed() -> bool:
             now = time.monotonic()
@@ -470,7 +475,7 @@ class AtomicEvent:
             if cell.shared:
                 err = cell.check_peers()
                 if err is not None:
-                    self._poison(err)
+                    found.append(err)
                     return True
             if self._gpu_promised < v or state.forked:  # a forked child cannot ask the parent's streams
                 return False
@@ -480,13 +485,13 @@ class AtomicEvent:
                 except CudaError as exc:
                     if exc.code not in driver.STICKY_ERRORS:  # e.g. a stream its owner destroyed:
                         continue  # the work enqueued there still runs; only a dead context is final
-                    self._poison(exc)
+                    found.append(exc)
                     return True
                 except ClosedError:  # a stream closed since: its work was fenced at close
                     continue
             return False
 
-        return failed
+        return failed, found
 
     def _poison(self, error: BaseException) -> None:
         with self._lock:
@@ -578,7 +583,7 @@ class AtomicEvent:
             if self._closed:
                 raise self._never_reached(v)
 
-            failed = self._failure_probe(v)
+            failed, found = self._failure_probe(v)
 
             def done() -> bool:
                 return self._error is not None or self._closed or cell.read() >= v or failed()
@@ -587,6 +592,8 @@ class AtomicEvent:
             # another process's stores notify nobody here
             wait_until(done, timeout, f"AtomicEvent.wait({v})", self._policy if policy is None else policy, self._cond,
                        notified=not (cell.gpu or cell.shared), spin=None if spinner is None else spinner(v))
+            if found:
+                self._poison(found[0])
         if cell.shared:
             self._adopt_break()
         self._raise_error(v)

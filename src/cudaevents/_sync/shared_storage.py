@@ -1,7 +1,7 @@
 """Shared counters: a counter's value in a page of shared memory that several processes map.
 
 One page per counter, in a file under ``/dev/shm`` (the temporary folder where that is
-missing), made with ``os.open`` + ``ftruncate`` and mapped with ``mmap`` in every process that
+missing), made with its space reserved (:func:`cudaevents._core.shm.create`) and mapped with ``mmap`` in every process that
 uses the counter. ``multiprocessing.shared_memory`` is not used: before Python 3.13 its
 resource tracker unlinks a segment that a process other than its creator attached to when
 that process exits. The page holds (:class:`_Page`):
@@ -42,12 +42,11 @@ import logging
 import mmap
 import os
 import secrets
-import tempfile
 import threading
 import time
 import weakref
 
-from .._core import driver, processes
+from .._core import driver, processes, shm
 from .._core.errors import CreatorClosedError, NotShareableError, PeerError
 from .._core.lifetime import after_fork_in_child, state
 from . import counter_storage
@@ -93,10 +92,6 @@ def _ident(slot) -> tuple:
 def _set(slot, identity: tuple) -> None:
     slot[1] = identity[1]
     slot[0] = identity[0]
-
-
-def _folder() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
 class SharedCell:
@@ -444,10 +439,8 @@ def create(backend: str, device: int | None) -> SharedCell:
             "a device with stream memory operations, or host and CPU streams only (no GPU, or "
             "CUDAEVENTS_ATOMIC_BACKEND=host)"
         )
-    path = os.path.join(_folder(), f"cudaevents-{os.getpid()}-{secrets.token_hex(8)}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    path, fd = shm.create(f"cudaevents-{os.getpid()}-{secrets.token_hex(8)}", PAGE)
     try:
-        os.ftruncate(fd, PAGE)
         cell = SharedCell(path, fd, backend, None if device is None else driver.device_uuid(device))
         page = cell._page
         page.magic = _MAGIC
@@ -473,7 +466,8 @@ def attach(path: str, backend: str, uuid: bytes | None) -> tuple[SharedCell, int
         raise _creator_closed(path) from None
     cell = SharedCell(path, fd, backend, uuid)
     if cell._page.magic != _MAGIC or cell._page.bits != cell._bits:
-        raise ValueError(f"{path} is not the page of a shared {backend} AtomicEvent")
+        raise ValueError(f"{path} is not the page of a shared {backend} AtomicEvent as this cudaevents makes them: "
+                         "run the same cudaevents version in every process that shares it")
     device = None if uuid is None else _device_with_uuid(uuid)
     if device is not None:
         cell._register(device)
