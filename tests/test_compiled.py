@@ -167,6 +167,45 @@ def test_regions_that_meet_where_the_record_fails_keep_their_handles(fake_driver
 
 
 @needs_extension
+def test_an_event_made_with_bad_arguments_is_refused_alike_on_both_paths(fake_driver, hot_path):
+    with pytest.raises(TypeError, match="Device\\(\\) takes an integer ordinal, got bool"):
+        ce.CudaEvent(device=False)  # not an unbound event
+    with pytest.raises(TypeError, match="Device\\(\\) takes an integer ordinal, got bool"):
+        ce.CudaEvent(False)
+    ce.CudaEvent(device=None, interprocess=False).close()  # the fast path's own case
+
+
+@needs_extension
+def test_an_extension_that_cannot_install_its_fast_paths_leaves_everything_in_python(monkeypatch):
+    from cudaevents._core import driver
+
+    class Stale:
+        def method(self):
+            return "python"
+
+    def missing(hot, cls, python):
+        raise AttributeError("module 'cudaevents._core._hot' has no attribute 'install_stale'")
+
+    monkeypatch.setattr(compiled, "_registered", list(compiled._registered))
+    compiled.use(True)
+    try:
+        with bound(monkeypatch, FakeDriver()):
+            assert compiled.active()
+            compiled.register(Stale, ("method",), missing)
+            for _ in range(2):  # at the registration, then at every later driver binding
+                assert not compiled.active() and compiled.module() is None
+                assert "does not match this package (AttributeError" in compiled.describe()
+                assert "rebuild it" in compiled.describe()
+                s = ce.GpuStream(0)
+                ce.CudaEvent(0).record(s).close()  # in Python, on the simulated driver
+                s.close()
+                assert Stale().method() == "python"
+                driver.rebind()
+    finally:
+        monkeypatch.undo()  # the registrations as they were, before the rebinding below
+        compiled.use(None)
+
+
 def test_pool_statistics_stay_exact_under_16_threads(fake_driver, hot_path):
     """Acquire, release, events dropped without close (their finalizers return handles with
     no lock) and batches, from 16 threads at once: every count adds up."""

@@ -40,6 +40,7 @@ def test_without_a_policy_or_timeout_the_driver_waits(fake_driver):
     assert fake_driver.calls["cuEventSynchronize"] == 1 and fake_driver.calls["cuStreamSynchronize"] == 1
 
 
+@pytest.mark.timeout(30)  # bounds the first wait below, which is given no timeout on purpose
 @pytest.mark.parametrize("policy", ["spin", "yield", "sleep", ce.WaitPolicy(spin=1e-3, yield_for=0.0)])
 def test_a_policy_polls_until_the_gpu_gets_there(fake_driver, policy):
     s, event = _recorded(fake_driver)

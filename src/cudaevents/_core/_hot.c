@@ -358,7 +358,7 @@ static int ev_arg(ev_args *a, PyObject *k, PyObject *v) {
         a->bs = v;
     else if (name_is(k, k_pool))
         a->pool = v;
-    else if ((name_is(k, k_device) || name_is(k, k_interprocess)) && (v == Py_None || v == Py_False))
+    else if ((name_is(k, k_device) && v == Py_None) || (name_is(k, k_interprocess) && (v == Py_None || v == Py_False)))
         return 1;
     else
         return 0;
@@ -2778,9 +2778,7 @@ PyMODINIT_FUNC PyInit__hot(void) {
     PyObject *m = PyModule_Create(&hot_module);
     if (m == NULL)
         return NULL;
-#ifdef Py_GIL_DISABLED
-    PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
-#endif
+    /* no Py_MOD_GIL_NOT_USED: this code relies on the GIL (borrowed reads, the Lock's flag) */
     if (PyModule_AddObjectRef(m, "Word", (PyObject *)&WordType) < 0 ||
         PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
         Py_DECREF(m);

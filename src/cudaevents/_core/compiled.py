@@ -81,7 +81,10 @@ def register(owner, names, installer, *, needs_driver: bool = False) -> None:
     entry = (owner, originals, installer, needs_driver)
     _registered.append(entry)
     if _installed and (_bound or not needs_driver):
-        _install(entry)
+        try:
+            _install(entry)
+        except Exception as exc:
+            _fall_back(exc)
 
 
 def _install(entry) -> None:
@@ -165,12 +168,21 @@ def bind_driver(d, raise_code, contexts: dict) -> bool:
         for entry in _registered:
             if _bound or not entry[3]:
                 _install(entry)
-    except BaseException:  # back to Python as a whole
-        for entry in _registered:
-            _uninstall(entry)
-        _installed = _bound = False
-        raise
+    except Exception as exc:
+        _fall_back(exc)
     return active()
+
+
+def _fall_back(exc: Exception) -> None:
+    """An installer failed (an extension built from other sources than this package's, e.g. a
+    stale in-place build): everything back to Python, saying why."""
+    global _installed, _bound, _why
+    for entry in _registered:
+        _uninstall(entry)
+    _installed = _bound = False
+    _hot.unbind()
+    _why = (f"the extension cudaevents._core._hot does not match this package ({type(exc).__name__}: {exc}); "
+            "rebuild it (reinstall cudaevents)")
 
 
 def use(enabled: bool | None) -> bool:
