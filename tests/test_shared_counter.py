@@ -65,6 +65,10 @@ def test_a_process_that_exits_with_its_signal_pending_counts_as_dead():
     scenario("exit_with_a_pending_signal")
 
 
+def test_an_exit_with_a_signal_pending_behind_another_processs_later_promise_counts_as_dead():
+    scenario("exit_with_a_pending_signal_after_a_later_promise")
+
+
 def test_after_the_creator_closed_or_exited_the_counter_cannot_be_received():
     scenario("creator_closed")
 

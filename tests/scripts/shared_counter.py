@@ -217,6 +217,30 @@ def exit_with_a_pending_signal():
     expect(ce.PeerError, a.wait, 3, timeout=T, match=f"process {p.pid}")
 
 
+def pending_exit_after_a_later_promise_child(a, ctl):
+    gate = threading.Event()              # never opened
+    s = ce.CpuStream("child")
+    s.enqueue(gate.wait, T)
+    a.signal(3, s)
+    ctl.signal(1)
+    ctl.wait(2, timeout=T)                # the parent has promised 4 since: the page names it
+
+
+def exit_with_a_pending_signal_after_a_later_promise():
+    """The page's last promise is another process's: an exit with an own signal pending still
+    counts as a death (the later signal waits for it)."""
+    a, ctl = ce.AtomicEvent(shared=True), ce.AtomicEvent(shared=True)
+    p = spawn(pending_exit_after_a_later_promise_child, a, ctl)
+    ctl.wait(1, timeout=T)
+    s = ce.CpuStream("parent")
+    a.signal(4, s)                        # behind the child's 3, on this stream
+    ctl.signal(2)
+    joined(p)
+    expect(ce.PeerError, a.wait, 4, timeout=T, match=f"process {p.pid}")
+    s.close()
+    ctl.close()
+
+
 def clean_close():
     a = ce.AtomicEvent(shared=True)
     for target in (closing_child, exiting_child):

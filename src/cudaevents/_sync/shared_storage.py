@@ -115,6 +115,7 @@ class SharedCell:
         self._lock = threading.Lock()  # this process's threads, around the file lock
         self._peer_error = None
         self._detached = False
+        self._mine = 0  # the highest value this process promised on the page
         self._map()
         _cells.add(self)
 
@@ -305,12 +306,11 @@ class SharedCell:
     def leave_at_exit(self) -> None:
         """At interpreter exit: close and detach, unless this process promised a value that
         has not landed (then it stays attached, and counts as dead once gone: the value may
-        never come)."""
-        me = processes.me()
+        never come), also when another process promised a later one since."""
         with self.locked() as page:
-            if _ident(page.creator) == me:
+            if _ident(page.creator) == processes.me():
                 self._seal(page)
-            if _ident(page.promiser) == me and self._word.value < page.promised and not page.broken:
+            if self._word.value < self._mine and not page.broken:
                 return
         self.detach()
 
@@ -329,6 +329,7 @@ class SharedCell:
         self._fd = fd
         self._map()
         self._detached = True  # not attached: its end is not watched
+        self._mine = 0  # the parent's promises are the parent's
 
     def __del__(self):
         fd = getattr(self, "_fd", None)
@@ -399,9 +400,9 @@ class _Claim(_Locked):
     def __exit__(self, typ, *exc) -> None:
         try:
             if typ is None:
-                page = self.cell._page
-                page.promised = self.value
-                _set(page.promiser, self.me)
+                cell = self.cell
+                cell._page.promised = cell._mine = self.value
+                _set(cell._page.promiser, self.me)
         finally:
             super().__exit__()
 
